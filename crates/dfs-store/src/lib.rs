@@ -1,2 +1,30 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod format;
+mod path;
+mod store;
+
+#[cfg(feature = "crypto")]
+mod crypto;
+
+#[cfg(feature = "tokio")]
+mod async_store;
+
+pub use error::{Result, StoreError};
+pub use path::{
+    HashPath, InvalidSegment, MAX_DEPTH, MAX_KEY_LEN, MAX_SEGMENT_LEN, PathKey, PathTransform,
+    PlainPath, check_segment,
+};
+pub use store::{
+    BadObject, DEFAULT_ROOT, Durability, Keys, ObjectMeta, ObjectReader, Objects, ScrubReport,
+    Store, StoreBuilder,
+};
+
+#[cfg(feature = "crypto")]
+pub use crypto::DecryptingReader;
+
+#[cfg(feature = "tokio")]
+pub use async_store::{AsyncObjectReader, AsyncStore};

@@ -1,0 +1,269 @@
+//! Async wrappers that run the blocking store on tokio's blocking pool (feature `tokio`).
+
+use std::fmt;
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::error::{Result, StoreError};
+use crate::path::{HashPath, PathTransform};
+use crate::store::{ObjectMeta, ObjectReader, ScrubReport, Store};
+
+/// Chunks a reader task may run ahead of the consumer.
+const READ_AHEAD: usize = 4;
+/// Size of each chunk handed to the async side.
+const CHUNK: usize = 64 * 1024;
+
+/// A [`Store`] for async code: every operation runs on tokio's blocking pool.
+///
+/// Cheap to clone (an `Arc` inside). Must be used inside a tokio runtime.
+///
+/// ```
+/// use dfs_store::{AsyncStore, Store};
+/// use tokio::io::AsyncReadExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let store = AsyncStore::new(Store::open(dir.path())?);
+/// store.write("k", &b"hello"[..]).await?;
+/// let mut reader = store.read("k").await?;
+/// let mut out = String::new();
+/// reader.read_to_string(&mut out).await?;
+/// assert_eq!(out, "hello");
+/// # Ok(())
+/// # }
+/// ```
+pub struct AsyncStore<P: PathTransform = HashPath> {
+    inner: Arc<Store<P>>,
+}
+
+impl<P: PathTransform> Clone for AsyncStore<P> {
+    fn clone(&self) -> Self {
+        AsyncStore {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<P: PathTransform + fmt::Debug> fmt::Debug for AsyncStore<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AsyncStore").field(&self.inner).finish()
+    }
+}
+
+impl<P: PathTransform> From<Arc<Store<P>>> for AsyncStore<P> {
+    fn from(inner: Arc<Store<P>>) -> Self {
+        AsyncStore { inner }
+    }
+}
+
+impl<P: PathTransform> AsyncStore<P> {
+    /// Wraps a store.
+    pub fn new(store: Store<P>) -> Self {
+        AsyncStore {
+            inner: Arc::new(store),
+        }
+    }
+
+    /// The shared blocking store (for work you run on the blocking pool yourself).
+    pub fn blocking(&self) -> &Arc<Store<P>> {
+        &self.inner
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store<P>) -> Result<T> + Send + 'static,
+    {
+        let store = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|source| StoreError::Task { source })?
+    }
+
+    /// [`Store::write`] from a blocking reader, on the blocking pool.
+    pub async fn write<R: Read + Send + 'static>(&self, key: &str, src: R) -> Result<u64> {
+        let key = key.to_owned();
+        self.run(move |s| s.write(&key, src)).await
+    }
+
+    /// [`Store::write`] from an async reader, bridged with `tokio_util::io::SyncIoBridge`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::AsyncStore::new(dfs_store::Store::open(dir.path())?);
+    /// let body: &'static [u8] = b"streamed";
+    /// assert_eq!(store.write_async("k", body).await?, 8);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write_async<R>(&self, key: &str, src: R) -> Result<u64>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let bridge = tokio_util::io::SyncIoBridge::new(src);
+        self.write(key, bridge).await
+    }
+
+    /// [`Store::read`] as an [`AsyncRead`]: a blocking task streams verified chunks
+    /// through a small bounded channel (memory does not grow with the object).
+    pub async fn read(&self, key: &str) -> Result<AsyncObjectReader> {
+        let key = key.to_owned();
+        let reader = self.run(move |s| s.read(&key)).await?;
+        Ok(AsyncObjectReader::spawn(reader))
+    }
+
+    /// [`Store::read`], opened on the blocking pool, returning the blocking reader.
+    pub async fn read_blocking(&self, key: &str) -> Result<ObjectReader> {
+        let key = key.to_owned();
+        self.run(move |s| s.read(&key)).await
+    }
+
+    /// [`Store::has`].
+    pub async fn has(&self, key: &str) -> Result<bool> {
+        let key = key.to_owned();
+        self.run(move |s| s.has(&key)).await
+    }
+
+    /// [`Store::stat`].
+    pub async fn stat(&self, key: &str) -> Result<ObjectMeta> {
+        let key = key.to_owned();
+        self.run(move |s| s.stat(&key)).await
+    }
+
+    /// [`Store::delete`].
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let key = key.to_owned();
+        self.run(move |s| s.delete(&key)).await
+    }
+
+    /// [`Store::clear`].
+    pub async fn clear(&self) -> Result<()> {
+        self.run(|s| s.clear()).await
+    }
+
+    /// [`Store::verify`].
+    pub async fn verify(&self, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.run(move |s| s.verify(&key)).await
+    }
+
+    /// [`Store::scrub`].
+    pub async fn scrub(&self) -> Result<ScrubReport> {
+        self.run(|s| Ok(s.scrub())).await
+    }
+
+    /// All keys, collected (memory grows with the number of keys, not their sizes); the
+    /// first unreadable entry is an error. For a streaming walk, iterate
+    /// [`Store::keys`] on the blocking pool.
+    pub async fn keys(&self) -> Result<Vec<String>> {
+        self.run(|s| s.keys().collect()).await
+    }
+}
+
+/// An [`AsyncRead`] over a verified object; see [`AsyncStore::read`].
+pub struct AsyncObjectReader {
+    size: u64,
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    delivered: u64,
+    done: bool,
+    failed: bool,
+}
+
+impl fmt::Debug for AsyncObjectReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncObjectReader")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncObjectReader {
+    fn spawn(mut reader: ObjectReader) -> AsyncObjectReader {
+        let size = reader.size();
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let item = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Ok(buf)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    break; // consumer gone, or error delivered
+                }
+            }
+        });
+        AsyncObjectReader {
+            size,
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            delivered: 0,
+            done: false,
+            failed: false,
+        }
+    }
+
+    /// The object's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl AsyncRead for AsyncObjectReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while this.pos == this.chunk.len() {
+            if this.failed {
+                return Poll::Ready(Err(io::Error::other("object read already failed")));
+            }
+            if this.done {
+                return Poll::Ready(Ok(()));
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) if this.delivered != this.size => {
+                    // The reading task ended early (it panicked or was cancelled).
+                    this.failed = true;
+                    return Poll::Ready(Err(io::Error::other(
+                        "object reader task ended before the end of the object",
+                    )));
+                }
+                Poll::Ready(None) => this.done = true,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.delivered += chunk.len() as u64;
+                    this.chunk = chunk;
+                    this.pos = 0;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.failed = true;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        let n = buf.remaining().min(this.chunk.len() - this.pos);
+        buf.put_slice(&this.chunk[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}

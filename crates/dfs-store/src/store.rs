@@ -1,0 +1,1335 @@
+//! [`Store`]: the verbs, atomic writes, verified reads, listing and scrubbing.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, StoreError};
+use crate::format::{FIXED_LEN, Header};
+use crate::path::{HashPath, PathKey, PathTransform, check_key};
+
+/// The root folder [`Store::open_default`] uses, relative to the working directory.
+pub const DEFAULT_ROOT: &str = "dfs-store";
+
+/// Name of the directory under the root holding the objects.
+const OBJECTS_DIR: &str = "objects";
+/// Name of the staging directory under the root (same file system, so rename is atomic).
+const TMP_DIR: &str = "tmp";
+/// Copy buffer for writes and the most a reader buffers.
+const CHUNK: usize = 64 * 1024;
+/// How often a commit is retried when a concurrent delete/clear pruned its directory.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// Whether writes are flushed to stable storage before they are reported done.
+///
+/// ```
+/// use dfs_store::{Durability, Store};
+/// # let dir = tempfile::tempdir()?;
+/// let fast = Store::builder(dir.path()).durability(Durability::None).open()?;
+/// assert_eq!(fast.durability(), Durability::None);
+/// # Ok::<(), dfs_store::StoreError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// fsync the object and its directory (and any directory created for it) before
+    /// `write` returns; `delete` and `clear` fsync the directories they change. The default.
+    #[default]
+    Fsync,
+    /// No fsync: a write is atomic (readers never see a partial object, a crash never
+    /// leaves one) but may be lost if the machine goes down shortly after it.
+    None,
+}
+
+/// Options for opening a [`Store`]; start with [`Store::builder`].
+///
+/// ```
+/// use dfs_store::{Durability, PlainPath, Store};
+/// # let dir = tempfile::tempdir()?;
+/// let store = Store::builder(dir.path())
+///     .transform(PlainPath)
+///     .durability(Durability::Fsync)
+///     .open()?;
+/// store.write("docs/readme.txt", &b"hi"[..])?;
+/// # Ok::<(), dfs_store::StoreError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct StoreBuilder<P = HashPath> {
+    root: PathBuf,
+    transform: P,
+    durability: Durability,
+}
+
+impl<P: PathTransform> StoreBuilder<P> {
+    /// Uses `transform` to map keys to locations.
+    pub fn transform<Q: PathTransform>(self, transform: Q) -> StoreBuilder<Q> {
+        StoreBuilder {
+            root: self.root,
+            transform,
+            durability: self.durability,
+        }
+    }
+
+    /// Sets the durability of writes (default [`Durability::Fsync`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Creates the root if needed, sweeps staging files left by crashed writers and opens
+    /// the store.
+    pub fn open(self) -> Result<Store<P>> {
+        let root = self.root;
+        let objects = root.join(OBJECTS_DIR);
+        let tmp = root.join(TMP_DIR);
+        for dir in [&root, &objects, &tmp] {
+            fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+        }
+        let store = Store {
+            root,
+            objects,
+            tmp,
+            transform: self.transform,
+            durability: self.durability,
+            #[cfg(test)]
+            fail_writes_after: None,
+        };
+        store.sweep_staging()?;
+        Ok(store)
+    }
+}
+
+/// A crash-safe, streaming, integrity-checked object store rooted at a directory.
+///
+/// Keys are strings; `P` maps them to files under `<root>/objects`. Every object file
+/// carries its key and a BLAKE3 hash of its bytes (see `FORMAT.md`); reads verify the hash
+/// as they stream. Writes stage into `<root>/tmp` and rename into place, so readers and
+/// crashes only ever see whole objects.
+///
+/// `Store` is `Send + Sync`: share one through an `Arc` across threads.
+///
+/// ```
+/// use std::io::Read;
+/// use dfs_store::Store;
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path())?;
+/// assert_eq!(store.write("greeting", &b"hello"[..])?, 5);
+/// let mut reader = store.read("greeting")?;
+/// assert_eq!(reader.size(), 5);
+/// let mut text = String::new();
+/// reader.read_to_string(&mut text)?;
+/// assert_eq!(text, "hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Store<P: PathTransform = HashPath> {
+    root: PathBuf,
+    objects: PathBuf,
+    tmp: PathBuf,
+    transform: P,
+    durability: Durability,
+    #[cfg(test)]
+    pub(crate) fail_writes_after: Option<u64>,
+}
+
+impl<P: PathTransform + fmt::Debug> fmt::Debug for Store<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .field("transform", &self.transform)
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+impl Store<HashPath> {
+    /// Opens (creating if needed) a store at `root` with the default [`HashPath`] layout
+    /// and [`Durability::Fsync`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path().join("my-store"))?;
+    /// assert!(dir.path().join("my-store/objects").is_dir());
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn open(root: impl AsRef<Path>) -> Result<Store<HashPath>> {
+        Store::builder(root).open()
+    }
+
+    /// Opens a store at [`DEFAULT_ROOT`] in the current directory.
+    ///
+    /// ```no_run
+    /// let store = dfs_store::Store::open_default()?;
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn open_default() -> Result<Store<HashPath>> {
+        Store::open(DEFAULT_ROOT)
+    }
+
+    /// A builder to choose the transform and durability.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::builder(dir.path()).open()?;
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn builder(root: impl AsRef<Path>) -> StoreBuilder<HashPath> {
+        StoreBuilder {
+            root: root.as_ref().to_owned(),
+            transform: HashPath::default(),
+            durability: Durability::default(),
+        }
+    }
+}
+
+impl<P: PathTransform> Store<P> {
+    /// Opens (creating if needed) a store at `root` with the given transform.
+    ///
+    /// ```
+    /// use dfs_store::{PlainPath, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open_with(dir.path(), PlainPath)?;
+    /// store.write("a/b.txt", &b"x"[..])?;
+    /// assert!(dir.path().join("objects/a/b.txt").is_file());
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn open_with(root: impl AsRef<Path>, transform: P) -> Result<Store<P>> {
+        Store::builder(root).transform(transform).open()
+    }
+
+    /// The root directory.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// assert_eq!(store.root(), dir.path());
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path transform.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// assert_eq!(store.transform().width(), 2);
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn transform(&self) -> &P {
+        &self.transform
+    }
+
+    /// The configured durability.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// assert_eq!(store.durability(), dfs_store::Durability::Fsync);
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// The file that holds (or would hold) `key`, after validating the key and the
+    /// transform's output.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open_with(dir.path(), dfs_store::PlainPath)?;
+    /// assert_eq!(store.path_of("a/b")?, dir.path().join("objects/a/b"));
+    /// assert!(store.path_of("../escape").is_err());
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn path_of(&self, key: &str) -> Result<PathBuf> {
+        Ok(self.locate(key)?.1)
+    }
+
+    fn locate(&self, key: &str) -> Result<(PathKey, PathBuf)> {
+        check_key(key)?;
+        let loc = self.transform.transform(key)?;
+        loc.validate().map_err(|e| StoreError::InvalidLocation {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let path = self.objects.join(loc.to_path_buf());
+        Ok((loc, path))
+    }
+
+    /// Stores everything `src` yields under `key`, replacing any previous object, and
+    /// returns the number of bytes stored.
+    ///
+    /// The bytes stream through a 64 KiB buffer into a staging file under `<root>/tmp`,
+    /// which is fsynced (per [`Durability`]) and renamed into place; the directory is
+    /// then fsynced. On any error the staging file is removed and the previous version,
+    /// if any, is untouched. Concurrent writers of one key: one whole version wins.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// let file = std::io::repeat(7).take(1 << 20);
+    /// # use std::io::Read;
+    /// assert_eq!(store.write("big", file)?, 1 << 20);
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn write(&self, key: &str, mut src: impl Read) -> Result<u64> {
+        let (loc, final_path) = self.locate(key)?;
+        let mut staging = Staging::create(&self.tmp)?;
+        let written = {
+            #[cfg(test)]
+            let result = match self.fail_writes_after {
+                Some(limit) => write_object(
+                    &mut FailAfter {
+                        inner: &mut staging.file,
+                        left: limit,
+                    },
+                    key,
+                    &mut src,
+                    &staging.path,
+                ),
+                None => write_object(&mut staging.file, key, &mut src, &staging.path),
+            };
+            #[cfg(not(test))]
+            let result = write_object(&mut staging.file, key, &mut src, &staging.path);
+            result?
+        };
+        if self.durability == Durability::Fsync {
+            staging
+                .file
+                .sync_all()
+                .map_err(|e| StoreError::io("fsync", &staging.path, e))?;
+        }
+        self.commit(&mut staging, &loc, &final_path)?;
+        Ok(written)
+    }
+
+    /// Renames the staged file into place, creating directories as needed.
+    fn commit(&self, staging: &mut Staging, loc: &PathKey, final_path: &Path) -> Result<()> {
+        let parent = final_path.parent().unwrap_or(&self.objects);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if !parent.is_dir() {
+                self.create_dirs(loc)?;
+            }
+            match fs::rename(&staging.path, final_path) {
+                Ok(()) => {
+                    staging.committed = true;
+                    break;
+                }
+                // A concurrent delete or clear pruned the directory between its creation
+                // and the rename: create it again.
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt < COMMIT_ATTEMPTS => {}
+                Err(e) => return Err(StoreError::io("rename into", final_path, e)),
+            }
+        }
+        if self.durability == Durability::Fsync {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the directories of `loc`, fsyncing the parent of each one created.
+    fn create_dirs(&self, loc: &PathKey) -> Result<()> {
+        let mut dir = self.objects.clone();
+        for segment in loc.dirs() {
+            dir.push(segment);
+            match fs::create_dir(&dir) {
+                Ok(()) => {
+                    if self.durability == Durability::Fsync {
+                        sync_dir(dir.parent().unwrap_or(&self.objects))?;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::io("create directory", &dir, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens `key` for a streaming, verified read.
+    ///
+    /// The header is checked now (magic, version, header hash, stored key, file length);
+    /// the payload's BLAKE3 hash is checked as the bytes stream, and a mismatch is an
+    /// error from the `read` call that would deliver the last bytes, so no caller ever
+    /// sees a complete but wrong object. The reader owns its file (`Send + 'static`).
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("k", &b"value"[..])?;
+    /// let mut reader = store.read("k")?;
+    /// assert_eq!(reader.size(), 5);
+    /// let mut out = Vec::new();
+    /// reader.read_to_end(&mut out)?;
+    /// assert_eq!(out, b"value");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read(&self, key: &str) -> Result<ObjectReader> {
+        let (_, path) = self.locate(key)?;
+        let (file, header) = open_object(&path, Some(key))?;
+        Ok(ObjectReader::new(file, header, path))
+    }
+
+    /// Whether an object file exists for `key` (it is not read or verified).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// assert!(!store.has("k")?);
+    /// store.write("k", &b""[..])?;
+    /// assert!(store.has("k")?);
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn has(&self, key: &str) -> Result<bool> {
+        let (_, path) = self.locate(key)?;
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(meta.is_file()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io("stat", path, e)),
+        }
+    }
+
+    /// Size and hash of `key`'s object, from its (checked) header.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("k", &b"value"[..])?;
+    /// let meta = store.stat("k")?;
+    /// assert_eq!((meta.key(), meta.size()), ("k", 5));
+    /// assert_eq!(meta.hash(), blake3::hash(b"value").as_bytes());
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn stat(&self, key: &str) -> Result<ObjectMeta> {
+        let (_, path) = self.locate(key)?;
+        let (_, header) = open_object(&path, Some(key))?;
+        Ok(ObjectMeta::from_header(header, path))
+    }
+
+    /// Removes `key`'s object and prunes the directories this leaves empty (never
+    /// anything else). Returns `false` if there was nothing to remove.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("k", &b"v"[..])?;
+    /// assert!(store.delete("k")?);
+    /// assert!(!store.delete("k")?);
+    /// assert!(!store.has("k")?);
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn delete(&self, key: &str) -> Result<bool> {
+        let (_, path) = self.locate(key)?;
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io("stat", path, e)),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io("remove", path, e)),
+        }
+        // Prune now-empty directories up to (not including) the objects directory.
+        let mut dir = path.parent();
+        let mut last_changed = dir.map(Path::to_path_buf);
+        while let Some(d) = dir {
+            if d == self.objects || !d.starts_with(&self.objects) {
+                break;
+            }
+            if fs::remove_dir(d).is_err() {
+                break; // not empty (or already gone): stop pruning
+            }
+            dir = d.parent();
+            last_changed = dir.map(Path::to_path_buf);
+        }
+        if self.durability == Durability::Fsync {
+            if let Some(d) = last_changed {
+                sync_dir(&d)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes every object (staging files of in-flight writes are left alone).
+    ///
+    /// The objects directory is renamed away in one step, so readers see either the old
+    /// store or an empty one, then removed.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("a", &b"1"[..])?;
+    /// store.write("b", &b"2"[..])?;
+    /// store.clear()?;
+    /// assert_eq!(store.keys().count(), 0);
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn clear(&self) -> Result<()> {
+        let graveyard = self.tmp.join(staging_name("clear"));
+        match fs::rename(&self.objects, &graveyard) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("rename away", &self.objects, e)),
+        }
+        match fs::create_dir(&self.objects) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::io("create directory", &self.objects, e)),
+        }
+        if self.durability == Durability::Fsync {
+            sync_dir(&self.root)?;
+        }
+        match fs::remove_dir_all(&graveyard) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove", graveyard, e)),
+        }
+    }
+
+    /// Iterates over the stored keys (read back from the object headers), in no
+    /// particular order. Damaged or foreign files yield an `Err` item and iteration
+    /// goes on. Memory stays bounded by the directory depth, not the object count.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("a", &b"1"[..])?;
+    /// store.write("b", &b"2"[..])?;
+    /// let mut keys = store.keys().collect::<Result<Vec<_>, _>>()?;
+    /// keys.sort();
+    /// assert_eq!(keys, ["a", "b"]);
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn keys(&self) -> Keys {
+        Keys {
+            inner: self.objects(),
+        }
+    }
+
+    /// Iterates over the stored objects' metadata (key, size, hash), like [`Store::keys`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("a", &b"123"[..])?;
+    /// let total: u64 = store.objects().map(|m| m.map(|m| m.size())).sum::<Result<u64, _>>()?;
+    /// assert_eq!(total, 3);
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn objects(&self) -> Objects {
+        Objects {
+            walker: Walker::new(&self.objects),
+        }
+    }
+
+    /// Reads `key`'s whole object and checks its hash.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("k", &b"v"[..])?;
+    /// store.verify("k")?;
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn verify(&self, key: &str) -> Result<()> {
+        self.read(key)?.verify()
+    }
+
+    /// Verifies every object in the store and reports each bad one (damaged, truncated,
+    /// foreign, or stored at the wrong location for its key). Never stops at the first.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("a", &b"1"[..])?;
+    /// let report = store.scrub();
+    /// assert_eq!(report.checked, 1);
+    /// assert!(report.is_clean());
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn scrub(&self) -> ScrubReport {
+        let mut report = ScrubReport::default();
+        for item in Walker::new(&self.objects) {
+            report.checked += 1;
+            let path = match item {
+                Ok(path) => path,
+                Err(error) => {
+                    let path = match &error {
+                        StoreError::Io { path, .. } | StoreError::Corrupt { path, .. } => {
+                            path.clone()
+                        }
+                        _ => self.objects.clone(),
+                    };
+                    report.bad.push(BadObject {
+                        path,
+                        key: None,
+                        error,
+                    });
+                    continue;
+                }
+            };
+            if let Err((key, error)) = self.check_one(&path) {
+                report.bad.push(BadObject { path, key, error });
+            }
+        }
+        report
+    }
+
+    /// Scrubs one file: header, location, content hash.
+    fn check_one(&self, path: &Path) -> Result<(), (Option<String>, StoreError)> {
+        let (file, header) = open_object(path, None).map_err(|e| (None, e))?;
+        let key = header.key.clone();
+        match self.locate(&key) {
+            Ok((_, expected)) if expected == path => {}
+            _ => {
+                let error = StoreError::corrupt(
+                    path,
+                    Some(&key),
+                    "object is not at the location its key maps to",
+                );
+                return Err((Some(key), error));
+            }
+        }
+        ObjectReader::new(file, header, path.to_owned())
+            .verify()
+            .map_err(|e| (Some(key), e))
+    }
+
+    /// Removes staging files and clear-graveyards left by processes that are gone.
+    fn sweep_staging(&self) -> Result<()> {
+        let entries = fs::read_dir(&self.tmp).map_err(|e| StoreError::io("list", &self.tmp, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("list", &self.tmp, e))?;
+            let name = entry.file_name();
+            let owner = name
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if owner.is_some_and(process_alive) {
+                continue; // an in-flight write of a live process (maybe this one)
+            }
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let result = if is_dir {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("remove stale staging file", path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a process with this id is running (staging files of live processes are kept).
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        // No portable liveness check in std: only this process's files are known live.
+        false
+    }
+}
+
+/// `<pid>.<random>.<suffix>`: unique, and tells the sweep whose file it is.
+fn staging_name(suffix: &str) -> String {
+    let random = getrandom::u64().unwrap_or_else(|_| {
+        // Fall back to the clock: uniqueness is still ensured by `create_new`.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    format!("{}.{random:016x}.{suffix}", std::process::id())
+}
+
+/// fsyncs a directory so renames and creations in it are durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::io("fsync directory", dir, e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// A staging file, removed on drop unless committed.
+struct Staging {
+    path: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl Staging {
+    fn create(tmp: &Path) -> Result<Staging> {
+        let mut attempt = 0;
+        loop {
+            let path = tmp.join(staging_name("tmp"));
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    return Ok(Staging {
+                        path,
+                        file,
+                        committed: false,
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 4 => attempt += 1,
+                Err(e) => return Err(StoreError::io("create staging file", path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: a leftover is swept by the next `open`.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Test-only sink that fails with "no space left" after `left` bytes.
+#[cfg(test)]
+pub(crate) struct FailAfter<'a> {
+    pub(crate) inner: &'a mut File,
+    pub(crate) left: u64,
+}
+
+#[cfg(test)]
+impl Write for FailAfter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::new(
+                ErrorKind::StorageFull,
+                "injected: disk full",
+            ));
+        }
+        let n = buf.len().min(self.left as usize);
+        let n = self.inner.write(&buf[..n])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+impl Seek for FailAfter<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+/// Reads from `src` until `buf` is full or EOF; returns the bytes read.
+fn fill(src: &mut impl Read, buf: &mut [u8], key: &str) -> Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(StoreError::Source {
+                    key: key.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(filled)
+}
+
+/// Writes header + key + payload from `src` into `w`; returns the payload length.
+///
+/// Small payloads (< one buffer) go out in a single write with the final header; larger
+/// ones get a placeholder header that is patched once the hash is known.
+fn write_object<W: Write + Seek>(
+    w: &mut W,
+    key: &str,
+    src: &mut impl Read,
+    path: &Path,
+) -> Result<u64> {
+    let io_err = |e| StoreError::io("write", path, e);
+    let mut first = vec![0u8; CHUNK];
+    let n = fill(src, &mut first, key)?;
+    if n < CHUNK {
+        let payload = &first[..n];
+        let hash = blake3::hash(payload);
+        let fixed = Header::encode_fixed(key, n as u64, hash.as_bytes());
+        let mut out = Vec::with_capacity(FIXED_LEN + key.len() + n);
+        out.extend_from_slice(&fixed);
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(payload);
+        w.write_all(&out).map_err(io_err)?;
+        return Ok(n as u64);
+    }
+    let mut buf = first;
+    let mut head = vec![0u8; FIXED_LEN];
+    head.extend_from_slice(key.as_bytes());
+    w.write_all(&head).map_err(io_err)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut total = n as u64;
+    hasher.update(&buf[..n]);
+    w.write_all(&buf[..n]).map_err(io_err)?;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(StoreError::Source {
+                    key: key.to_owned(),
+                    source,
+                });
+            }
+        };
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n]).map_err(io_err)?;
+        total += n as u64;
+    }
+    let fixed = Header::encode_fixed(key, total, hasher.finalize().as_bytes());
+    w.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    w.write_all(&fixed).map_err(io_err)?;
+    Ok(total)
+}
+
+/// Opens an object file, checks its header and length, and (if `key` is given) that it
+/// holds that key. Leaves the reader positioned at the payload.
+fn open_object(path: &Path, key: Option<&str>) -> Result<(BufReader<File>, Header)> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(match key {
+                Some(key) => StoreError::NotFound {
+                    key: key.to_owned(),
+                },
+                None => StoreError::io("open", path, e),
+            });
+        }
+        Err(e) => return Err(StoreError::io("open", path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| StoreError::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(match key {
+            Some(key) => StoreError::NotFound {
+                key: key.to_owned(),
+            },
+            None => StoreError::corrupt(path, None, "not a regular file"),
+        });
+    }
+    let file_len = meta.len();
+    let capacity = (file_len as usize).clamp(FIXED_LEN, CHUNK);
+    let mut reader = BufReader::with_capacity(capacity, file);
+    let mut fixed = [0u8; FIXED_LEN];
+    let got = read_up_to(&mut reader, &mut fixed).map_err(|e| StoreError::io("read", path, e))?;
+    let with_key = |e: StoreError| match (e, key) {
+        (StoreError::Corrupt { path, reason, .. }, Some(k)) => StoreError::Corrupt {
+            path,
+            key: Some(k.to_owned()),
+            reason,
+        },
+        (e, _) => e,
+    };
+    let parsed = Header::parse_fixed(&fixed[..got], path).map_err(with_key)?;
+    let mut key_bytes = vec![0u8; parsed.key_len];
+    let got =
+        read_up_to(&mut reader, &mut key_bytes).map_err(|e| StoreError::io("read", path, e))?;
+    if got < key_bytes.len() {
+        return Err(with_key(StoreError::corrupt(
+            path,
+            None,
+            "truncated inside the header",
+        )));
+    }
+    let header = parsed.finish(&fixed, &key_bytes, path).map_err(with_key)?;
+    let expected_len = header.len().checked_add(header.payload_len);
+    if expected_len != Some(file_len) {
+        return Err(StoreError::corrupt(
+            path,
+            Some(key.unwrap_or(&header.key)),
+            format!(
+                "file is {file_len} bytes but its header says {} (truncated or extended)",
+                header.len().saturating_add(header.payload_len)
+            ),
+        ));
+    }
+    if let Some(key) = key {
+        if header.key != key {
+            return Err(StoreError::corrupt(
+                path,
+                Some(key),
+                format!("file holds key {:?}", header.key),
+            ));
+        }
+    }
+    Ok((reader, header))
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Metadata of a stored object, from its header.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let store = dfs_store::Store::open(dir.path())?;
+/// store.write("k", &b"abc"[..])?;
+/// let meta = store.stat("k")?;
+/// assert_eq!(meta.size(), 3);
+/// assert!(meta.path().starts_with(dir.path()));
+/// # Ok::<(), dfs_store::StoreError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    key: String,
+    size: u64,
+    hash: [u8; 32],
+    path: PathBuf,
+}
+
+impl ObjectMeta {
+    fn from_header(header: Header, path: PathBuf) -> ObjectMeta {
+        ObjectMeta {
+            key: header.key,
+            size: header.payload_len,
+            hash: header.payload_hash,
+            path,
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The stored size in bytes (the payload, without the header).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The BLAKE3 hash of the stored bytes.
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    /// The object's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A streaming reader over one object's bytes that verifies their BLAKE3 hash.
+///
+/// Owns its file: `Send + 'static`, so it can move into `spawn_blocking` or another
+/// thread. Returned by [`Store::read`]. If the bytes on disk do not match the stored hash
+/// (or the file is cut short), the `read` call that would deliver the final bytes fails
+/// with an `io::Error` of kind `InvalidData` wrapping a [`StoreError::Corrupt`]
+/// (recover it with [`StoreError::from_io`]), and every later call fails the same way.
+///
+/// ```
+/// use std::io::Read;
+/// # let dir = tempfile::tempdir()?;
+/// let store = dfs_store::Store::open(dir.path())?;
+/// store.write("k", &b"0123456789"[..])?;
+/// let reader = store.read("k")?;
+/// let handle = std::thread::spawn(move || {
+///     let mut reader = reader;
+///     let mut s = String::new();
+///     reader.read_to_string(&mut s).map(|_| s)
+/// });
+/// assert_eq!(handle.join().unwrap()?, "0123456789");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ObjectReader {
+    file: BufReader<File>,
+    hasher: blake3::Hasher,
+    size: u64,
+    remaining: u64,
+    expected: [u8; 32],
+    key: String,
+    path: PathBuf,
+    failed: Option<String>,
+}
+
+impl fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("key", &self.key)
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectReader {
+    fn new(file: BufReader<File>, header: Header, path: PathBuf) -> ObjectReader {
+        ObjectReader {
+            file,
+            hasher: blake3::Hasher::new(),
+            size: header.payload_len,
+            remaining: header.payload_len,
+            expected: header.payload_hash,
+            key: header.key,
+            path,
+            failed: None,
+        }
+    }
+
+    /// The object's size in bytes.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("k", &b"abc"[..])?;
+    /// assert_eq!(store.read("k")?.size(), 3);
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The key this object is stored under.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("k", &b"abc"[..])?;
+    /// assert_eq!(store.read("k")?.key(), "k");
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The BLAKE3 hash the bytes must match.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("k", &b"abc"[..])?;
+    /// assert_eq!(store.read("k")?.hash(), blake3::hash(b"abc").as_bytes());
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.expected
+    }
+
+    /// Reads the rest of the object, discarding it, and checks the hash.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = dfs_store::Store::open(dir.path())?;
+    /// store.write("k", &b"abc"[..])?;
+    /// store.read("k")?.verify()?;
+    /// # Ok::<(), dfs_store::StoreError>(())
+    /// ```
+    pub fn verify(mut self) -> Result<()> {
+        let mut buf = vec![0u8; CHUNK.min(self.remaining.max(1) as usize)];
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(StoreError::from_io(e)
+                        .unwrap_or_else(|e| StoreError::io("read", &self.path, e)));
+                }
+            }
+        }
+    }
+
+    fn corrupt(&self, reason: &str) -> io::Error {
+        io::Error::new(
+            ErrorKind::InvalidData,
+            StoreError::corrupt(&self.path, Some(&self.key), reason),
+        )
+    }
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(reason) = &self.failed {
+            return Err(self.corrupt(reason));
+        }
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 {
+            let reason = format!("file ends {} bytes early", self.remaining);
+            let err = self.corrupt(&reason);
+            self.failed = Some(reason);
+            return Err(err);
+        }
+        self.hasher.update(&buf[..n]);
+        self.remaining -= n as u64;
+        if self.remaining == 0 && self.hasher.finalize() != blake3::Hash::from(self.expected) {
+            let reason = "content hash mismatch (bytes on disk are damaged)".to_owned();
+            let err = self.corrupt(&reason);
+            self.failed = Some(reason);
+            return Err(err);
+        }
+        Ok(n)
+    }
+}
+
+/// Iterator over stored keys; see [`Store::keys`].
+#[derive(Debug)]
+pub struct Keys {
+    inner: Objects,
+}
+
+impl Iterator for Keys {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next().map(|item| item.map(|meta| meta.key))
+    }
+}
+
+/// Iterator over stored objects' metadata; see [`Store::objects`].
+#[derive(Debug)]
+pub struct Objects {
+    walker: Walker,
+}
+
+impl Iterator for Objects {
+    type Item = Result<ObjectMeta>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let path = match self.walker.next()? {
+            Ok(path) => path,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(open_object(&path, None).map(|(_, header)| ObjectMeta::from_header(header, path)))
+    }
+}
+
+/// Depth-first walk yielding regular files (and errors for anything else).
+#[derive(Debug)]
+struct Walker {
+    stack: Vec<(PathBuf, Option<fs::ReadDir>)>,
+}
+
+impl Walker {
+    fn new(root: &Path) -> Walker {
+        Walker {
+            stack: vec![(root.to_owned(), None)],
+        }
+    }
+}
+
+impl Iterator for Walker {
+    type Item = Result<PathBuf>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (dir, entries) = self.stack.last_mut()?;
+            let entries = match entries {
+                Some(entries) => entries,
+                None => match fs::read_dir(&*dir) {
+                    Ok(read) => entries.insert(read),
+                    Err(e) => {
+                        let dir = dir.clone();
+                        self.stack.pop();
+                        if e.kind() == ErrorKind::NotFound {
+                            continue; // removed concurrently (delete pruning, clear)
+                        }
+                        return Some(Err(StoreError::io("list", dir, e)));
+                    }
+                },
+            };
+            let entry = match entries.next() {
+                None => {
+                    self.stack.pop();
+                    continue;
+                }
+                Some(Err(e)) => {
+                    let dir = dir.clone();
+                    self.stack.pop();
+                    return Some(Err(StoreError::io("list", dir, e)));
+                }
+                Some(Ok(entry)) => entry,
+            };
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => self.stack.push((path, None)),
+                Ok(t) if t.is_file() => return Some(Ok(path)),
+                Ok(_) => {
+                    return Some(Err(StoreError::corrupt(
+                        path,
+                        None,
+                        "not a regular file or directory",
+                    )));
+                }
+                Err(e) => return Some(Err(StoreError::io("stat", path, e))),
+            }
+        }
+    }
+}
+
+/// The result of [`Store::scrub`].
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let store = dfs_store::Store::open(dir.path())?;
+/// let report = store.scrub();
+/// for bad in &report.bad {
+///     eprintln!("{}: {}", bad.path.display(), bad.error);
+/// }
+/// # Ok::<(), dfs_store::StoreError>(())
+/// ```
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ScrubReport {
+    /// Files examined.
+    pub checked: u64,
+    /// Every file that failed a check.
+    pub bad: Vec<BadObject>,
+}
+
+impl ScrubReport {
+    /// `true` when no bad object was found.
+    pub fn is_clean(&self) -> bool {
+        self.bad.is_empty()
+    }
+}
+
+/// One bad file found by [`Store::scrub`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct BadObject {
+    /// The file.
+    pub path: PathBuf,
+    /// The key its header names, when the header could be read.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub error: StoreError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staging_files(store: &Store) -> usize {
+        fs::read_dir(store.root().join(TMP_DIR)).unwrap().count()
+    }
+
+    #[test]
+    fn disk_full_small_write_leaves_nothing_and_keeps_old_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.write("k", &b"old version"[..]).unwrap();
+        store.fail_writes_after = Some(10);
+        let err = store.write("k", &b"new version!"[..]).unwrap_err();
+        match &err {
+            StoreError::Io { source, .. } => assert_eq!(source.kind(), ErrorKind::StorageFull),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(staging_files(&store), 0);
+        store.fail_writes_after = None;
+        let mut out = String::new();
+        store.read("k").unwrap().read_to_string(&mut out).unwrap();
+        assert_eq!(out, "old version");
+    }
+
+    #[test]
+    fn disk_full_mid_stream_and_at_header_patch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let big = vec![5u8; 3 * CHUNK + 17];
+        // Fails in the middle of the payload, and exactly when the header is patched
+        // (every payload byte already written).
+        for limit in [CHUNK as u64 + 100, (FIXED_LEN + 1 + big.len()) as u64] {
+            store.fail_writes_after = Some(limit);
+            let err = store.write("k", &big[..]).unwrap_err();
+            assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+            assert_eq!(staging_files(&store), 0);
+            assert!(!store.has("k").unwrap());
+        }
+        store.fail_writes_after = None;
+        assert_eq!(store.write("k", &big[..]).unwrap(), big.len() as u64);
+        store.verify("k").unwrap();
+    }
+
+    #[test]
+    fn write_object_small_and_streamed_agree() {
+        // The one-shot path and the patched-header path produce the same bytes.
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = io::Cursor::new(Vec::new());
+            let n = write_object(&mut out, "key", &mut &data[..], Path::new("x")).unwrap();
+            assert_eq!(n, len as u64);
+            let bytes = out.into_inner();
+            let mut expected =
+                Header::encode_fixed("key", len as u64, blake3::hash(&data).as_bytes()).to_vec();
+            expected.extend_from_slice(b"key");
+            expected.extend_from_slice(&data);
+            assert!(bytes == expected, "len {len}");
+        }
+    }
+
+    #[test]
+    fn sweep_keeps_live_and_removes_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tmp = store.root().join(TMP_DIR);
+        let live = tmp.join(staging_name("tmp"));
+        fs::write(&live, b"in flight").unwrap();
+        // pid 4294967295 cannot exist on Linux (pid_max <= 2^22).
+        let dead = tmp.join("4294967295.00.tmp");
+        fs::write(&dead, b"crashed").unwrap();
+        let junk = tmp.join("junk");
+        fs::create_dir(&junk).unwrap();
+        fs::write(junk.join("x"), b"x").unwrap();
+        drop(store);
+        let _store = Store::open(dir.path()).unwrap();
+        assert!(live.exists());
+        if cfg!(target_os = "linux") {
+            assert!(!dead.exists());
+        }
+        assert!(!junk.exists());
+    }
+}
