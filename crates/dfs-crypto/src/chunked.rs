@@ -1,0 +1,554 @@
+//! `Aes256CtrBlake3`: chunked AES-256-CTR + keyed BLAKE3, encrypt-then-MAC.
+//!
+//! The byte-level format is specified in `FORMAT.md`.
+
+use std::io::{Read, Write};
+
+use zeroize::Zeroizing;
+
+use crate::keystream::CtrKey;
+use crate::stream::{State, StreamReader, StreamWriter};
+use crate::{Cipher, CryptoError, Key, Result};
+
+/// Magic bytes that start every [`Aes256CtrBlake3`] ciphertext.
+pub const MAGIC: [u8; 4] = *b"DFSC";
+/// The format version this crate writes (and the only one it reads).
+pub const VERSION: u8 = 1;
+/// Length of the random nonce in the header.
+pub const NONCE_LEN: usize = 32;
+/// Length of the header: magic, version, 3 reserved bytes, chunk size, nonce.
+pub const HEADER_LEN: usize = 4 + 1 + 3 + 4 + NONCE_LEN;
+/// Length of the BLAKE3 tag after every chunk.
+pub const TAG_LEN: usize = 32;
+/// The default chunk size: 64 KiB of plaintext per chunk.
+pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
+/// The largest chunk size accepted (it bounds a decryptor's memory).
+pub const MAX_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+const CONTEXT_ENC: &str = "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk encryption key";
+const CONTEXT_MAC: &str = "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk authentication key";
+
+/// The server's default cipher: authenticated, chunked AES-256-CTR with a keyed BLAKE3 tag
+/// per chunk (encrypt-then-MAC), in the spirit of age's STREAM construction.
+///
+/// A ciphertext is a 44-byte header (magic, version, chunk size, random 32-byte nonce)
+/// followed by chunks of `chunk_size` plaintext bytes (the last one shorter, possibly empty),
+/// each followed by a 32-byte tag. Per-file keys are derived from the key and the whole
+/// header with `blake3::derive_key`; each tag binds the chunk index and a last-chunk flag.
+/// A flipped bit, truncation, reordered, dropped or spliced chunks and appended bytes are all
+/// detected, and decryption releases only verified chunks. See `FORMAT.md` for the bytes.
+///
+/// ```
+/// use dfs_crypto::{Aes256CtrBlake3, Cipher, CryptoError, Key};
+///
+/// let cipher = Aes256CtrBlake3::new(&Key::generate()?);
+/// let mut sealed = Vec::new();
+/// cipher.encrypt(&b"attack at dawn"[..], &mut sealed)?;
+/// assert_eq!(sealed.len() as u64, cipher.ciphertext_len(14));
+///
+/// let mut opened = Vec::new();
+/// cipher.decrypt(&sealed[..], &mut opened)?;
+/// assert_eq!(opened, b"attack at dawn");
+///
+/// sealed[50] ^= 1; // tamper
+/// let err = cipher.decrypt(&sealed[..], &mut Vec::new()).unwrap_err();
+/// assert!(matches!(err, CryptoError::Authentication { chunk: 0 }));
+/// # Ok::<(), CryptoError>(())
+/// ```
+#[derive(Clone)]
+pub struct Aes256CtrBlake3 {
+    key: Key,
+    chunk_size: usize,
+}
+
+impl std::fmt::Debug for Aes256CtrBlake3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aes256CtrBlake3")
+            .field("chunk_size", &self.chunk_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Aes256CtrBlake3 {
+    /// Creates the cipher for `key` with the default 64 KiB chunks.
+    pub fn new(key: &Key) -> Self {
+        Aes256CtrBlake3 {
+            key: key.clone(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+
+    /// Sets the plaintext bytes per chunk used when encrypting (a multiple of 16 from 16 to
+    /// [`MAX_CHUNK_SIZE`]). Decryption reads the chunk size from the header, so any valid
+    /// ciphertext decrypts whatever this is set to; only [`Cipher::ciphertext_len`] and
+    /// [`Cipher::plaintext_len`] assume it.
+    pub fn with_chunk_size(mut self, chunk_size: usize) -> Result<Self> {
+        validate_chunk_size(chunk_size as u64)?;
+        self.chunk_size = chunk_size;
+        Ok(self)
+    }
+
+    /// The plaintext bytes per chunk used when encrypting.
+    pub fn chunk_size(&self) -> usize {
+        self.chunk_size
+    }
+
+    fn header(&self, nonce: [u8; NONCE_LEN]) -> [u8; HEADER_LEN] {
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&MAGIC);
+        header[4] = VERSION;
+        // Fits: validated to at most MAX_CHUNK_SIZE.
+        header[8..12].copy_from_slice(&(self.chunk_size as u32).to_le_bytes());
+        header[12..].copy_from_slice(&nonce);
+        header
+    }
+
+    fn seal_state(&self) -> Result<State> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce)?;
+        Ok(self.seal_state_with_nonce(nonce))
+    }
+
+    fn seal_state_with_nonce(&self, nonce: [u8; NONCE_LEN]) -> State {
+        let header = self.header(nonce);
+        let core = ChunkCore::new(&self.key, &header, self.chunk_size);
+        State::Seal(Box::new(SealState::new(header, core)))
+    }
+
+    fn open_state(&self) -> State {
+        State::Open(Box::new(OpenState::new(self.key.clone())))
+    }
+
+    /// An encrypting reader with a caller-chosen nonce.
+    ///
+    /// **Hazardous**: reusing a nonce with the same key and chunk size reuses the keystream.
+    /// Meant for test vectors; [`Cipher::encrypt_reader`] draws a random nonce.
+    pub fn encrypt_reader_with_nonce<R: Read>(
+        &self,
+        src: R,
+        nonce: [u8; NONCE_LEN],
+    ) -> StreamReader<R> {
+        StreamReader::new(src, self.seal_state_with_nonce(nonce))
+    }
+
+    /// A push-style encrypting writer. [`StreamWriter::finish`] writes the final chunk and
+    /// must be called.
+    pub fn encrypt_writer<W: Write>(&self, dst: W) -> Result<StreamWriter<W>> {
+        Ok(StreamWriter::new(dst, self.seal_state()?))
+    }
+
+    /// A push-style decrypting writer: only verified plaintext reaches `dst`.
+    /// [`StreamWriter::finish`] verifies the final chunk (and reports truncation).
+    pub fn decrypt_writer<W: Write>(&self, dst: W) -> StreamWriter<W> {
+        StreamWriter::new(dst, self.open_state())
+    }
+
+    /// The async (tokio) encrypting reader.
+    #[cfg(feature = "tokio")]
+    pub fn encrypt_async_reader<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        src: R,
+    ) -> Result<crate::AsyncStreamReader<R>> {
+        Ok(crate::AsyncStreamReader::new(src, self.seal_state()?))
+    }
+
+    /// The async (tokio) verifying decrypting reader.
+    #[cfg(feature = "tokio")]
+    pub fn decrypt_async_reader<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        src: R,
+    ) -> crate::AsyncStreamReader<R> {
+        crate::AsyncStreamReader::new(src, self.open_state())
+    }
+
+    /// The async (tokio) encrypting writer; `shutdown` writes the final chunk.
+    #[cfg(feature = "tokio")]
+    pub fn encrypt_async_writer<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        dst: W,
+    ) -> Result<crate::AsyncStreamWriter<W>> {
+        Ok(crate::AsyncStreamWriter::new(dst, self.seal_state()?))
+    }
+
+    /// The async (tokio) verifying decrypting writer; `shutdown` verifies the final chunk.
+    #[cfg(feature = "tokio")]
+    pub fn decrypt_async_writer<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        dst: W,
+    ) -> crate::AsyncStreamWriter<W> {
+        crate::AsyncStreamWriter::new(dst, self.open_state())
+    }
+}
+
+fn validate_chunk_size(chunk_size: u64) -> Result<()> {
+    if chunk_size < 16 || chunk_size > MAX_CHUNK_SIZE as u64 || chunk_size % 16 != 0 {
+        return Err(CryptoError::InvalidChunkSize { chunk_size });
+    }
+    Ok(())
+}
+
+impl Cipher for Aes256CtrBlake3 {
+    type EncryptReader<R: Read> = StreamReader<R>;
+    type DecryptReader<R: Read> = StreamReader<R>;
+
+    fn ciphertext_len(&self, plaintext_len: u64) -> u64 {
+        let chunks = plaintext_len.div_ceil(self.chunk_size as u64).max(1);
+        (HEADER_LEN as u64)
+            .saturating_add(plaintext_len)
+            .saturating_add(chunks.saturating_mul(TAG_LEN as u64))
+    }
+
+    fn plaintext_len(&self, ciphertext_len: u64) -> Result<u64> {
+        let invalid = CryptoError::InvalidLength { ciphertext_len };
+        let body = ciphertext_len
+            .checked_sub(HEADER_LEN as u64)
+            .ok_or(CryptoError::InvalidLength { ciphertext_len })?;
+        let record = (self.chunk_size + TAG_LEN) as u64;
+        let full = body / record;
+        let rest = body % record;
+        match (full, rest) {
+            (0, 0) => Err(invalid),
+            (_, 0) => Ok(full * self.chunk_size as u64),
+            (0, r) if r >= TAG_LEN as u64 => Ok(r - TAG_LEN as u64),
+            // A short final chunk after full ones must hold at least one byte.
+            (f, r) if r > TAG_LEN as u64 => Ok(f * self.chunk_size as u64 + r - TAG_LEN as u64),
+            _ => Err(invalid),
+        }
+    }
+
+    fn encrypt_reader<R: Read>(&self, src: R) -> Result<StreamReader<R>> {
+        Ok(StreamReader::new(src, self.seal_state()?))
+    }
+
+    fn decrypt_reader<R: Read>(&self, src: R) -> StreamReader<R> {
+        StreamReader::new(src, self.open_state())
+    }
+}
+
+/// The chunk-level core: per-file keys and the seal/open operations on one chunk.
+pub(crate) struct ChunkCore {
+    ctr: CtrKey,
+    mac_key: Zeroizing<[u8; 32]>,
+    chunk_size: usize,
+    /// Index of the next chunk.
+    index: u64,
+}
+
+impl std::fmt::Debug for ChunkCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkCore")
+            .field("chunk_size", &self.chunk_size)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChunkCore {
+    fn new(key: &Key, header: &[u8; HEADER_LEN], chunk_size: usize) -> Self {
+        let mut ikm = Zeroizing::new([0u8; 32 + HEADER_LEN]);
+        ikm[..32].copy_from_slice(key.as_bytes());
+        ikm[32..].copy_from_slice(header);
+        let enc_key = Zeroizing::new(blake3::derive_key(CONTEXT_ENC, &ikm[..]));
+        let mac_key = Zeroizing::new(blake3::derive_key(CONTEXT_MAC, &ikm[..]));
+        ChunkCore {
+            ctr: CtrKey::new(&enc_key),
+            mac_key,
+            chunk_size,
+            index: 0,
+        }
+    }
+
+    fn tag(&self, index: u64, last: bool, ciphertext: &[u8]) -> blake3::Hash {
+        let mut hasher = blake3::Hasher::new_keyed(&self.mac_key);
+        hasher.update(&index.to_le_bytes());
+        hasher.update(&[u8::from(last)]);
+        hasher.update(ciphertext);
+        hasher.finalize()
+    }
+
+    fn counter(&self, index: u64) -> u128 {
+        u128::from(index) * (self.chunk_size as u128 / 16)
+    }
+
+    /// Encrypts `record[..len - TAG_LEN]` in place and writes its tag after it.
+    fn seal(&mut self, record: &mut [u8], last: bool) {
+        let (body, tag) = record.split_at_mut(record.len() - TAG_LEN);
+        self.ctr.apply(self.counter(self.index), body);
+        tag.copy_from_slice(self.tag(self.index, last, body).as_bytes());
+        self.index += 1;
+    }
+
+    /// Checks `record`'s tag for chunk `self.index` (constant-time comparison).
+    fn verify(&self, record: &[u8], last: bool) -> bool {
+        let (body, tag) = record.split_at(record.len() - TAG_LEN);
+        let Ok(tag) = <[u8; TAG_LEN]>::try_from(tag) else {
+            return false;
+        };
+        self.tag(self.index, last, body) == blake3::Hash::from_bytes(tag)
+    }
+
+    /// Verifies `record` and decrypts its body in place; returns the plaintext length.
+    fn open(&mut self, record: &mut [u8], last: bool) -> Result<usize> {
+        if !self.verify(record, last) {
+            return Err(CryptoError::Authentication { chunk: self.index });
+        }
+        let len = record.len() - TAG_LEN;
+        self.ctr.apply(self.counter(self.index), &mut record[..len]);
+        self.index += 1;
+        Ok(len)
+    }
+}
+
+/// Encryption state: header out first, then `chunk_size + 1` bytes in (one byte of lookahead
+/// tells a full final chunk from a non-final one), sealed records out.
+#[derive(Debug)]
+pub(crate) struct SealState {
+    header: [u8; HEADER_LEN],
+    header_pos: usize,
+    core: ChunkCore,
+    buf: Vec<u8>,
+    fill: usize,
+    out_start: usize,
+    out_end: usize,
+    carry: Option<u8>,
+    eof: bool,
+}
+
+impl SealState {
+    fn new(header: [u8; HEADER_LEN], core: ChunkCore) -> Self {
+        SealState {
+            header,
+            header_pos: 0,
+            buf: Vec::new(),
+            core,
+            fill: 0,
+            out_start: 0,
+            out_end: 0,
+            carry: None,
+            eof: false,
+        }
+    }
+
+    pub(crate) fn pending(&self) -> &[u8] {
+        if self.header_pos < HEADER_LEN {
+            &self.header[self.header_pos..]
+        } else {
+            &self.buf[self.out_start..self.out_end]
+        }
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        if self.header_pos < HEADER_LEN {
+            self.header_pos += n;
+            return;
+        }
+        self.out_start += n;
+        if self.out_start == self.out_end {
+            self.out_start = 0;
+            self.out_end = 0;
+            if let Some(byte) = self.carry.take() {
+                self.buf[0] = byte;
+                self.fill = 1;
+            }
+        }
+    }
+
+    pub(crate) fn input(&mut self) -> &mut [u8] {
+        if self.eof || self.out_start < self.out_end {
+            return &mut [];
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; self.core.chunk_size + TAG_LEN];
+        }
+        let end = self.core.chunk_size + 1;
+        &mut self.buf[self.fill..end]
+    }
+
+    pub(crate) fn filled(&mut self, n: usize) -> Result<()> {
+        self.fill += n;
+        let chunk = self.core.chunk_size;
+        if self.fill == chunk + 1 {
+            self.carry = Some(self.buf[chunk]);
+            self.core.seal(&mut self.buf[..chunk + TAG_LEN], false);
+            self.fill = 0;
+            self.out_start = 0;
+            self.out_end = chunk + TAG_LEN;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        if self.eof {
+            return Ok(());
+        }
+        self.eof = true;
+        if self.buf.is_empty() {
+            self.buf = vec![0; self.fill + TAG_LEN];
+        }
+        let len = self.fill + TAG_LEN;
+        self.core.seal(&mut self.buf[..len], true);
+        self.fill = 0;
+        self.out_start = 0;
+        self.out_end = len;
+        Ok(())
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.eof && self.pending().is_empty()
+    }
+}
+
+/// Decryption state: header in, then `chunk_size + TAG_LEN + 1` bytes in, verified plaintext
+/// out. Nothing is output before its chunk's tag has been checked.
+#[derive(Debug)]
+pub(crate) struct OpenState {
+    key: Key,
+    header: [u8; HEADER_LEN],
+    header_pos: usize,
+    core: Option<ChunkCore>,
+    buf: Vec<u8>,
+    fill: usize,
+    out_start: usize,
+    out_end: usize,
+    carry: Option<u8>,
+    eof: bool,
+}
+
+impl OpenState {
+    fn new(key: Key) -> Self {
+        OpenState {
+            key,
+            header: [0; HEADER_LEN],
+            header_pos: 0,
+            core: None,
+            buf: Vec::new(),
+            fill: 0,
+            out_start: 0,
+            out_end: 0,
+            carry: None,
+            eof: false,
+        }
+    }
+
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.buf[self.out_start..self.out_end]
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.out_start += n;
+        if self.out_start == self.out_end {
+            self.out_start = 0;
+            self.out_end = 0;
+            if let Some(byte) = self.carry.take() {
+                self.buf[0] = byte;
+                self.fill = 1;
+            }
+        }
+    }
+
+    pub(crate) fn input(&mut self) -> &mut [u8] {
+        if self.eof {
+            return &mut [];
+        }
+        let Some(core) = &self.core else {
+            return &mut self.header[self.header_pos..];
+        };
+        if self.out_start < self.out_end {
+            return &mut [];
+        }
+        let end = core.chunk_size + TAG_LEN + 1;
+        &mut self.buf[self.fill..end]
+    }
+
+    fn parse_header(&mut self) -> Result<()> {
+        let header = &self.header;
+        if header[..4] != MAGIC {
+            return Err(CryptoError::BadHeader {
+                reason: "bad magic (not an Aes256CtrBlake3 ciphertext)",
+            });
+        }
+        if header[4] != VERSION {
+            return Err(CryptoError::UnsupportedVersion { version: header[4] });
+        }
+        if header[5..8] != [0, 0, 0] {
+            return Err(CryptoError::BadHeader {
+                reason: "reserved bytes are not zero",
+            });
+        }
+        let chunk_size = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        validate_chunk_size(u64::from(chunk_size)).map_err(|_| CryptoError::BadHeader {
+            reason: "chunk size is not a multiple of 16 in the supported range",
+        })?;
+        let chunk_size = chunk_size as usize;
+        self.core = Some(ChunkCore::new(&self.key, header, chunk_size));
+        self.buf = vec![0; chunk_size + TAG_LEN + 1];
+        Ok(())
+    }
+
+    pub(crate) fn filled(&mut self, n: usize) -> Result<()> {
+        let Some(core) = &mut self.core else {
+            self.header_pos += n;
+            if self.header_pos == HEADER_LEN {
+                self.parse_header()?;
+            }
+            return Ok(());
+        };
+        self.fill += n;
+        let record = core.chunk_size + TAG_LEN;
+        if self.fill == record + 1 {
+            // More bytes follow, so this chunk must not be the last one.
+            let chunk = &mut self.buf[..record];
+            if !core.verify(chunk, false) {
+                return Err(if core.verify(chunk, true) {
+                    CryptoError::TrailingData { chunk: core.index }
+                } else {
+                    CryptoError::Authentication { chunk: core.index }
+                });
+            }
+            let len = core.open(chunk, false)?;
+            self.carry = Some(self.buf[record]);
+            self.fill = 0;
+            self.out_start = 0;
+            self.out_end = len;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        if self.eof {
+            return Ok(());
+        }
+        self.eof = true;
+        let Some(core) = &mut self.core else {
+            return Err(CryptoError::ShortHeader {
+                got: self.header_pos,
+                expected: HEADER_LEN,
+            });
+        };
+        if self.fill < TAG_LEN {
+            return Err(CryptoError::Truncated { chunk: core.index });
+        }
+        let record = &mut self.buf[..self.fill];
+        match core.open(record, true) {
+            Ok(len) => {
+                self.fill = 0;
+                self.out_start = 0;
+                self.out_end = len;
+                Ok(())
+            }
+            Err(err) => {
+                if record.len() == core.chunk_size + TAG_LEN && core.verify(record, false) {
+                    Err(CryptoError::Truncated {
+                        chunk: core.index + 1,
+                    })
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.eof && self.pending().is_empty()
+    }
+}
