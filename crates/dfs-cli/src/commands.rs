@@ -1,0 +1,230 @@
+//! The client commands: `put`, `get`, `rm`, `ls`, `peers`, `status`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter};
+
+use crate::cli::{GetArgs, NodeArgs, PeersArgs, PutArgs, RmArgs};
+use crate::control::Client;
+use crate::{Error, Result};
+
+/// Bodies smaller than this get no progress bar.
+const PROGRESS_MIN: u64 = 1 << 20;
+
+/// A byte progress bar on stderr, hidden when stderr is not a terminal or the body is small.
+fn progress_bar(len: Option<u64>) -> ProgressBar {
+    if !std::io::stderr().is_terminal() || len.is_some_and(|n| n < PROGRESS_MIN) {
+        return ProgressBar::hidden();
+    }
+    match len {
+        Some(len) => {
+            let bar = ProgressBar::new(len);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:40.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        }
+        None => {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) =
+                ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec}")
+            {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        }
+    }
+}
+
+pub(crate) async fn put(args: PutArgs) -> Result<()> {
+    let from_stdin = args.file == Path::new("-");
+    let name = match (&args.name, from_stdin) {
+        (Some(name), _) => name.clone(),
+        (None, true) => {
+            return Err(Error::Usage {
+                message: "`dfs put -` reads stdin and needs --name NAME".to_owned(),
+            });
+        }
+        (None, false) => match args.file.file_name() {
+            Some(name) => name.to_string_lossy().into_owned(),
+            None => {
+                return Err(Error::Usage {
+                    message: format!("{} has no file name; pass --name", args.file.display()),
+                });
+            }
+        },
+    };
+    let (body, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
+        (Box::new(tokio::io::stdin()), None)
+    } else {
+        let read_err = |source| Error::Io {
+            context: format!("cannot read {}", args.file.display()),
+            source,
+        };
+        let file = tokio::fs::File::open(&args.file).await.map_err(read_err)?;
+        let meta = file.metadata().await.map_err(read_err)?;
+        if meta.is_dir() {
+            return Err(Error::Usage {
+                message: format!("{} is a directory", args.file.display()),
+            });
+        }
+        (Box::new(file), Some(meta.len()))
+    };
+    let mut client = Client::connect(&args.node.data).await?;
+    let bar = progress_bar(size);
+    let stored = client.put(&name, size, body, |n| bar.set_position(n)).await;
+    bar.finish_and_clear();
+    let stored = stored?;
+    println!(
+        "stored {} ({} bytes) on {} and {} replica(s)",
+        stored.name,
+        stored.size,
+        short(client.node_id()),
+        stored.replicas.len()
+    );
+    Ok(())
+}
+
+pub(crate) async fn get(args: GetArgs) -> Result<()> {
+    let output = args.output.filter(|p| p != Path::new("-"));
+    let mut client = Client::connect(&args.node.data).await?;
+    match output {
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                return Err(Error::Usage {
+                    message:
+                        "refusing to write file data to a terminal; use -o FILE or redirect stdout"
+                            .to_owned(),
+                });
+            }
+            let mut dst = BufWriter::with_capacity(256 * 1024, tokio::io::stdout());
+            download(&mut client, &args.name, &mut dst).await?;
+            dst.flush().await.map_err(|source| Error::Io {
+                context: "cannot write to stdout".to_owned(),
+                source,
+            })?;
+        }
+        Some(path) => {
+            let written = download_to_file(&mut client, &args.name, &path).await?;
+            eprintln!("wrote {} ({written} bytes)", path.display());
+        }
+    }
+    Ok(())
+}
+
+async fn download<W: tokio::io::AsyncWrite + Unpin>(
+    client: &mut Client,
+    name: &str,
+    dst: W,
+) -> Result<u64> {
+    let bar = ProgressBar::hidden();
+    let shown = std::cell::RefCell::new(bar);
+    let result = client
+        .get(
+            name,
+            dst,
+            |size| {
+                shown.replace(progress_bar(Some(size)));
+            },
+            |n| shown.borrow().set_position(n),
+        )
+        .await;
+    shown.borrow().finish_and_clear();
+    result
+}
+
+/// Downloads into a temporary file beside `path`, renamed into place only when complete.
+async fn download_to_file(client: &mut Client, name: &str, path: &Path) -> Result<u64> {
+    let io_err = |source| Error::Io {
+        context: format!("cannot write {}", path.display()),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".dfs-partial-")
+        .tempfile_in(&dir)
+        .map_err(io_err)?;
+    let file = tmp.as_file().try_clone().map_err(io_err)?;
+    let mut dst = BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file));
+    let written = download(client, name, &mut dst).await?;
+    dst.flush().await.map_err(io_err)?;
+    let file = dst.into_inner();
+    file.sync_all().await.map_err(io_err)?;
+    drop(file);
+    tmp.persist(path).map_err(|err| io_err(err.error))?;
+    Ok(written)
+}
+
+pub(crate) async fn rm(args: RmArgs) -> Result<()> {
+    let mut client = Client::connect(&args.node.data).await?;
+    client.remove(&args.name, args.everywhere).await?;
+    if args.everywhere {
+        println!("removed {} here and on every connected peer", args.name);
+    } else {
+        println!("removed {}", args.name);
+    }
+    Ok(())
+}
+
+pub(crate) async fn ls(args: NodeArgs) -> Result<()> {
+    let mut client = Client::connect(&args.data).await?;
+    let mut files = client.list().await?;
+    files.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    for file in files {
+        match file.name {
+            Some(name) => println!("{:>12}  {name}", file.size),
+            None => println!("{:>12}  <replica {}>", file.size, short(&file.id)),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn peers(args: PeersArgs) -> Result<()> {
+    let mut client = Client::connect(&args.node.data).await?;
+    let wait = args.wait.map(|n| (n, Duration::from_secs(args.timeout)));
+    let peers = client.peers(wait).await?;
+    for peer in &peers {
+        println!("{}  {}", peer.id, peer.addr);
+    }
+    if let Some(n) = args.wait
+        && peers.len() < n as usize
+    {
+        return Err(Error::Remote(crate::control::RemoteError::new(
+            crate::control::RemoteErrorKind::Network,
+            format!(
+                "only {} of {n} peers connected after {}s",
+                peers.len(),
+                args.timeout
+            ),
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) async fn status(args: NodeArgs) -> Result<()> {
+    let mut client = Client::connect(&args.data).await?;
+    let s = client.status().await?;
+    println!("node:     {}", s.node_id);
+    println!("listen:   {}", s.listen_addr);
+    println!("data:     {}", s.data_dir);
+    println!("peers:    {}", s.peers);
+    println!("files:    {} ({} bytes)", s.files, s.stored_bytes);
+    println!("uptime:   {}s", s.uptime_secs);
+    println!("version:  {}", s.version);
+    Ok(())
+}
+
+/// The first 16 characters of a hex id.
+fn short(id: &str) -> &str {
+    id.get(..16).unwrap_or(id)
+}

@@ -1,0 +1,17 @@
+//! The `dfs` command; see the `dfs_cli` crate docs.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = dfs_cli::cli::Cli::parse();
+    match dfs_cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dfs: error: {}", err.one_line());
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
