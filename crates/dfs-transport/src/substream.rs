@@ -1,0 +1,416 @@
+//! [`Substream`]: one exchange of messages and bodies on its own authenticated connection, and
+//! [`BodyReader`], an incoming body as an `AsyncRead`.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::conn::{FrameReader, FrameWriter, next_frame};
+use crate::error::{Result, TransportError};
+use crate::identity::NodeId;
+use crate::wire::{FrameKind, MAX_REASON_LEN, parse_u64, u64_payload};
+
+/// One exchange with a peer: an ordered, bidirectional, authenticated channel carrying
+/// messages and bodies. It runs on its own connection, so it never blocks the control
+/// connection or other substreams, and TCP's flow control is its backpressure.
+///
+/// Obtained from [`Peer::open_stream`](crate::Peer::open_stream) or
+/// [`Event::Stream`](crate::Event::Stream). Call [`Substream::finish`] when done; dropping it
+/// instead closes the connection abruptly, which the remote sees as an error.
+pub struct Substream {
+    peer_id: NodeId,
+    reader: FrameReader,
+    writer: FrameWriter,
+    timeout: Duration,
+    data_frame_len: usize,
+    remote_finished: bool,
+}
+
+impl std::fmt::Debug for Substream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Substream")
+            .field("peer_id", &self.peer_id)
+            .field("remote_finished", &self.remote_finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Substream {
+    pub(crate) fn new(
+        peer_id: NodeId,
+        reader: FrameReader,
+        writer: FrameWriter,
+        timeout: Duration,
+        data_frame_len: usize,
+    ) -> Self {
+        let data_frame_len = data_frame_len.min(writer.remote_max).max(1);
+        Self {
+            peer_id,
+            reader,
+            writer,
+            timeout,
+            data_frame_len,
+            remote_finished: false,
+        }
+    }
+
+    /// The remote node's id.
+    pub fn peer_id(&self) -> NodeId {
+        self.peer_id
+    }
+
+    /// Send one message (postcard-encoded; at most the remote's maximum frame length).
+    pub async fn send<M: Serialize>(&mut self, msg: &M) -> Result<()> {
+        let bytes = postcard::to_stdvec(msg).map_err(|source| TransportError::Decode {
+            op: "encode",
+            source,
+        })?;
+        self.write(FrameKind::Message, &bytes).await?;
+        self.flush().await
+    }
+
+    /// Receive the next message; `Ok(None)` once the remote finished the substream cleanly.
+    ///
+    /// # Errors
+    /// A closed connection without a clean finish, a timeout, a bad frame or bad postcard.
+    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>> {
+        if self.remote_finished {
+            return Ok(None);
+        }
+        loop {
+            let frame = self.next().await?;
+            match frame.kind {
+                FrameKind::Ping => continue,
+                FrameKind::Close => {
+                    self.remote_finished = true;
+                    return Ok(None);
+                }
+                FrameKind::Message => {
+                    return postcard::from_bytes(&frame.payload)
+                        .map(Some)
+                        .map_err(|source| TransportError::Decode {
+                            op: "decode",
+                            source,
+                        });
+                }
+                other => {
+                    return Err(TransportError::protocol(format!(
+                        "expected a message, got a {other:?} frame"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Stream exactly `len` bytes of `body` as data frames, then an end frame. Returns `len`.
+    ///
+    /// Memory stays at one data frame whatever `len` is; the remote's reading speed paces us.
+    ///
+    /// # Errors
+    /// If `body` fails or ends before `len` bytes, an abort frame carrying the reason is sent
+    /// (so the remote sees an error, never a short body) and the error is returned.
+    pub async fn send_body<R: AsyncRead + Unpin>(&mut self, len: u64, mut body: R) -> Result<u64> {
+        self.write(FrameKind::BodyStart, &u64_payload(len)).await?;
+        let mut buf = vec![0u8; self.data_frame_len];
+        let mut sent: u64 = 0;
+        while sent < len {
+            let want = usize::try_from(len - sent).map_or(buf.len(), |r| r.min(buf.len()));
+            let mut filled = 0;
+            while filled < want {
+                match body.read(&mut buf[filled..want]).await {
+                    Ok(0) => {
+                        let got = sent + filled as u64;
+                        let err = TransportError::ShortBody { got, expected: len };
+                        self.abort(&err.to_string()).await;
+                        return Err(err);
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.abort(&format!("the sender's body source failed: {e}"))
+                            .await;
+                        return Err(TransportError::io("reading the body source", e));
+                    }
+                }
+            }
+            self.write(FrameKind::Data, &buf[..filled]).await?;
+            sent += filled as u64;
+        }
+        self.write(FrameKind::End, &u64_payload(len)).await?;
+        self.flush().await?;
+        Ok(len)
+    }
+
+    /// Take the incoming body the remote is sending with [`Substream::send_body`].
+    ///
+    /// # Errors
+    /// If the next frame is not the start of a body (a message, a finish, a closed
+    /// connection, a timeout).
+    pub async fn recv_body(mut self) -> Result<BodyReader> {
+        loop {
+            let frame = self.next().await?;
+            match frame.kind {
+                FrameKind::Ping => continue,
+                FrameKind::BodyStart => {
+                    let len = parse_u64(&frame.payload, "body start")?;
+                    let deadline = Box::pin(tokio::time::sleep(self.timeout));
+                    return Ok(BodyReader {
+                        stream: self,
+                        len,
+                        received: 0,
+                        chunk: Bytes::new(),
+                        state: BodyState::Reading,
+                        deadline,
+                    });
+                }
+                FrameKind::Close => {
+                    self.remote_finished = true;
+                    return Err(TransportError::protocol(
+                        "the remote finished the substream instead of sending a body",
+                    ));
+                }
+                other => {
+                    return Err(TransportError::protocol(format!(
+                        "expected a body, got a {other:?} frame"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Finish gracefully: flush, tell the remote we are done, close our sending side.
+    ///
+    /// # Errors
+    /// If the close cannot be delivered — unless the remote had already finished, in which
+    /// case there is nobody left to tell and this succeeds.
+    pub async fn finish(mut self) -> Result<()> {
+        let result = async {
+            self.write(FrameKind::Close, &[0]).await?;
+            self.flush().await?;
+            self.writer.shutdown().await
+        }
+        .await;
+        match result {
+            Err(_) if self.remote_finished => Ok(()),
+            r => r,
+        }
+    }
+
+    async fn next(&mut self) -> Result<crate::wire::Frame> {
+        match next_frame(&mut self.reader, self.timeout).await? {
+            Some(frame) => Ok(frame),
+            None => Err(TransportError::io(
+                "the connection closed without finishing the substream",
+                io::ErrorKind::UnexpectedEof.into(),
+            )),
+        }
+    }
+
+    async fn write(&mut self, kind: FrameKind, payload: &[u8]) -> Result<()> {
+        match tokio::time::timeout(self.timeout, self.writer.write_frame(kind, payload)).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout {
+                what: "writing a frame",
+                after: self.timeout,
+            }),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        match tokio::time::timeout(self.timeout, self.writer.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout {
+                what: "flushing",
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// Best effort: the error being reported matters more than a failure to report it.
+    async fn abort(&mut self, reason: &str) {
+        let mut end = reason.len().min(MAX_REASON_LEN);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        if self
+            .write(FrameKind::Abort, &reason.as_bytes()[..end])
+            .await
+            .is_ok()
+        {
+            let _ = self.flush().await;
+        }
+    }
+}
+
+#[derive(Debug)]
+enum BodyState {
+    Reading,
+    Done,
+    Failed {
+        kind: io::ErrorKind,
+        message: String,
+    },
+}
+
+/// An incoming body: an `AsyncRead` of exactly the announced bytes, verified frame by frame.
+///
+/// EOF comes only after the sender's end frame; an abort, a short body, a closed connection,
+/// a stall or a bad frame is an `io::Error` whose source is a [`TransportError`]. After EOF,
+/// [`BodyReader::into_substream`] gives the substream back to continue the exchange.
+pub struct BodyReader {
+    stream: Substream,
+    len: u64,
+    received: u64,
+    chunk: Bytes,
+    state: BodyState,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl std::fmt::Debug for BodyReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyReader")
+            .field("len", &self.len)
+            .field("received", &self.received)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyReader {
+    /// The announced length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the announced length is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The remote node's id.
+    pub fn peer_id(&self) -> NodeId {
+        self.stream.peer_id
+    }
+
+    /// The substream back, once the body was read to EOF.
+    ///
+    /// # Errors
+    /// [`TransportError::Protocol`] if the body was not read to its end (or failed).
+    pub fn into_substream(self) -> Result<Substream> {
+        match self.state {
+            BodyState::Done if self.chunk.is_empty() => Ok(self.stream),
+            _ => Err(TransportError::protocol(
+                "the body was not read to its end before taking the substream back",
+            )),
+        }
+    }
+
+    fn fail(&mut self, err: TransportError) -> io::Error {
+        let io_err = err.into_io();
+        tracing::warn!(peer = %self.stream.peer_id, error = %io_err, "incoming body failed");
+        self.state = BodyState::Failed {
+            kind: io_err.kind(),
+            message: io_err.to_string(),
+        };
+        io_err
+    }
+
+    fn on_frame(&mut self, frame: crate::wire::Frame) -> Result<()> {
+        match frame.kind {
+            FrameKind::Data => {
+                let n = frame.payload.len() as u64;
+                if n > self.len - self.received {
+                    return Err(TransportError::protocol(format!(
+                        "body longer than its announced {} bytes",
+                        self.len
+                    )));
+                }
+                self.received += n;
+                self.chunk = frame.payload;
+            }
+            FrameKind::End => {
+                let total = parse_u64(&frame.payload, "end")?;
+                if self.received != self.len || total != self.len {
+                    return Err(TransportError::ShortBody {
+                        got: self.received,
+                        expected: self.len,
+                    });
+                }
+                self.state = BodyState::Done;
+            }
+            FrameKind::Abort => {
+                return Err(TransportError::Aborted {
+                    reason: String::from_utf8_lossy(&frame.payload).into_owned(),
+                });
+            }
+            FrameKind::Ping => {}
+            other => {
+                return Err(TransportError::protocol(format!(
+                    "unexpected {other:?} frame inside a body"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for BodyReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if !this.chunk.is_empty() {
+                let n = buf.remaining().min(this.chunk.len());
+                buf.put_slice(&this.chunk[..n]);
+                this.chunk.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match &this.state {
+                BodyState::Done => return Poll::Ready(Ok(())),
+                BodyState::Failed { kind, message } => {
+                    return Poll::Ready(Err(io::Error::new(*kind, message.clone())));
+                }
+                BodyState::Reading => {}
+            }
+            match this.stream.reader.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let timeout = this.stream.timeout;
+                    this.deadline.as_mut().reset(Instant::now() + timeout);
+                    if let Err(e) = this.on_frame(frame) {
+                        return Poll::Ready(Err(this.fail(e)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(this.fail(e))),
+                Poll::Ready(None) => {
+                    let e = TransportError::io(
+                        "the connection closed in the middle of a body",
+                        io::ErrorKind::UnexpectedEof.into(),
+                    );
+                    return Poll::Ready(Err(this.fail(e)));
+                }
+                Poll::Pending => {
+                    ready!(this.deadline.as_mut().poll(cx));
+                    let e = TransportError::Timeout {
+                        what: "waiting for body data",
+                        after: this.stream.timeout,
+                    };
+                    return Poll::Ready(Err(this.fail(e)));
+                }
+            }
+        }
+    }
+}

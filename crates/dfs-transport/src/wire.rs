@@ -1,0 +1,476 @@
+//! The wire format, exposed for tests, fuzzing and other implementations: the handshake's
+//! [`Hello`], key derivation, and the integrity-protected frame codec ([`FrameDecoder`],
+//! [`FrameSealer`]). `PROTOCOL.md` describes every byte.
+//!
+//! Applications use [`Endpoint`](crate::Endpoint) and never need this module.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+
+use crate::error::{Result, TransportError};
+use crate::identity::{NetworkSecret, NodeId};
+
+/// The first 8 bytes either side sends.
+pub const MAGIC: [u8; 8] = *b"dfs-wire";
+/// The protocol version (bytes 8..10 of the hello, big-endian).
+pub const VERSION: u16 = 1;
+/// Length of the hello's prefix that every version keeps: magic and version.
+pub const HELLO_PREFIX_LEN: usize = 10;
+/// Length of a version-1 hello without the address.
+pub const HELLO_FIXED_LEN: usize = 82;
+/// Longest advertised address accepted in a hello.
+pub const MAX_ADDR_LEN: usize = 1024;
+/// Length of the authentication proof either side sends after the hellos.
+pub const PROOF_LEN: usize = 32;
+/// Length of a frame's integrity tag.
+pub const TAG_LEN: usize = 32;
+/// Length of a frame's header: 4-byte length, 1-byte kind.
+pub const HEADER_LEN: usize = 5;
+/// Longest abort reason sent.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// What a connection is for (byte 10 of the hello).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnKind {
+    /// The one long-lived control connection between two nodes.
+    Control = 0,
+    /// A connection carrying one exchange ([`Substream`](crate::Substream)).
+    Substream = 1,
+}
+
+/// Frame kinds (the first byte after the length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Acceptor to dialer, first frame: 0 = accepted, else refused with a UTF-8 reason.
+    Welcome = 1,
+    /// A postcard-encoded application message.
+    Message = 2,
+    /// A body follows: payload is its length, u64 big-endian.
+    BodyStart = 3,
+    /// Body bytes.
+    Data = 4,
+    /// The body is complete: payload is its length, u64 big-endian.
+    End = 5,
+    /// The body is abandoned: payload is a UTF-8 reason.
+    Abort = 6,
+    /// Keepalive; empty.
+    Ping = 7,
+    /// The sender will send nothing more: 1-byte reason code (0 = done, 1 = superseded).
+    Close = 8,
+}
+
+impl FrameKind {
+    /// Parse a kind byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Welcome,
+            2 => Self::Message,
+            3 => Self::BodyStart,
+            4 => Self::Data,
+            5 => Self::End,
+            6 => Self::Abort,
+            7 => Self::Ping,
+            8 => Self::Close,
+            _ => return None,
+        })
+    }
+}
+
+/// The hello either side sends first (see `PROTOCOL.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// What the connection is for.
+    pub kind: ConnKind,
+    /// Whether the sender requires a network secret.
+    pub auth: bool,
+    /// The sender's node id.
+    pub node_id: NodeId,
+    /// 32 fresh random bytes: the sender's challenge.
+    pub nonce: [u8; 32],
+    /// The largest frame payload the sender accepts.
+    pub max_frame_len: u32,
+    /// The address the sender can be dialled back on.
+    pub addr: String,
+}
+
+impl Hello {
+    /// Encode (version [`VERSION`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let addr = self.addr.as_bytes();
+        let addr_len = addr.len().min(MAX_ADDR_LEN);
+        let mut out = Vec::with_capacity(HELLO_FIXED_LEN + addr_len);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.push(self.kind as u8);
+        out.push(u8::from(self.auth));
+        out.extend_from_slice(&self.node_id.0);
+        out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&self.max_frame_len.to_be_bytes());
+        out.extend_from_slice(&u16::try_from(addr_len).unwrap_or(u16::MAX).to_be_bytes());
+        out.extend_from_slice(&addr[..addr_len]);
+        out
+    }
+
+    /// Check the prefix (magic and version) of a hello.
+    pub fn check_prefix(prefix: &[u8; HELLO_PREFIX_LEN]) -> Result<()> {
+        let mut magic = [0u8; 8];
+        magic.copy_from_slice(&prefix[..8]);
+        if magic != MAGIC {
+            return Err(TransportError::BadMagic { got: magic });
+        }
+        let theirs = u16::from_be_bytes([prefix[8], prefix[9]]);
+        if theirs != VERSION {
+            return Err(TransportError::VersionMismatch {
+                ours: VERSION,
+                theirs,
+            });
+        }
+        Ok(())
+    }
+
+    /// Parse the fixed part after the prefix (bytes 10..82); returns the hello without its
+    /// address and the address length still to read.
+    pub fn decode_fixed(fixed: &[u8; HELLO_FIXED_LEN - HELLO_PREFIX_LEN]) -> Result<(Self, usize)> {
+        let mut b = &fixed[..];
+        let kind = match b.get_u8() {
+            0 => ConnKind::Control,
+            1 => ConnKind::Substream,
+            k => {
+                return Err(TransportError::Handshake {
+                    reason: format!("unknown connection kind {k}"),
+                });
+            }
+        };
+        let auth = match b.get_u8() {
+            0 => false,
+            1 => true,
+            a => {
+                return Err(TransportError::Handshake {
+                    reason: format!("unknown authentication mode {a}"),
+                });
+            }
+        };
+        let mut node_id = [0u8; 32];
+        b.copy_to_slice(&mut node_id);
+        let mut nonce = [0u8; 32];
+        b.copy_to_slice(&mut nonce);
+        let max_frame_len = b.get_u32();
+        let addr_len = usize::from(b.get_u16());
+        if addr_len > MAX_ADDR_LEN {
+            return Err(TransportError::Handshake {
+                reason: format!("advertised address of {addr_len} bytes (max {MAX_ADDR_LEN})"),
+            });
+        }
+        let hello = Self {
+            kind,
+            auth,
+            node_id: NodeId(node_id),
+            nonce,
+            max_frame_len,
+            addr: String::new(),
+        };
+        Ok((hello, addr_len))
+    }
+
+    /// Set the address from its raw bytes (must be UTF-8).
+    pub fn set_addr(&mut self, raw: &[u8]) -> Result<()> {
+        self.addr = std::str::from_utf8(raw)
+            .map_err(|_| TransportError::Handshake {
+                reason: "advertised address is not UTF-8".to_owned(),
+            })?
+            .to_owned();
+        Ok(())
+    }
+
+    /// Decode a whole hello from a buffer; returns it and the bytes it used.
+    pub fn decode(bytes: &[u8]) -> Result<(Self, usize)> {
+        let short = || TransportError::Handshake {
+            reason: "hello truncated".to_owned(),
+        };
+        let prefix: &[u8; HELLO_PREFIX_LEN] = bytes
+            .get(..HELLO_PREFIX_LEN)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(short)?;
+        Self::check_prefix(prefix)?;
+        let fixed: &[u8; HELLO_FIXED_LEN - HELLO_PREFIX_LEN] = bytes
+            .get(HELLO_PREFIX_LEN..HELLO_FIXED_LEN)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(short)?;
+        let (mut hello, addr_len) = Self::decode_fixed(fixed)?;
+        let end = HELLO_FIXED_LEN + addr_len;
+        hello.set_addr(bytes.get(HELLO_FIXED_LEN..end).ok_or_else(short)?)?;
+        Ok((hello, end))
+    }
+}
+
+/// Keys and proofs of one connection, derived from both hellos and the network secret.
+#[derive(Clone)]
+pub struct SessionKeys {
+    /// Key of the frames we send.
+    pub send: [u8; 32],
+    /// Key of the frames we receive.
+    pub recv: [u8; 32],
+    /// The proof we send.
+    pub our_proof: [u8; 32],
+    /// The proof we expect.
+    pub their_proof: blake3::Hash,
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKeys(..)")
+    }
+}
+
+impl SessionKeys {
+    /// Derive from the encoded dialer and acceptor hellos (see `PROTOCOL.md`).
+    pub fn derive(
+        secret: Option<&NetworkSecret>,
+        dialer_hello: &[u8],
+        acceptor_hello: &[u8],
+        we_dial: bool,
+    ) -> Self {
+        let base = match secret {
+            Some(s) => blake3::derive_key("dfs-transport v1 network secret", s.as_bytes()),
+            None => blake3::derive_key("dfs-transport v1 open network", &[]),
+        };
+        let mut t = blake3::Hasher::new_derive_key("dfs-transport v1 transcript");
+        t.update(&(dialer_hello.len() as u64).to_be_bytes());
+        t.update(dialer_hello);
+        t.update(&(acceptor_hello.len() as u64).to_be_bytes());
+        t.update(acceptor_hello);
+        let transcript = t.finalize();
+        let sub = |label: &[u8]| -> [u8; 32] {
+            let mut h = blake3::Hasher::new_keyed(&base);
+            h.update(label);
+            h.update(transcript.as_bytes());
+            *h.finalize().as_bytes()
+        };
+        let proof_d = sub(b"proof dialer");
+        let proof_a = sub(b"proof acceptor");
+        let key_d = sub(b"frames dialer to acceptor");
+        let key_a = sub(b"frames acceptor to dialer");
+        if we_dial {
+            Self {
+                send: key_d,
+                recv: key_a,
+                our_proof: proof_d,
+                their_proof: blake3::Hash::from_bytes(proof_a),
+            }
+        } else {
+            Self {
+                send: key_a,
+                recv: key_d,
+                our_proof: proof_a,
+                their_proof: blake3::Hash::from_bytes(proof_d),
+            }
+        }
+    }
+
+    /// Check the remote's proof in constant time.
+    pub fn verify_proof(&self, theirs: &[u8; 32]) -> bool {
+        // blake3::Hash's PartialEq is constant-time.
+        blake3::Hash::from_bytes(*theirs) == self.their_proof
+    }
+}
+
+fn tag(key: &[u8; 32], kind: u8, seq: u64, payload: &[u8]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(key);
+    // The payload first keeps BLAKE3's chunks aligned for its SIMD path.
+    h.update(payload);
+    h.update(&[kind]);
+    h.update(&seq.to_be_bytes());
+    h.finalize()
+}
+
+/// One verified frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Its kind.
+    pub kind: FrameKind,
+    /// Its payload.
+    pub payload: Bytes,
+}
+
+/// Seals outgoing frames: computes each frame's header and tag, counting sequence numbers.
+#[derive(Clone)]
+pub struct FrameSealer {
+    key: [u8; 32],
+    seq: u64,
+}
+
+impl std::fmt::Debug for FrameSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameSealer")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameSealer {
+    /// A sealer for one direction of one connection.
+    pub fn new(key: [u8; 32]) -> Self {
+        Self { key, seq: 0 }
+    }
+
+    /// Header and tag of the next frame: the frame on the wire is
+    /// `header || payload || tag`.
+    ///
+    /// # Errors
+    /// [`TransportError::FrameTooLarge`] if the frame cannot be described by a 32-bit length.
+    pub fn seal(
+        &mut self,
+        kind: FrameKind,
+        payload: &[u8],
+    ) -> Result<([u8; HEADER_LEN], [u8; TAG_LEN])> {
+        let len = u32::try_from(1 + payload.len() + TAG_LEN).map_err(|_| {
+            TransportError::FrameTooLarge {
+                len: payload.len() as u64,
+                max: u32::MAX as usize - 1 - TAG_LEN,
+            }
+        })?;
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&len.to_be_bytes());
+        header[4] = kind as u8;
+        let t = tag(&self.key, kind as u8, self.seq, payload);
+        self.seq += 1;
+        Ok((header, *t.as_bytes()))
+    }
+
+    /// Seal a frame into a buffer (convenient for tests and small frames).
+    ///
+    /// # Errors
+    /// As [`FrameSealer::seal`].
+    pub fn encode_to(&mut self, kind: FrameKind, payload: &[u8], dst: &mut BytesMut) -> Result<()> {
+        let (header, tag) = self.seal(kind, payload)?;
+        dst.reserve(HEADER_LEN + payload.len() + TAG_LEN);
+        dst.put_slice(&header);
+        dst.put_slice(payload);
+        dst.put_slice(&tag);
+        Ok(())
+    }
+}
+
+/// Decodes and verifies incoming frames: a [`LengthDelimitedCodec`] with the maximum enforced
+/// before anything is allocated, then the tag checked against the expected sequence number.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    inner: LengthDelimitedCodec,
+    key: [u8; 32],
+    seq: u64,
+    max_payload: usize,
+    failed: bool,
+}
+
+impl FrameDecoder {
+    /// A decoder for one direction of one connection.
+    pub fn new(key: [u8; 32], max_payload: usize) -> Self {
+        let inner = LengthDelimitedCodec::builder()
+            .length_field_length(4)
+            .big_endian()
+            .max_frame_length(max_payload.saturating_add(1 + TAG_LEN))
+            .new_codec();
+        Self {
+            inner,
+            key,
+            seq: 0,
+            max_payload,
+            failed: false,
+        }
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = Frame;
+    type Error = TransportError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
+        if self.failed {
+            return Err(TransportError::protocol("decoding after an earlier error"));
+        }
+        let result = self.decode_inner(src);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() => Ok(None),
+            None => {
+                self.failed = true;
+                Err(TransportError::io(
+                    "connection closed in the middle of a frame",
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ))
+            }
+        }
+    }
+}
+
+impl FrameDecoder {
+    fn decode_inner(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u64::from(u32::from_be_bytes([src[0], src[1], src[2], src[3]]));
+        let overhead = (1 + TAG_LEN) as u64;
+        if len < overhead {
+            return Err(TransportError::protocol(format!(
+                "frame length {len} is shorter than kind and tag"
+            )));
+        }
+        if len - overhead > self.max_payload as u64 {
+            return Err(TransportError::FrameTooLarge {
+                len: len - overhead,
+                max: self.max_payload,
+            });
+        }
+        // Checked against the maximum above, so this fits in memory as configured.
+        let whole = 4 + len as usize;
+        if src.len() < whole {
+            // Room for the rest of this frame (the length is already bounded by the maximum),
+            // and the codec below is only ever handed whole frames.
+            src.reserve(whole - src.len());
+            return Ok(None);
+        }
+        let Some(mut frame) = self
+            .inner
+            .decode(src)
+            .map_err(|e| TransportError::io("decoding a frame", e))?
+        else {
+            return Ok(None);
+        };
+        let tag_bytes = frame.split_off(frame.len() - TAG_LEN);
+        let kind_byte = frame[0];
+        frame.advance(1);
+        let payload = frame.freeze();
+        let mut got = [0u8; TAG_LEN];
+        got.copy_from_slice(&tag_bytes);
+        // blake3::Hash's PartialEq is constant-time.
+        if blake3::Hash::from_bytes(got) != tag(&self.key, kind_byte, self.seq, &payload) {
+            return Err(TransportError::Integrity { seq: self.seq });
+        }
+        self.seq += 1;
+        let kind = FrameKind::from_byte(kind_byte)
+            .ok_or_else(|| TransportError::protocol(format!("unknown frame kind {kind_byte}")))?;
+        Ok(Some(Frame { kind, payload }))
+    }
+}
+
+/// A u64 payload (body lengths).
+pub(crate) fn u64_payload(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+/// Parse a u64 payload.
+pub(crate) fn parse_u64(payload: &[u8], what: &str) -> Result<u64> {
+    let b: [u8; 8] = payload
+        .try_into()
+        .map_err(|_| TransportError::protocol(format!("{what} frame must carry 8 bytes")))?;
+    Ok(u64::from_be_bytes(b))
+}
