@@ -1,0 +1,314 @@
+//! Bounded bridges between async byte streams and the synchronous store and cipher.
+//!
+//! Bytes cross in chunks of [`CHUNK`] over a channel of [`DEPTH`] slots, so a transfer holds
+//! at most about `CHUNK * (DEPTH + 2)` bytes in memory whatever its size. Both directions end
+//! with an explicit end marker: a channel that closes without it (a cancelled or panicked
+//! task) is an error, never a silently short file.
+
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+/// Bytes per chunk.
+pub(crate) const CHUNK: usize = 256 * 1024;
+/// Chunks in flight per transfer.
+pub(crate) const DEPTH: usize = 4;
+
+/// One item of a bridge channel: a chunk, the end marker (`Ok(None)`), or an error.
+pub(crate) type Item = io::Result<Option<Bytes>>;
+
+/// A synchronous [`Read`] fed by an async producer (see [`pump`]). Use only on the blocking
+/// pool. When `expect` is set, the stream must have exactly that length and BLAKE3 hash:
+/// otherwise the final read fails instead of reporting EOF, so a store writing from this
+/// reader never commits the bytes.
+pub(crate) struct ChannelReader {
+    rx: mpsc::Receiver<Item>,
+    current: Bytes,
+    done: bool,
+    expect: Option<(u64, [u8; 32])>,
+    hasher: Option<blake3::Hasher>,
+    seen: u64,
+}
+
+impl ChannelReader {
+    pub(crate) fn new(rx: mpsc::Receiver<Item>, expect: Option<(u64, [u8; 32])>) -> Self {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+            done: false,
+            hasher: expect.map(|_| blake3::Hasher::new()),
+            expect,
+            seen: 0,
+        }
+    }
+
+    fn check_end(&mut self) -> io::Result<()> {
+        if let (Some((size, hash)), Some(hasher)) = (self.expect, self.hasher.as_ref()) {
+            if self.seen != size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("expected {size} bytes, got {}", self.seen),
+                ));
+            }
+            if hasher.finalize() != blake3::Hash::from(hash) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "BLAKE3 hash of the received bytes does not match the announced one",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if !self.current.is_empty() {
+                let n = buf.len().min(self.current.len());
+                let chunk = self.current.split_to(n);
+                buf[..n].copy_from_slice(&chunk);
+                return Ok(n);
+            }
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(Some(chunk))) => {
+                    self.seen += chunk.len() as u64;
+                    if let Some((size, _)) = self.expect {
+                        if self.seen > size {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("more than the announced {size} bytes"),
+                            ));
+                        }
+                    }
+                    if let Some(h) = self.hasher.as_mut() {
+                        h.update(&chunk);
+                    }
+                    self.current = chunk;
+                }
+                Some(Ok(None)) => {
+                    self.check_end()?;
+                    self.done = true;
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "data source stopped before the end of the stream",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Copies `src` into `tx` chunk by chunk, then the end marker. Each read must complete
+/// within `read_timeout` (when set). Returns the byte count. If the receiver goes away the
+/// copy stops with an error.
+pub(crate) async fn pump<R: AsyncRead + Unpin>(
+    mut src: R,
+    tx: &mpsc::Sender<Item>,
+    read_timeout: Option<Duration>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "consumer stopped");
+    loop {
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        let read = src.read_buf(&mut buf);
+        let n = match read_timeout {
+            Some(d) => match tokio::time::timeout(d, read).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no data for {d:?}"),
+                )),
+            },
+            None => read.await,
+        };
+        let n = match n {
+            Ok(n) => n,
+            Err(e) => {
+                let msg = e.to_string();
+                let kind = e.kind();
+                let _ = tx.send(Err(io::Error::new(kind, msg))).await;
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            tx.send(Ok(None)).await.map_err(|_| gone())?;
+            return Ok(total);
+        }
+        total += n as u64;
+        tx.send(Ok(Some(buf.freeze()))).await.map_err(|_| gone())?;
+    }
+}
+
+/// Reads `src` to its end on the calling (blocking) thread, sending chunks into `tx`, then
+/// the end marker. Stops quietly when the receiver is dropped.
+pub(crate) fn drain_blocking(mut src: impl Read, tx: &mpsc::Sender<Item>) {
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        // Fill a whole chunk (or reach the end) to keep channel items large.
+        let result = loop {
+            match src.read(&mut buf[filled..]) {
+                Ok(0) => break Ok(true),
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        break Ok(false);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if filled > 0 {
+            buf.truncate(filled);
+            if tx.blocking_send(Ok(Some(Bytes::from(buf)))).is_err() {
+                return;
+            }
+        }
+        match result {
+            Ok(true) => {
+                let _ = tx.blocking_send(Ok(None));
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// The async side of [`drain_blocking`]: a stream of chunks for
+/// [`tokio_util::io::StreamReader`]. A channel closed without the end marker yields an error.
+#[derive(Debug)]
+pub(crate) struct ChunkStream {
+    rx: mpsc::Receiver<Item>,
+    done: bool,
+}
+
+impl ChunkStream {
+    pub(crate) fn new(rx: mpsc::Receiver<Item>) -> Self {
+        ChunkStream { rx, done: false }
+    }
+}
+
+impl Stream for ChunkStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(Some(chunk)))) => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(Some(Ok(None))) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "reader task stopped before the end of the stream",
+                ))))
+            }
+        }
+    }
+}
+
+/// A channel pair of the bridge's depth.
+pub(crate) fn channel() -> (mpsc::Sender<Item>, mpsc::Receiver<Item>) {
+    mpsc::channel(DEPTH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio_util::io::StreamReader;
+
+    #[tokio::test]
+    async fn round_trip_and_hash_check() {
+        let data: Vec<u8> = (0..CHUNK * 3 + 17).map(|i| i as u8).collect();
+        let hash = *blake3::hash(&data).as_bytes();
+        for (expect, ok) in [
+            (Some((data.len() as u64, hash)), true),
+            (Some((data.len() as u64, [0; 32])), false),
+            (Some((data.len() as u64 + 1, hash)), false),
+            (None, true),
+        ] {
+            let (tx, rx) = channel();
+            let reader = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                ChannelReader::new(rx, expect).read_to_end(&mut out).map(|_| out)
+            });
+            let _ = pump(&data[..], &tx, Some(Duration::from_secs(5))).await;
+            drop(tx);
+            let got = reader.await.unwrap();
+            assert_eq!(got.is_ok(), ok);
+            if ok {
+                assert_eq!(got.unwrap(), data);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn closed_without_end_is_an_error() {
+        let (tx, rx) = channel();
+        tx.send(Ok(Some(Bytes::from_static(b"abc")))).await.unwrap();
+        drop(tx);
+        let mut out = Vec::new();
+        let err = StreamReader::new(ChunkStream::new(rx))
+            .read_to_end(&mut out)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+
+        let (tx, rx) = channel();
+        tx.send(Ok(Some(Bytes::from_static(b"abc")))).await.unwrap();
+        drop(tx);
+        let res = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            ChannelReader::new(rx, None).read_to_end(&mut out)
+        })
+        .await
+        .unwrap();
+        assert!(res.is_err());
+    }
+
+    #[tokio::test]
+    async fn blocking_drain_round_trip() {
+        let data: Vec<u8> = (0..CHUNK * 2 + 5).map(|i| (i * 7) as u8).collect();
+        let (tx, rx) = channel();
+        let src = data.clone();
+        tokio::task::spawn_blocking(move || drain_blocking(&src[..], &tx));
+        let mut out = Vec::new();
+        StreamReader::new(ChunkStream::new(rx))
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, data);
+    }
+}

@@ -1,0 +1,1264 @@
+//! The file server: local store, replication, fetch, membership.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dfs_crypto::{Aes256CtrBlake3, Cipher, Key};
+use dfs_store::{Durability, HashPath, PathTransform, Store};
+use dfs_transport::{
+    BodyReader, Endpoint, EndpointConfig, Event, Events, NodeId, Peer, Substream, Transport,
+};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::io::StreamReader;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{debug, info, warn};
+
+use crate::bridge::{self, ChannelReader, ChunkStream};
+use crate::config::{Config, Replication, Scope};
+use crate::error::{Result, ServerError};
+use crate::event::ServerEvent;
+use crate::id::{self, ObjectId};
+use crate::names::NameIndex;
+use crate::object::{self, HeaderCheck};
+use crate::wire::{Envelope, Message, PROTOCOL_VERSION, PeerAddr};
+
+/// How long a serving node keeps an announced body ready for a requester that has not yet
+/// said `Proceed` (the requester drops the exchange when it picked another peer).
+const PROCEED_WAIT: Duration = Duration::from_secs(600);
+/// First bootstrap retry delay; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A peer-to-peer encrypted file server node.
+///
+/// Generic over the [`Transport`] (TCP, in-memory, ...), the store's [`PathTransform`] and
+/// the [`Cipher`] files are encrypted with. Cheap to clone: clones are handles to one node.
+/// It runs inside the caller's tokio runtime and never prints (it logs with `tracing`).
+///
+/// See the crate documentation for an example.
+pub struct FileServer<T: Transport, P: PathTransform = HashPath, C: Cipher = Aes256CtrBlake3> {
+    inner: Arc<Inner<T, P, C>>,
+}
+
+impl<T: Transport, P: PathTransform, C: Cipher> Clone for FileServer<T, P, C> {
+    fn clone(&self) -> Self {
+        FileServer {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T: Transport, P: PathTransform, C: Cipher> fmt::Debug for FileServer<T, P, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileServer")
+            .field("node_id", &self.inner.node_id)
+            .field("addr", &self.inner.endpoint.local_addr())
+            .field("root", &self.inner.config.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`FileServer::store`] returns: the file is durable locally and on `replicas`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Receipt {
+    /// The file name.
+    pub name: String,
+    /// The opaque id it travels and is stored under.
+    pub object: ObjectId,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Stored (encrypted) size in bytes, on this node and on every replica.
+    pub stored_size: u64,
+    /// The peers that acknowledged a durable copy.
+    pub replicas: Vec<NodeId>,
+}
+
+/// An object held by this node; see [`FileServer::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileInfo {
+    /// The name, when this node stored or fetched the file itself (storage peers only hold
+    /// opaque ids).
+    pub name: Option<String>,
+    /// The opaque id as 64 hex digits (the store key).
+    pub id: String,
+    /// Stored (encrypted) size in bytes.
+    pub size: u64,
+}
+
+/// A connected peer; see [`FileServer::peers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The peer's node id.
+    pub id: NodeId,
+    /// The address it can be dialled on.
+    pub addr: String,
+}
+
+/// The plaintext of a file, streamed and decrypted from the local copy as it is read.
+///
+/// Memory stays bounded whatever the file size. The authenticated cipher only releases
+/// verified bytes: damage shows up as an `io::Error` from `read`, never as wrong bytes.
+#[derive(Debug)]
+pub struct FileReader {
+    inner: StreamReader<ChunkStream, Bytes>,
+    len: u64,
+}
+
+impl FileReader {
+    /// The plaintext length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl AsyncRead for FileReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+struct Inner<T: Transport, P: PathTransform, C: Cipher> {
+    config: Config,
+    node_id: NodeId,
+    data_key: Key,
+    fingerprint: [u8; 16],
+    endpoint: Endpoint<T>,
+    store: Arc<Store<P>>,
+    cipher: Arc<C>,
+    names: NameIndex,
+    events: broadcast::Sender<ServerEvent>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    closing: AtomicBool,
+    background: Mutex<Vec<JoinHandle<()>>>,
+    dialing: Mutex<HashSet<String>>,
+}
+
+impl<T: Transport, P: PathTransform, C: Cipher> Drop for Inner<T, P, C> {
+    fn drop(&mut self) {
+        // The last handle is gone without `shutdown`: stop the background tasks.
+        self.cancel.cancel();
+    }
+}
+
+impl<T: Transport> FileServer<T> {
+    /// Starts a node with the default path layout ([`HashPath`]) and the authenticated
+    /// cipher ([`Aes256CtrBlake3`]) under the config's data key.
+    pub async fn start(config: Config, transport: T) -> Result<Self> {
+        let key = resolve_key(&config).await?;
+        let cipher = Aes256CtrBlake3::new(&key);
+        Self::start_inner(config, key, transport, HashPath::default(), cipher).await
+    }
+}
+
+impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
+    /// Starts a node with a custom path layout and cipher. The config's data key still
+    /// derives the opaque ids and the key fingerprint; `cipher` should use the same key.
+    pub async fn start_with(config: Config, transport: T, paths: P, cipher: C) -> Result<Self> {
+        let key = resolve_key(&config).await?;
+        Self::start_inner(config, key, transport, paths, cipher).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        data_key: Key,
+        transport: T,
+        paths: P,
+        cipher: C,
+    ) -> Result<Self> {
+        let root = config.root.clone();
+        let durability = if config.fsync {
+            Durability::Fsync
+        } else {
+            Durability::None
+        };
+        let (node_id, store, names) = tokio::task::spawn_blocking(move || -> Result<_> {
+            std::fs::create_dir_all(&root).map_err(|source| ServerError::Io {
+                op: "create directory",
+                path: root.clone(),
+                source,
+            })?;
+            let node_id = id::load_or_create_node_id(&root)?;
+            let store = Store::builder(root.join("store"))
+                .transform(paths)
+                .durability(durability)
+                .open()?;
+            let names = NameIndex::open(root.join("names"))?;
+            Ok((node_id, store, names))
+        })
+        .await??;
+
+        let endpoint_config = EndpointConfig::new(node_id).secret(config.network_secret.clone());
+        let (endpoint, events) =
+            Endpoint::bind(transport, &config.listen_addr, endpoint_config).await?;
+        let (event_tx, _) = broadcast::channel(config.event_capacity);
+        let inner = Arc::new(Inner {
+            fingerprint: id::key_fingerprint(&data_key),
+            data_key,
+            node_id,
+            endpoint,
+            store: Arc::new(store),
+            cipher: Arc::new(cipher),
+            names,
+            events: event_tx,
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            closing: AtomicBool::new(false),
+            background: Mutex::new(Vec::new()),
+            dialing: Mutex::new(HashSet::new()),
+            config,
+        });
+        info!(node = %node_id, addr = %inner.endpoint.local_addr(), "file server started");
+
+        let driver = tokio::spawn(drive(Arc::downgrade(&inner), events, inner.cancel.clone()));
+        inner.add_background(driver);
+
+        // One attempt at every bootstrap address now (so a reachable bootstrap node is
+        // connected when `start` returns); failures keep retrying in the background.
+        let first = futures::future::join_all(inner.config.bootstrap.iter().map(|addr| {
+            let endpoint = inner.endpoint.clone();
+            async move { (addr.clone(), endpoint.connect(addr).await) }
+        }))
+        .await;
+        for (addr, result) in first {
+            if let Err(e) = result {
+                debug!(%addr, error = %e, "bootstrap attempt failed, retrying with backoff");
+                let task = tokio::spawn(bootstrap(
+                    Arc::downgrade(&inner),
+                    addr,
+                    inner.config.bootstrap_attempts.saturating_sub(1),
+                    inner.cancel.clone(),
+                ));
+                inner.add_background(task);
+            }
+        }
+        Ok(FileServer { inner })
+    }
+
+    /// This node's id (random, persisted in `<root>/node.id`).
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The dialable listen address (with the real port when the config said port 0).
+    pub fn local_addr(&self) -> String {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The opaque id `name` is stored under on every node sharing this node's data key.
+    pub fn object_id(&self, name: &str) -> ObjectId {
+        ObjectId::for_name(&self.inner.data_key, name)
+    }
+
+    /// Stores everything `data` yields under `name`: encrypted while written locally
+    /// (atomically, durably), then streamed from the local file to the replica peers.
+    ///
+    /// Returns once the local copy is durable and the [`Replication`] policy is met, with a
+    /// receipt naming the peers that acknowledged a durable copy. If too few did within the
+    /// replication timeout the error is [`ServerError::ReplicationIncomplete`]; the local
+    /// copy is kept either way. Storing a name again replaces the file.
+    pub async fn store(
+        &self,
+        name: &str,
+        data: impl AsyncRead + Send + Unpin + 'static,
+    ) -> Result<Receipt> {
+        let _token = self.inner.begin()?;
+        let object = self.object_id(name);
+        let (size, stored_size) = self.inner.write_local(name, object, data).await?;
+        let _ = self.inner.events.send(ServerEvent::FileStored {
+            name: name.to_owned(),
+            object,
+            size,
+        });
+        debug!(%name, %object, size, "stored locally");
+        let replicas = self.inner.replicate(name, object).await?;
+        Ok(Receipt {
+            name: name.to_owned(),
+            object,
+            size,
+            stored_size,
+            replicas,
+        })
+    }
+
+    /// [`store`](Self::store) of a byte slice.
+    pub async fn store_bytes(&self, name: &str, data: &[u8]) -> Result<Receipt> {
+        self.store(name, io::Cursor::new(data.to_vec())).await
+    }
+
+    /// Opens `name` for reading: the local copy if there is one, else the first peer that
+    /// has it streams it into a staged local copy, which is verified (size, BLAKE3 hash,
+    /// key fingerprint) and committed before reading starts. Peers are asked concurrently;
+    /// a peer that times out, dies mid-transfer or serves damaged bytes is skipped for the
+    /// next one, and nothing partial is ever committed.
+    ///
+    /// Errors: [`ServerError::NotFound`] when nobody has it, [`ServerError::WrongKey`] when
+    /// it was encrypted under another data key, [`ServerError::FetchFailed`] when every
+    /// holder failed.
+    pub async fn get(&self, name: &str) -> Result<FileReader> {
+        let _token = self.inner.begin()?;
+        let object = self.object_id(name);
+        if let Some(reader) = self.inner.open_local(name, object).await? {
+            return Ok(reader);
+        }
+        self.inner.fetch(name, object).await?;
+        self.inner
+            .open_local(name, object)
+            .await?
+            .ok_or_else(|| ServerError::NotFound {
+                name: name.to_owned(),
+            })
+    }
+
+    /// [`get`](Self::get) into memory.
+    pub async fn get_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut reader = self.get(name).await?;
+        let mut out = Vec::with_capacity(usize::try_from(reader.len()).unwrap_or(0));
+        reader
+            .read_to_end(&mut out)
+            .await
+            .map_err(|source| ServerError::Io {
+                op: "read file",
+                path: name.into(),
+                source,
+            })?;
+        Ok(out)
+    }
+
+    /// Whether this node holds a local copy of `name`.
+    pub async fn has(&self, name: &str) -> Result<bool> {
+        let key = self.object_id(name).to_hex();
+        let store = Arc::clone(&self.inner.store);
+        Ok(tokio::task::spawn_blocking(move || store.has(&key)).await??)
+    }
+
+    /// Deletes `name` from this node ([`Scope::Local`]) or from this node and every
+    /// connected peer ([`Scope::Everywhere`]; peers that do not confirm in time are named in
+    /// [`ServerError::DeleteIncomplete`]). Deleting a missing file is not an error.
+    pub async fn delete(&self, name: &str, scope: Scope) -> Result<()> {
+        let _token = self.inner.begin()?;
+        let object = self.object_id(name);
+        self.inner
+            .delete_local(object, Some(name.to_owned()), None)
+            .await?;
+        if scope == Scope::Everywhere {
+            self.inner.delete_remote(name, object).await?;
+        }
+        Ok(())
+    }
+
+    /// The objects this node holds (its own files and opaque replicas).
+    pub async fn list(&self) -> Result<Vec<FileInfo>> {
+        let store = Arc::clone(&self.inner.store);
+        let names = self.inner.names.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<FileInfo>> {
+            let mut out = Vec::new();
+            for meta in store.objects() {
+                let meta = meta?;
+                out.push(FileInfo {
+                    name: names.get(meta.key()),
+                    id: meta.key().to_owned(),
+                    size: meta.size(),
+                });
+            }
+            Ok(out)
+        })
+        .await?
+    }
+
+    /// The currently connected peers.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.inner
+            .endpoint
+            .peers()
+            .into_iter()
+            .filter(Peer::is_connected)
+            .map(|p| PeerInfo {
+                id: p.id(),
+                addr: p.addr().to_owned(),
+            })
+            .collect()
+    }
+
+    /// A receiver of this node's [`ServerEvent`]s from now on.
+    pub fn events(&self) -> broadcast::Receiver<ServerEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Waits until at least `n` peers are connected, or fails after `within`.
+    pub async fn wait_for_peers(&self, n: usize, within: Duration) -> Result<()> {
+        let mut events = self.events();
+        let deadline = Instant::now() + within;
+        loop {
+            let have = self.peers().len();
+            if have >= n {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => {
+                    return Err(ServerError::Timeout {
+                        what: format!("waiting for {n} peers (have {have})"),
+                    });
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(ServerError::ShuttingDown);
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Dials `addr` (and exchanges peers with it). Useful to join a network after start.
+    pub async fn connect(&self, addr: &str) -> Result<PeerInfo> {
+        let peer = self.inner.endpoint.connect(addr).await?;
+        Ok(PeerInfo {
+            id: peer.id(),
+            addr: peer.addr().to_owned(),
+        })
+    }
+
+    /// Stops the node gracefully: refuses new operations, lets in-flight stores, gets and
+    /// incoming replicas finish, then closes every connection. Other clones of this handle
+    /// get [`ServerError::ShuttingDown`] afterwards.
+    pub async fn shutdown(self) -> Result<()> {
+        let inner = self.inner;
+        inner.closing.store(true, Ordering::SeqCst);
+        inner.cancel.cancel();
+        inner.tracker.close();
+        inner.tracker.wait().await;
+        inner.endpoint.close().await;
+        let tasks = std::mem::take(&mut *lock(&inner.background));
+        for task in tasks {
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    warn!(error = %e, "background task panicked");
+                }
+            }
+        }
+        info!(node = %inner.node_id, "file server stopped");
+        Ok(())
+    }
+}
+
+fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn resolve_key(config: &Config) -> Result<Key> {
+    if let Some(key) = &config.data_key {
+        return Ok(key.clone());
+    }
+    let root = config.root.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&root).map_err(|source| ServerError::Io {
+            op: "create directory",
+            path: root.clone(),
+            source,
+        })?;
+        id::load_or_create_data_key(&root)
+    })
+    .await?
+}
+
+impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
+    fn add_background(&self, task: JoinHandle<()>) {
+        let mut tasks = lock(&self.background);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    fn begin(&self) -> Result<TaskTrackerToken> {
+        let token = self.tracker.token();
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(ServerError::ShuttingDown);
+        }
+        Ok(token)
+    }
+
+    fn emit(&self, event: ServerEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Encrypts `data` into the local store; returns (plaintext, stored) sizes.
+    async fn write_local(
+        &self,
+        name: &str,
+        object: ObjectId,
+        data: impl AsyncRead + Unpin,
+    ) -> Result<(u64, u64)> {
+        let (tx, rx) = bridge::channel();
+        let store = Arc::clone(&self.store);
+        let cipher = Arc::clone(&self.cipher);
+        let names = self.names.clone();
+        let fingerprint = self.fingerprint;
+        let key = object.to_hex();
+        let owned_name = name.to_owned();
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let src = ChannelReader::new(rx, None);
+            let reader = object::encrypting(&*cipher, &fingerprint, src)?;
+            let stored = store.write(&key, reader)?;
+            names.put(&object, &owned_name)?;
+            Ok(stored)
+        });
+        let pumped = bridge::pump(data, &tx, None).await;
+        drop(tx);
+        let written = writer.await?;
+        match pumped {
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(ServerError::Source {
+                name: name.to_owned(),
+                source: e,
+            }),
+            Ok(size) => Ok((size, written?)),
+            Err(e) => Err(written.err().unwrap_or(ServerError::Source {
+                name: name.to_owned(),
+                source: e,
+            })),
+        }
+    }
+
+    /// Streams the local object to the replica peers per the policy.
+    async fn replicate(self: &Arc<Self>, name: &str, object: ObjectId) -> Result<Vec<NodeId>> {
+        let mut peers: Vec<Peer> = self
+            .endpoint
+            .peers()
+            .into_iter()
+            .filter(Peer::is_connected)
+            .collect();
+        let wanted = match self.config.replication {
+            Replication::None => return Ok(Vec::new()),
+            Replication::AllConnected => peers.len(),
+            Replication::Count(n) => {
+                // Rendezvous hashing: a stable, per-object order of candidates.
+                peers.sort_by_cached_key(|p| {
+                    let mut h = blake3::Hasher::new();
+                    h.update(&object.0);
+                    h.update(&p.id().0);
+                    std::cmp::Reverse(*h.finalize().as_bytes())
+                });
+                n
+            }
+        };
+        if wanted == 0 {
+            return Ok(Vec::new());
+        }
+        let mut candidates = peers.into_iter();
+        let mut running = FuturesUnordered::new();
+        for peer in candidates.by_ref().take(wanted) {
+            running.push(self.replicate_one(peer, object));
+        }
+        let deadline = Instant::now() + self.config.replication_timeout;
+        let mut acked = Vec::new();
+        while acked.len() < wanted {
+            match tokio::time::timeout_at(deadline, running.next()).await {
+                Err(_) => {
+                    warn!(%name, "replication timed out");
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some((peer, Ok(())))) => {
+                    debug!(%name, %peer, "replica acknowledged");
+                    acked.push(peer);
+                    self.emit(ServerEvent::Replicated {
+                        name: name.to_owned(),
+                        peer,
+                    });
+                }
+                Ok(Some((peer, Err(e)))) => {
+                    warn!(%name, %peer, error = %e, "replication to peer failed");
+                    if let Some(next) = candidates.next() {
+                        running.push(self.replicate_one(next, object));
+                    }
+                }
+            }
+        }
+        if acked.len() < wanted {
+            return Err(ServerError::ReplicationIncomplete {
+                name: name.to_owned(),
+                wanted,
+                acked,
+            });
+        }
+        Ok(acked)
+    }
+
+    /// Sends the local object to one peer and waits for its durable-write ack.
+    fn replicate_one(
+        self: &Arc<Self>,
+        peer: Peer,
+        object: ObjectId,
+    ) -> impl Future<Output = (NodeId, Result<()>)> + Send + 'static {
+        let this = Arc::clone(self);
+        async move {
+            let id = peer.id();
+            let result = async {
+                let (size, hash, body) = this.open_stored(object).await?;
+                let mut s = peer.open_stream().await?;
+                s.send(&Envelope::new(Message::Put {
+                    id: object,
+                    size,
+                    hash,
+                }))
+                .await?;
+                s.send_body(size, body).await?;
+                match s.recv::<Envelope>().await? {
+                    Some(Envelope {
+                        message: Message::Stored,
+                        ..
+                    }) => {
+                        let _ = s.finish().await;
+                        Ok(())
+                    }
+                    Some(Envelope {
+                        message: Message::Error { message },
+                        ..
+                    }) => Err(ServerError::Remote {
+                        peer: id,
+                        message,
+                    }),
+                    other => Err(ServerError::Remote {
+                        peer: id,
+                        message: format!("unexpected reply {other:?}"),
+                    }),
+                }
+            }
+            .await;
+            (id, result)
+        }
+    }
+
+    /// Opens the stored bytes of `object` as an async reader (verified by the store as it
+    /// streams). Returns (size, BLAKE3 hash, reader).
+    async fn open_stored(
+        &self,
+        object: ObjectId,
+    ) -> Result<(u64, [u8; 32], StreamReader<ChunkStream, Bytes>)> {
+        let key = object.to_hex();
+        let store = Arc::clone(&self.store);
+        let reader = tokio::task::spawn_blocking(move || store.read(&key)).await??;
+        let (size, hash) = (reader.size(), *reader.hash());
+        let (tx, rx) = bridge::channel();
+        tokio::task::spawn_blocking(move || bridge::drain_blocking(reader, &tx));
+        Ok((size, hash, StreamReader::new(ChunkStream::new(rx))))
+    }
+
+    /// The local copy of `name` as a decrypting reader, if there is one.
+    async fn open_local(&self, name: &str, object: ObjectId) -> Result<Option<FileReader>> {
+        let key = object.to_hex();
+        let store = Arc::clone(&self.store);
+        let cipher = Arc::clone(&self.cipher);
+        let fingerprint = self.fingerprint;
+        let owned_name = name.to_owned();
+        let (meta_tx, meta_rx) = oneshot::channel::<Result<Option<u64>>>();
+        let (tx, rx) = bridge::channel();
+        tokio::task::spawn_blocking(move || {
+            let reader = match store.read(&key) {
+                Ok(r) => r,
+                Err(e) if e.is_not_found() => {
+                    let _ = meta_tx.send(Ok(None));
+                    return;
+                }
+                Err(e) => {
+                    let _ = meta_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let stored = reader.size();
+            match object::decrypting(&*cipher, &fingerprint, &owned_name, &key, stored, reader) {
+                Ok((plain, len)) => {
+                    if meta_tx.send(Ok(Some(len))).is_ok() {
+                        bridge::drain_blocking(plain, &tx);
+                    }
+                }
+                Err(e) => {
+                    let _ = meta_tx.send(Err(e));
+                }
+            }
+        });
+        let len = meta_rx.await.map_err(|_| ServerError::Task {
+            reason: "local reader task stopped".to_owned(),
+        })??;
+        Ok(len.map(|len| FileReader {
+            inner: StreamReader::new(ChunkStream::new(rx)),
+            len,
+        }))
+    }
+
+    /// Fetches `object` from the first peer that has it and delivers a verified copy.
+    async fn fetch(self: &Arc<Self>, name: &str, object: ObjectId) -> Result<()> {
+        let peers: Vec<Peer> = self
+            .endpoint
+            .peers()
+            .into_iter()
+            .filter(Peer::is_connected)
+            .collect();
+        if peers.is_empty() {
+            return Err(ServerError::NotFound {
+                name: name.to_owned(),
+            });
+        }
+        // Ask everyone at once; offers queue up in arrival order.
+        let (offer_tx, mut offers) = mpsc::channel(peers.len());
+        let timeout = self.config.request_timeout;
+        let asked = peers.len();
+        for peer in peers {
+            let offer_tx = offer_tx.clone();
+            let cancel = self.cancel.clone();
+            tokio::spawn(async move {
+                let id = peer.id();
+                let ask = async {
+                    let mut s = peer.open_stream().await?;
+                    s.send(&Envelope::new(Message::Get { id: object })).await?;
+                    match s.recv::<Envelope>().await? {
+                        Some(Envelope {
+                            message: Message::Found { size, hash },
+                            ..
+                        }) => Ok(Some((s, size, hash))),
+                        Some(Envelope {
+                            message: Message::NotFound,
+                            ..
+                        }) => Ok(None),
+                        other => Err(ServerError::Remote {
+                            peer: id,
+                            message: format!("unexpected reply {other:?}"),
+                        }),
+                    }
+                };
+                let result = tokio::select! {
+                    () = cancel.cancelled() => Err(ServerError::ShuttingDown),
+                    r = tokio::time::timeout(timeout, ask) => r.unwrap_or_else(|_| {
+                        Err(ServerError::Timeout { what: format!("reply from {id}") })
+                    }),
+                };
+                let _ = offer_tx.send((id, result)).await;
+            });
+        }
+        drop(offer_tx);
+        let mut attempts = 0;
+        let mut last: Option<ServerError> = None;
+        let mut errors = 0;
+        while let Some((peer, offer)) = offers.recv().await {
+            match offer {
+                Ok(Some((s, size, hash))) => {
+                    attempts += 1;
+                    match self.download(name, object, s, size, hash).await {
+                        Ok(()) => {
+                            info!(%name, %peer, size, "fetched");
+                            self.emit(ServerEvent::Fetched {
+                                name: name.to_owned(),
+                                from: peer,
+                                size,
+                            });
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            warn!(%name, %peer, error = %e, "fetch from peer failed, trying the next");
+                            last = Some(e);
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(%name, %peer, error = %e, "peer did not answer");
+                    errors += 1;
+                    if last.is_none() {
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+        match last {
+            Some(e @ ServerError::WrongKey { .. }) => Err(e),
+            Some(e) if attempts > 0 => Err(ServerError::FetchFailed {
+                name: name.to_owned(),
+                attempts,
+                last: e.to_string(),
+            }),
+            Some(e) if errors == asked => Err(ServerError::FetchFailed {
+                name: name.to_owned(),
+                attempts: 0,
+                last: e.to_string(),
+            }),
+            _ => Err(ServerError::NotFound {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Receives one offered body into the store, committing only a verified copy.
+    async fn download(
+        &self,
+        name: &str,
+        object: ObjectId,
+        mut s: Substream,
+        size: u64,
+        hash: [u8; 32],
+    ) -> Result<()> {
+        let timeout = self.config.request_timeout;
+        let peer = s.peer_id();
+        s.send(&Envelope::new(Message::Proceed)).await?;
+        let mut body: BodyReader = tokio::time::timeout(timeout, s.recv_body())
+            .await
+            .map_err(|_| ServerError::Timeout {
+                what: format!("body from {peer}"),
+            })??;
+        if body.len() != size {
+            return Err(ServerError::Remote {
+                peer,
+                message: format!("announced {size} bytes but sent a body of {}", body.len()),
+            });
+        }
+        let (tx, rx) = bridge::channel();
+        let store = Arc::clone(&self.store);
+        let names = self.names.clone();
+        let fingerprint = self.fingerprint;
+        let key = object.to_hex();
+        let owned_name = name.to_owned();
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut src = ChannelReader::new(rx, Some((size, hash)));
+            let head = object::read_header(&mut src).map_err(|e| ServerError::BadObject {
+                id: key.clone(),
+                reason: format!("cannot read header: {e}"),
+            })?;
+            match object::check_header(&head, &fingerprint) {
+                HeaderCheck::Ours => {}
+                HeaderCheck::OtherKey => {
+                    return Err(ServerError::WrongKey { name: owned_name });
+                }
+                HeaderCheck::Invalid(reason) => {
+                    return Err(ServerError::BadObject {
+                        id: key,
+                        reason: reason.to_owned(),
+                    });
+                }
+            }
+            let n = store.write(&key, io::Cursor::new(head).chain(src))?;
+            names.put(&object, &owned_name)?;
+            Ok(n)
+        });
+        let pumped = bridge::pump(&mut body, &tx, Some(timeout)).await;
+        drop(tx);
+        let written = writer.await?;
+        match (pumped, written) {
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(ServerError::Io {
+                op: "receive body",
+                path: name.into(),
+                source: e,
+            }),
+            (Ok(_), Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn delete_local(
+        &self,
+        object: ObjectId,
+        name: Option<String>,
+        by: Option<NodeId>,
+    ) -> Result<bool> {
+        let key = object.to_hex();
+        let store = Arc::clone(&self.store);
+        let names = self.names.clone();
+        let existed = tokio::task::spawn_blocking(move || -> Result<bool> {
+            let existed = store.delete(&key)?;
+            names.remove(&object)?;
+            Ok(existed)
+        })
+        .await??;
+        if existed {
+            self.emit(ServerEvent::Deleted { object, name, by });
+        }
+        Ok(existed)
+    }
+
+    async fn delete_remote(&self, name: &str, object: ObjectId) -> Result<()> {
+        let timeout = self.config.request_timeout;
+        let asks = self
+            .endpoint
+            .peers()
+            .into_iter()
+            .filter(Peer::is_connected)
+            .map(|peer| async move {
+                let id = peer.id();
+                let ask = async {
+                    let mut s = peer.open_stream().await?;
+                    s.send(&Envelope::new(Message::Delete { id: object })).await?;
+                    match s.recv::<Envelope>().await? {
+                        Some(Envelope {
+                            message: Message::Deleted { .. },
+                            ..
+                        }) => {
+                            let _ = s.finish().await;
+                            Ok(())
+                        }
+                        other => Err(ServerError::Remote {
+                            peer: id,
+                            message: format!("unexpected reply {other:?}"),
+                        }),
+                    }
+                };
+                let result = tokio::time::timeout(timeout, ask)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ServerError::Timeout {
+                            what: format!("delete on {id}"),
+                        })
+                    });
+                (id, result)
+            });
+        let results = futures::future::join_all(asks).await;
+        let failed: Vec<NodeId> = results
+            .into_iter()
+            .filter_map(|(id, r)| {
+                r.err().map(|e| {
+                    warn!(%name, peer = %id, error = %e, "remote delete failed");
+                    id
+                })
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(ServerError::DeleteIncomplete {
+                name: name.to_owned(),
+                failed,
+            })
+        }
+    }
+
+    // ---- serving peers ----
+
+    async fn serve(self: Arc<Self>, from: Peer, mut s: Substream) {
+        let first = tokio::time::timeout(self.config.request_timeout, s.recv::<Envelope>()).await;
+        let envelope = match first {
+            Ok(Ok(Some(envelope))) => envelope,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                debug!(peer = %from.id(), error = %e, "bad request");
+                return;
+            }
+            Err(_) => {
+                debug!(peer = %from.id(), "request timed out");
+                return;
+            }
+        };
+        if envelope.version != PROTOCOL_VERSION {
+            let _ = s
+                .send(&Envelope::new(Message::Error {
+                    message: format!(
+                        "unsupported protocol version {} (this node speaks {PROTOCOL_VERSION})",
+                        envelope.version
+                    ),
+                }))
+                .await;
+            return;
+        }
+        let result = match envelope.message {
+            Message::Put { id, size, hash } => self.serve_put(from.id(), s, id, size, hash).await,
+            Message::Get { id } => self.serve_get(s, id).await,
+            Message::Delete { id } => self.serve_delete(from.id(), s, id).await,
+            other => {
+                let _ = s
+                    .send(&Envelope::new(Message::Error {
+                        message: format!("unexpected request {other:?}"),
+                    }))
+                    .await;
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            debug!(peer = %from.id(), error = %e, "request failed");
+        }
+    }
+
+    async fn serve_put(
+        &self,
+        from: NodeId,
+        s: Substream,
+        object: ObjectId,
+        size: u64,
+        hash: [u8; 32],
+    ) -> Result<()> {
+        let mut body = s.recv_body().await?;
+        if body.len() != size {
+            return Err(ServerError::Remote {
+                peer: from,
+                message: "body length differs from the announced size".to_owned(),
+            });
+        }
+        let (tx, rx) = bridge::channel();
+        let store = Arc::clone(&self.store);
+        let key = object.to_hex();
+        let writer = tokio::task::spawn_blocking(move || {
+            store.write(&key, ChannelReader::new(rx, Some((size, hash))))
+        });
+        let pumped = bridge::pump(&mut body, &tx, Some(self.config.request_timeout)).await;
+        drop(tx);
+        let written = writer.await?;
+        let reply = match (&pumped, &written) {
+            (Ok(_), Ok(_)) => Message::Stored,
+            (_, Err(e)) => Message::Error {
+                message: e.to_string(),
+            },
+            (Err(e), _) => Message::Error {
+                message: e.to_string(),
+            },
+        };
+        let stored = matches!(reply, Message::Stored);
+        if let Ok(mut s) = body.into_substream() {
+            s.send(&Envelope::new(reply)).await?;
+            let _ = s.finish().await;
+        }
+        if stored {
+            debug!(%object, peer = %from, size, "replica stored");
+            self.emit(ServerEvent::ReplicaStored {
+                object,
+                from,
+                size,
+            });
+            Ok(())
+        } else {
+            written?;
+            pumped.map_err(|source| ServerError::Io {
+                op: "receive replica",
+                path: object.to_hex().into(),
+                source,
+            })?;
+            Ok(())
+        }
+    }
+
+    async fn serve_get(&self, mut s: Substream, object: ObjectId) -> Result<()> {
+        let key = object.to_hex();
+        let store = Arc::clone(&self.store);
+        let opened = tokio::task::spawn_blocking(move || store.read(&key)).await?;
+        let reader = match opened {
+            Ok(reader) => reader,
+            Err(e) if e.is_not_found() => {
+                s.send(&Envelope::new(Message::NotFound)).await?;
+                let _ = s.finish().await;
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = s
+                    .send(&Envelope::new(Message::Error {
+                        message: e.to_string(),
+                    }))
+                    .await;
+                return Err(e.into());
+            }
+        };
+        let (size, hash) = (reader.size(), *reader.hash());
+        s.send(&Envelope::new(Message::Found { size, hash })).await?;
+        let next = tokio::select! {
+            () = self.cancel.cancelled() => return Ok(()),
+            next = tokio::time::timeout(PROCEED_WAIT, s.recv::<Envelope>()) => next,
+        };
+        match next {
+            Ok(Ok(Some(Envelope {
+                message: Message::Proceed,
+                ..
+            }))) => {}
+            // The requester took another peer's copy (or went away).
+            _ => return Ok(()),
+        }
+        let (tx, rx) = bridge::channel();
+        tokio::task::spawn_blocking(move || bridge::drain_blocking(reader, &tx));
+        s.send_body(size, StreamReader::new(ChunkStream::new(rx)))
+            .await?;
+        let _ = s.finish().await;
+        Ok(())
+    }
+
+    async fn serve_delete(&self, from: NodeId, mut s: Substream, object: ObjectId) -> Result<()> {
+        let existed = match self.delete_local(object, None, Some(from)).await {
+            Ok(existed) => existed,
+            Err(e) => {
+                let _ = s
+                    .send(&Envelope::new(Message::Error {
+                        message: e.to_string(),
+                    }))
+                    .await;
+                return Err(e);
+            }
+        };
+        s.send(&Envelope::new(Message::Deleted { existed })).await?;
+        let _ = s.finish().await;
+        Ok(())
+    }
+
+    // ---- membership ----
+
+    fn on_connected(self: &Arc<Self>, peer: Peer) {
+        let id = peer.id();
+        info!(node = %self.node_id, peer = %id, addr = %peer.addr(), "peer joined");
+        self.emit(ServerEvent::PeerJoined {
+            id,
+            addr: peer.addr().to_owned(),
+        });
+        let others: Vec<Peer> = self
+            .endpoint
+            .peers()
+            .into_iter()
+            .filter(|p| p.id() != id && p.is_connected())
+            .collect();
+        let hello = Envelope::new(Message::Hello {
+            peers: others
+                .iter()
+                .map(|p| PeerAddr {
+                    id: p.id(),
+                    addr: p.addr().to_owned(),
+                })
+                .collect(),
+        });
+        let news = Envelope::new(Message::Peers {
+            peers: vec![PeerAddr {
+                id,
+                addr: peer.addr().to_owned(),
+            }],
+        });
+        self.tracker.spawn(async move {
+            if let Err(e) = peer.send(&hello).await {
+                debug!(peer = %id, error = %e, "hello failed");
+            }
+            for other in others {
+                if let Err(e) = other.send(&news).await {
+                    debug!(peer = %other.id(), error = %e, "peer announcement failed");
+                }
+            }
+        });
+    }
+
+    fn on_peer_list(self: &Arc<Self>, peers: Vec<PeerAddr>) {
+        for p in peers {
+            if p.id == self.node_id || self.endpoint.peer(&p.id).is_some_and(|x| x.is_connected())
+            {
+                continue;
+            }
+            if !lock(&self.dialing).insert(p.addr.clone()) {
+                continue;
+            }
+            let this = Arc::clone(self);
+            self.tracker.spawn(async move {
+                let result = tokio::select! {
+                    () = this.cancel.cancelled() => return,
+                    r = this.endpoint.connect(&p.addr) => r,
+                };
+                if let Err(e) = result {
+                    debug!(addr = %p.addr, error = %e, "could not connect to a learned peer");
+                }
+                lock(&this.dialing).remove(&p.addr);
+            });
+        }
+    }
+}
+
+/// The event loop: membership and incoming requests.
+async fn drive<T: Transport, P: PathTransform, C: Cipher>(
+    inner: Weak<Inner<T, P, C>>,
+    mut events: Events,
+    cancel: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => break,
+            event = events.next() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        let Some(inner) = inner.upgrade() else { break };
+        match event {
+            Event::PeerConnected(peer) => inner.on_connected(peer),
+            Event::PeerDisconnected { id, reason } => {
+                info!(node = %inner.node_id, peer = %id, reason = ?reason, "peer left");
+                inner.emit(ServerEvent::PeerLeft { id });
+            }
+            Event::Message { from, message } => match message.decode::<Envelope>() {
+                Ok(Envelope {
+                    version: PROTOCOL_VERSION,
+                    message: Message::Hello { peers } | Message::Peers { peers },
+                }) => inner.on_peer_list(peers),
+                Ok(other) => {
+                    debug!(peer = %from.id(), message = ?other, "ignored control message");
+                }
+                Err(e) => debug!(peer = %from.id(), error = %e, "undecodable control message"),
+            },
+            Event::Stream { from, stream } => {
+                let this = Arc::clone(&inner);
+                inner.tracker.spawn(this.serve(from, stream));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Keeps dialling a bootstrap address with exponential backoff.
+async fn bootstrap<T: Transport, P: PathTransform, C: Cipher>(
+    inner: Weak<Inner<T, P, C>>,
+    addr: String,
+    attempts: u32,
+    cancel: CancellationToken,
+) {
+    let mut delay = BACKOFF_START;
+    for _ in 0..attempts {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {} // backoff between bootstrap attempts
+        }
+        delay = (delay * 2).min(BACKOFF_MAX);
+        let Some(endpoint) = inner.upgrade().map(|i| i.endpoint.clone()) else {
+            return;
+        };
+        match endpoint.connect(&addr).await {
+            Ok(peer) => {
+                debug!(%addr, peer = %peer.id(), "bootstrap connected");
+                return;
+            }
+            Err(e) => debug!(%addr, error = %e, "bootstrap attempt failed"),
+        }
+    }
+    warn!(%addr, "giving up on bootstrap address");
+}
+
+#[cfg(test)]
+mod tests {
+    fn is_send_sync<X: Send + Sync + 'static>() {}
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        is_send_sync::<super::FileServer<dfs_transport::MemoryTransport>>();
+        is_send_sync::<super::FileReader>();
+    }
+}
