@@ -262,7 +262,9 @@ mod tests {
             let (tx, rx) = channel();
             let reader = tokio::task::spawn_blocking(move || {
                 let mut out = Vec::new();
-                ChannelReader::new(rx, expect).read_to_end(&mut out).map(|_| out)
+                ChannelReader::new(rx, expect)
+                    .read_to_end(&mut out)
+                    .map(|_| out)
             });
             let _ = pump(&data[..], &tx, Some(Duration::from_secs(5))).await;
             drop(tx);

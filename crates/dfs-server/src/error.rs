@@ -53,7 +53,9 @@ pub enum ServerError {
 
     /// Every peer that had the file failed to deliver a verified copy (died mid-transfer,
     /// timed out, or served corrupt bytes). Nothing was committed.
-    #[error("file {name:?}: {attempts} peers had it but none delivered a verified copy; last error: {last}")]
+    #[error(
+        "file {name:?}: {attempts} peers had it but none delivered a verified copy; last error: {last}"
+    )]
     FetchFailed {
         /// The file name.
         name: String,

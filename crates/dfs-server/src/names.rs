@@ -41,7 +41,8 @@ impl NameIndex {
             source,
         };
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| err("create", e))?;
-        tmp.write_all(name.as_bytes()).map_err(|e| err("write", e))?;
+        tmp.write_all(name.as_bytes())
+            .map_err(|e| err("write", e))?;
         tmp.persist(&path).map_err(|e| err("rename", e.error))?;
         Ok(())
     }

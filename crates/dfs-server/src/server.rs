@@ -42,6 +42,8 @@ const PROCEED_WAIT: Duration = Duration::from_secs(600);
 /// First bootstrap retry delay; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How many times a node learned through peer exchange is dialled.
+const LEARNED_ATTEMPTS: u32 = 6;
 
 /// A peer-to-peer encrypted file server node.
 ///
@@ -249,10 +251,12 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         for (addr, result) in first {
             if let Err(e) = result {
                 debug!(%addr, error = %e, "bootstrap attempt failed, retrying with backoff");
-                let task = tokio::spawn(bootstrap(
+                let task = tokio::spawn(join(
                     Arc::downgrade(&inner),
                     addr,
+                    None,
                     inner.config.bootstrap_attempts.saturating_sub(1),
+                    true,
                     inner.cancel.clone(),
                 ));
                 inner.add_background(task);
@@ -643,10 +647,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                     Some(Envelope {
                         message: Message::Error { message },
                         ..
-                    }) => Err(ServerError::Remote {
-                        peer: id,
-                        message,
-                    }),
+                    }) => Err(ServerError::Remote { peer: id, message }),
                     other => Err(ServerError::Remote {
                         peer: id,
                         message: format!("unexpected reply {other:?}"),
@@ -913,7 +914,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 let id = peer.id();
                 let ask = async {
                     let mut s = peer.open_stream().await?;
-                    s.send(&Envelope::new(Message::Delete { id: object })).await?;
+                    s.send(&Envelope::new(Message::Delete { id: object }))
+                        .await?;
                     match s.recv::<Envelope>().await? {
                         Some(Envelope {
                             message: Message::Deleted { .. },
@@ -1042,11 +1044,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         }
         if stored {
             debug!(%object, peer = %from, size, "replica stored");
-            self.emit(ServerEvent::ReplicaStored {
-                object,
-                from,
-                size,
-            });
+            self.emit(ServerEvent::ReplicaStored { object, from, size });
             Ok(())
         } else {
             written?;
@@ -1080,7 +1078,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             }
         };
         let (size, hash) = (reader.size(), *reader.hash());
-        s.send(&Envelope::new(Message::Found { size, hash })).await?;
+        s.send(&Envelope::new(Message::Found { size, hash }))
+            .await?;
         let next = tokio::select! {
             () = self.cancel.cancelled() => return Ok(()),
             next = tokio::time::timeout(PROCEED_WAIT, s.recv::<Envelope>()) => next,
@@ -1162,24 +1161,26 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
 
     fn on_peer_list(self: &Arc<Self>, peers: Vec<PeerAddr>) {
         for p in peers {
-            if p.id == self.node_id || self.endpoint.peer(&p.id).is_some_and(|x| x.is_connected())
-            {
+            if p.id == self.node_id || self.endpoint.peer(&p.id).is_some_and(|x| x.is_connected()) {
                 continue;
             }
             if !lock(&self.dialing).insert(p.addr.clone()) {
                 continue;
             }
             let this = Arc::clone(self);
-            self.tracker.spawn(async move {
-                let result = tokio::select! {
-                    () = this.cancel.cancelled() => return,
-                    r = this.endpoint.connect(&p.addr) => r,
-                };
-                if let Err(e) = result {
-                    debug!(addr = %p.addr, error = %e, "could not connect to a learned peer");
-                }
+            let task = tokio::spawn(async move {
+                join(
+                    Arc::downgrade(&this),
+                    p.addr.clone(),
+                    Some(p.id),
+                    LEARNED_ATTEMPTS,
+                    false,
+                    this.cancel.clone(),
+                )
+                .await;
                 lock(&this.dialing).remove(&p.addr);
             });
+            self.add_background(task);
         }
     }
 }
@@ -1224,32 +1225,47 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
     }
 }
 
-/// Keeps dialling a bootstrap address with exponential backoff.
-async fn bootstrap<T: Transport, P: PathTransform, C: Cipher>(
+/// Dials `addr` until connected, at most `attempts` times, with exponential backoff between
+/// attempts (the first one waits first when `wait_first`). Stops early when the node `id`
+/// is connected some other way.
+async fn join<T: Transport, P: PathTransform, C: Cipher>(
     inner: Weak<Inner<T, P, C>>,
     addr: String,
+    id: Option<NodeId>,
     attempts: u32,
+    wait_first: bool,
     cancel: CancellationToken,
 ) {
     let mut delay = BACKOFF_START;
-    for _ in 0..attempts {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(delay) => {} // backoff between bootstrap attempts
+    for attempt in 0..attempts {
+        if wait_first || attempt > 0 {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {} // backoff between connection attempts
+            }
+            delay = (delay * 2).min(BACKOFF_MAX);
         }
-        delay = (delay * 2).min(BACKOFF_MAX);
         let Some(endpoint) = inner.upgrade().map(|i| i.endpoint.clone()) else {
             return;
         };
-        match endpoint.connect(&addr).await {
-            Ok(peer) => {
-                debug!(%addr, peer = %peer.id(), "bootstrap connected");
+        if let Some(id) = id {
+            if endpoint.peer(&id).is_some_and(|p| p.is_connected()) {
                 return;
             }
-            Err(e) => debug!(%addr, error = %e, "bootstrap attempt failed"),
+        }
+        let result = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = endpoint.connect(&addr) => r,
+        };
+        match result {
+            Ok(peer) => {
+                debug!(%addr, peer = %peer.id(), "connected");
+                return;
+            }
+            Err(e) => debug!(%addr, attempt, error = %e, "connection attempt failed"),
         }
     }
-    warn!(%addr, "giving up on bootstrap address");
+    warn!(%addr, attempts, "giving up on peer address");
 }
 
 #[cfg(test)]

@@ -99,7 +99,8 @@ mod tests {
                 .prop_map(|(id, size, hash)| Message::Put { id, size, hash }),
             Just(Message::Stored),
             id.clone().prop_map(|id| Message::Get { id }),
-            (any::<u64>(), any::<[u8; 32]>()).prop_map(|(size, hash)| Message::Found { size, hash }),
+            (any::<u64>(), any::<[u8; 32]>())
+                .prop_map(|(size, hash)| Message::Found { size, hash }),
             Just(Message::NotFound),
             Just(Message::Proceed),
             id.prop_map(|id| Message::Delete { id }),

@@ -84,7 +84,12 @@ macro_rules! both_transports {
     )*};
 }
 
-fn config(net: &impl Net, dir: &Path, key: &Key, bootstrap: &[String]) -> dfs_server::ConfigBuilder {
+fn config(
+    net: &impl Net,
+    dir: &Path,
+    key: &Key,
+    bootstrap: &[String],
+) -> dfs_server::ConfigBuilder {
     Config::builder(dir)
         .listen_addr(net.listen())
         .data_key(key.clone())
@@ -201,7 +206,10 @@ struct Generated {
 
 impl Generated {
     fn new(len: u64) -> Self {
-        Generated { left: len, x: 0x2545_F491_4F6C_DD1D }
+        Generated {
+            left: len,
+            x: 0x2545_F491_4F6C_DD1D,
+        }
     }
 }
 
@@ -212,7 +220,11 @@ impl AsyncRead for Generated {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let n = (buf.remaining() as u64).min(self.left) as usize / 8 * 8;
-        let n = if n == 0 { (self.left as usize).min(buf.remaining()) } else { n };
+        let n = if n == 0 {
+            (self.left as usize).min(buf.remaining())
+        } else {
+            n
+        };
         let mut chunk = vec![0u8; n];
         for word in chunk.chunks_mut(8) {
             self.x ^= self.x << 13;
@@ -315,9 +327,11 @@ async fn go_multi_hop<N: Net>(net: N) {
     let mut events = b.events();
     assert_eq!(b.get_bytes("coolPicture.jpg").await.unwrap(), data);
     let c_id = c.node_id();
-    wait_event(&mut events, "fetched from c", |e| {
-        matches!(e, ServerEvent::Fetched { from, .. } if *from == c_id)
-    })
+    wait_event(
+        &mut events,
+        "fetched from c",
+        |e| matches!(e, ServerEvent::Fetched { from, .. } if *from == c_id),
+    )
     .await;
     for node in [a, b, c] {
         node.shutdown().await.unwrap();
@@ -333,12 +347,17 @@ async fn go_five_nodes_stop_wipe_restart<N: Net>(net: N) {
     let mut nodes = vec![start(&net, d[0].path(), &key, &[]).await];
     let boot_addr = nodes[0].local_addr();
     for dir in &d[1..] {
-        nodes.push(start(&net, dir.path(), &key, &[boot_addr.clone()]).await);
+        nodes.push(start(&net, dir.path(), &key, std::slice::from_ref(&boot_addr)).await);
     }
     mesh(&nodes.iter().collect::<Vec<_>>()).await;
 
     let files: Vec<(String, Vec<u8>)> = (0..5)
-        .map(|i| (format!("dir_{i}/file_{i}"), pattern(100 + i, 3000 + i as usize * 777)))
+        .map(|i| {
+            (
+                format!("dir_{i}/file_{i}"),
+                pattern(100 + i, 3000 + i as usize * 777),
+            )
+        })
         .collect();
     for (i, (name, data)) in files.iter().enumerate() {
         let receipt = nodes[i].store_bytes(name, data).await.unwrap();
@@ -508,7 +527,10 @@ impl AsyncRead for Failing {
         _cx: &mut Context<'_>,
         _buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "peer died")))
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "peer died",
+        )))
     }
 }
 
@@ -583,7 +605,10 @@ async fn corrupting_peer<N: Net>(net: N) {
     let late = start(&net, d[3].path(), &key, &[a.local_addr()]).await;
     mesh(&[&a, &b, &c, &late]).await;
     let err = late.get_bytes("doc.pdf").await.unwrap_err();
-    assert!(matches!(err, ServerError::FetchFailed { attempts: 2, .. }), "{err}");
+    assert!(
+        matches!(err, ServerError::FetchFailed { attempts: 2, .. }),
+        "{err}"
+    );
     assert!(!late.has("doc.pdf").await.unwrap());
     assert!(late.list().await.unwrap().is_empty(), "no partial object");
 
@@ -605,9 +630,12 @@ async fn wrong_network_secret<N: Net>(net: N) {
             .bootstrap_attempts(1)
             .build()
     };
-    let a = FileServer::start(with(d[0].path(), Some(secret.clone()), &[]), net.transport())
-        .await
-        .unwrap();
+    let a = FileServer::start(
+        with(d[0].path(), Some(secret.clone()), &[]),
+        net.transport(),
+    )
+    .await
+    .unwrap();
     let b = FileServer::start(
         with(d[1].path(), Some(secret.clone()), &[a.local_addr()]),
         net.transport(),
@@ -615,7 +643,10 @@ async fn wrong_network_secret<N: Net>(net: N) {
     .await
     .unwrap();
     mesh(&[&a, &b]).await;
-    for (dir, other) in [(d[2].path(), Some(NetworkSecret::generate())), (d[3].path(), None)] {
+    for (dir, other) in [
+        (d[2].path(), Some(NetworkSecret::generate())),
+        (d[3].path(), None),
+    ] {
         let x = FileServer::start(with(dir, other, &[]), net.transport())
             .await
             .unwrap();
@@ -625,7 +656,10 @@ async fn wrong_network_secret<N: Net>(net: N) {
         assert!(!a.peers().iter().any(|p| p.id == x.node_id()));
         x.shutdown().await.unwrap();
     }
-    let receipt = a.store_bytes("secret.txt", b"for members only").await.unwrap();
+    let receipt = a
+        .store_bytes("secret.txt", b"for members only")
+        .await
+        .unwrap();
     assert_eq!(receipt.replicas, vec![b.node_id()]);
     for node in [a, b] {
         node.shutdown().await.unwrap();
@@ -653,8 +687,14 @@ async fn different_data_key<N: Net>(net: N) {
     assert_eq!(listed[0].id, receipt.object.to_hex());
     for file in files_under(d[2].path()) {
         let bytes = std::fs::read(&file).unwrap();
-        assert!(!bytes.windows(10).any(|w| w == b"top secret"), "plaintext on x's disk");
-        assert!(!bytes.windows(6).any(|w| w == b"secret"), "name on x's disk");
+        assert!(
+            !bytes.windows(10).any(|w| w == b"top secret"),
+            "plaintext on x's disk"
+        );
+        assert!(
+            !bytes.windows(6).any(|w| w == b"secret"),
+            "name on x's disk"
+        );
     }
     let err = x.get_bytes("plans/secret.txt").await.unwrap_err();
     assert!(matches!(err, ServerError::NotFound { .. }), "{err}");
@@ -667,9 +707,11 @@ async fn different_data_key<N: Net>(net: N) {
     let mut events = late.events();
     assert_eq!(late.get_bytes("plans/secret.txt").await.unwrap(), data);
     let x_id = x.node_id();
-    wait_event(&mut events, "fetched from x", |e| {
-        matches!(e, ServerEvent::Fetched { from, .. } if *from == x_id)
-    })
+    wait_event(
+        &mut events,
+        "fetched from x",
+        |e| matches!(e, ServerEvent::Fetched { from, .. } if *from == x_id),
+    )
     .await;
     for node in [a, b, x, late] {
         node.shutdown().await.unwrap();
@@ -698,9 +740,11 @@ async fn delete_everywhere_and_replication_policies<N: Net>(net: N) {
     let mut events = a.events();
     let receipt = a.store_bytes("two-copies", b"abc").await.unwrap();
     assert_eq!(receipt.replicas.len(), 2);
-    wait_event(&mut events, "stored event", |e| {
-        matches!(e, ServerEvent::FileStored { name, size: 3, .. } if name == "two-copies")
-    })
+    wait_event(
+        &mut events,
+        "stored event",
+        |e| matches!(e, ServerEvent::FileStored { name, size: 3, .. } if name == "two-copies"),
+    )
     .await;
     let mut holders = 0;
     for node in &others {
