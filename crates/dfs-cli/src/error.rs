@@ -66,6 +66,17 @@ pub enum Error {
         source: dfs_crypto::CryptoError,
     },
 
+    /// A peer rejected this node's network secret (or the other way round).
+    #[error(
+        "cannot join the network at {addr}: {reason} (do both nodes use the same --secret-file?)"
+    )]
+    WrongSecret {
+        /// The peer's address.
+        addr: String,
+        /// The handshake's complaint.
+        reason: String,
+    },
+
     /// The arguments do not make sense together.
     #[error("{message}")]
     Usage {
@@ -117,6 +128,7 @@ impl Error {
                 _ => EXIT_FAILURE,
             },
             Error::Crypto { source, .. } if is_auth_failure(source) => EXIT_AUTH,
+            Error::WrongSecret { .. } => EXIT_AUTH,
             Error::Usage { .. } => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }

@@ -82,14 +82,15 @@ fn write_secret_file(path: &Path, hex: &str, force: bool) -> Result<()> {
 
 /// Reads a data key file.
 pub(crate) fn read_key(path: &Path) -> Result<Key> {
-    let text = read_small(path)?;
+    let text = read_text(path)?;
     Key::from_hex(&text).map_err(|err| Error::KeyFile {
         path: path.to_path_buf(),
         reason: err.to_string(),
     })
 }
 
-fn read_small(path: &Path) -> Result<Zeroizing<String>> {
+/// Reads a small secret text file (a key or a network secret), warning if others can read it.
+pub(crate) fn read_text(path: &Path) -> Result<Zeroizing<String>> {
     let file = fs::File::open(path).map_err(|source| Error::Io {
         context: format!("cannot read key file {}", path.display()),
         source,

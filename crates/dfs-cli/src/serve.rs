@@ -1,10 +1,456 @@
-//! `dfs serve` (placeholder until dfs-server lands).
+//! `dfs serve`: a `FileServer` over TCP, the control socket, logs and graceful shutdown.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dfs_server::{
+    Config, FileReader, FileServer, NetworkSecret, Replication, Scope, ServerError, ServerEvent,
+    TcpTransport,
+};
+use dfs_transport::TransportError;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 use crate::cli::ServeArgs;
+use crate::control::daemon::{self, Backend, UploadBody};
+use crate::control::{
+    self, FileEntry, NodeStatus, PeerEntry, RemoteError, RemoteErrorKind, StoredInfo,
+};
+use crate::error::one_line;
 use crate::{Error, Result};
 
-pub(crate) async fn serve(_args: ServeArgs) -> Result<()> {
-    Err(Error::Usage {
-        message: "dfs serve is not available in this build yet".to_owned(),
+/// First delay between bootstrap attempts; doubles up to [`RETRY_MAX`].
+const RETRY_START: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+type Server = FileServer<TcpTransport>;
+
+/// Runs a node until SIGINT or SIGTERM.
+pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
+    init_tracing();
+    let data = args.data.clone();
+    prepare_data_dir(&data)?;
+    let socket = control::socket_path(&data);
+    claim_socket(&socket).await?;
+    let key = args
+        .key_file
+        .as_deref()
+        .map(crate::keys::read_key)
+        .transpose()?;
+    let secret = args.secret_file.as_deref().map(read_secret).transpose()?;
+    if secret.is_none() {
+        warn!("no --secret-file: this node runs an open network that any node can join");
+    }
+    // Signals are registered before anything can be announced, so none is lost.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(signal_err)?;
+
+    let mut builder = Config::builder(&data)
+        .listen_addr(args.listen.clone())
+        .network_secret(secret)
+        .fsync(!args.no_fsync);
+    if let Some(key) = key {
+        builder = builder.data_key(key);
+    }
+    if let Some(n) = args.replicas {
+        builder = builder.replication(if n == 0 {
+            Replication::None
+        } else {
+            Replication::Count(n)
+        });
+    }
+    let server = Server::start(builder.build(), TcpTransport::new())
+        .await
+        .map_err(|err| node_err(format!("cannot start the node in {}", data.display()), err))?;
+    tokio::spawn(log_events(server.events()));
+
+    let stop = CancellationToken::new();
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(1);
+    if let Err(err) = join(&server, &args.bootstrap, &stop, &fatal_tx).await {
+        let _ = server.shutdown().await;
+        return Err(err);
+    }
+
+    let listener = bind_socket(&socket)?;
+    let node = Node {
+        server: server.clone(),
+        data_dir: data.clone(),
+        started: Instant::now(),
+    };
+    let abort = CancellationToken::new();
+    let control = tokio::spawn(daemon::run(
+        listener,
+        node,
+        stop.clone(),
+        abort.clone(),
+        Duration::from_secs(args.grace),
+    ));
+
+    let addr = server.local_addr();
+    info!(node = %server.node_id(), %addr, socket = %socket.display(), "node ready");
+    // The ready line scripts and tests wait for: the real address (port 0 resolved).
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
+        "listening on {addr} node {} control {}",
+        server.node_id().to_hex(),
+        socket.display()
+    );
+    let _ = stdout.flush();
+    drop(stdout);
+
+    let outcome = tokio::select! {
+        _ = sigint.recv() => { info!("SIGINT received, shutting down"); Ok(()) }
+        _ = sigterm.recv() => { info!("SIGTERM received, shutting down"); Ok(()) }
+        Some(err) = fatal_rx.recv() => { error!("{}", err.one_line()); Err(err) }
+    };
+    stop.cancel();
+    let mut control = control;
+    tokio::select! {
+        _ = &mut control => {}
+        _ = sigint.recv() => { warn!("second signal: aborting in-flight requests"); abort.cancel(); let _ = control.await; }
+        _ = sigterm.recv() => { warn!("second signal: aborting in-flight requests"); abort.cancel(); let _ = control.await; }
+    }
+    let _ = std::fs::remove_file(&socket);
+    server
+        .shutdown()
+        .await
+        .map_err(|err| node_err("the node did not shut down cleanly".to_owned(), err))?;
+    info!("stopped");
+    outcome
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .compact()
+        .try_init();
+}
+
+fn signal_err(source: std::io::Error) -> Error {
+    Error::Io {
+        context: "cannot install the signal handlers".to_owned(),
+        source,
+    }
+}
+
+fn node_err(context: String, err: ServerError) -> Error {
+    Error::Node {
+        context,
+        source: Box::new(err),
+    }
+}
+
+fn read_secret(path: &Path) -> Result<NetworkSecret> {
+    let text = crate::keys::read_text(path)?;
+    NetworkSecret::from_hex(&text).map_err(|err| Error::KeyFile {
+        path: path.to_path_buf(),
+        reason: one_line(&err),
     })
+}
+
+/// Creates the data directory (mode 0700) if it is missing.
+fn prepare_data_dir(data: &Path) -> Result<()> {
+    if data.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .map_err(|source| Error::Io {
+            context: format!("cannot create the data directory {}", data.display()),
+            source,
+        })
+}
+
+/// Fails if a live node already owns `socket`; removes a stale socket left by a crash.
+async fn claim_socket(socket: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(socket).is_err() {
+        return Ok(());
+    }
+    if tokio::net::UnixStream::connect(socket).await.is_ok() {
+        return Err(Error::Usage {
+            message: format!(
+                "another dfs serve is already running on this data directory (control socket {})",
+                socket.display()
+            ),
+        });
+    }
+    std::fs::remove_file(socket).map_err(|source| Error::Io {
+        context: format!(
+            "cannot remove the stale control socket {}",
+            socket.display()
+        ),
+        source,
+    })
+}
+
+/// Binds the control socket and restricts it to the node's user.
+fn bind_socket(socket: &Path) -> Result<UnixListener> {
+    let io_err = |source| Error::Io {
+        context: format!("cannot create the control socket {}", socket.display()),
+        source,
+    };
+    let listener = UnixListener::bind(socket).map_err(io_err)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Whether `err` says the remote does not share our network secret.
+fn is_auth_failure(err: &ServerError) -> bool {
+    matches!(
+        err,
+        ServerError::Transport(TransportError::AuthFailed { .. })
+    )
+}
+
+fn wrong_secret(addr: &str, err: &ServerError) -> Error {
+    Error::WrongSecret {
+        addr: addr.to_owned(),
+        reason: one_line(err),
+    }
+}
+
+/// Dials every bootstrap address once. An authentication failure is fatal (a wrong network
+/// secret never fixes itself); an unreachable address is retried in the background.
+async fn join(
+    server: &Server,
+    addrs: &[String],
+    stop: &CancellationToken,
+    fatal: &mpsc::Sender<Error>,
+) -> Result<()> {
+    let attempts = futures::future::join_all(
+        addrs
+            .iter()
+            .map(|addr| async move { (addr, server.connect(addr).await) }),
+    )
+    .await;
+    for (addr, attempt) in attempts {
+        match attempt {
+            Ok(peer) => info!("joined {addr} (node {})", peer.id),
+            Err(err) if is_auth_failure(&err) => return Err(wrong_secret(addr, &err)),
+            Err(err) => {
+                warn!(
+                    "cannot reach {addr} yet ({}); retrying in the background",
+                    one_line(&err)
+                );
+                tokio::spawn(retry_join(
+                    server.clone(),
+                    addr.clone(),
+                    stop.clone(),
+                    fatal.clone(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn retry_join(
+    server: Server,
+    addr: String,
+    stop: CancellationToken,
+    fatal: mpsc::Sender<Error>,
+) {
+    let mut delay = RETRY_START;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {} // backoff between bootstrap attempts
+        }
+        match server.connect(&addr).await {
+            Ok(peer) => {
+                info!("joined {addr} (node {})", peer.id);
+                return;
+            }
+            Err(err) if is_auth_failure(&err) => {
+                let _ = fatal.send(wrong_secret(&addr, &err)).await;
+                return;
+            }
+            Err(ServerError::ShuttingDown) => return,
+            Err(err) => {
+                tracing::debug!("cannot reach {addr} yet: {}", one_line(&err));
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// One readable log line per server event.
+async fn log_events(mut events: tokio::sync::broadcast::Receiver<ServerEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(n)) => {
+                warn!("{n} server events were not logged (too many at once)");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        match event {
+            // The server logs peers joining and leaving itself.
+            ServerEvent::PeerJoined { .. } | ServerEvent::PeerLeft { .. } => {}
+            ServerEvent::FileStored { name, size, .. } => info!("stored {name:?} ({size} bytes)"),
+            ServerEvent::Replicated { name, peer } => info!("replicated {name:?} to peer {peer}"),
+            ServerEvent::ReplicaStored { object, from, size } => {
+                info!("stored replica {object} ({size} bytes) from peer {from}");
+            }
+            ServerEvent::Fetched { name, from, size } => {
+                info!("fetched {name:?} ({size} bytes) from peer {from}");
+            }
+            ServerEvent::Deleted { object, name, by } => {
+                let what = name.map_or_else(|| format!("object {object}"), |n| format!("{n:?}"));
+                match by {
+                    Some(peer) => info!("deleted {what} at the request of peer {peer}"),
+                    None => info!("deleted {what}"),
+                }
+            }
+            other => info!("{other:?}"),
+        }
+    }
+}
+
+/// The control socket's view of the node.
+#[derive(Clone, Debug)]
+struct Node {
+    server: Server,
+    data_dir: PathBuf,
+    started: Instant,
+}
+
+/// Maps a server error to what the client is told.
+fn remote(err: &ServerError) -> RemoteError {
+    let kind = match err {
+        ServerError::NotFound { .. } => RemoteErrorKind::NotFound,
+        ServerError::WrongKey { .. } => RemoteErrorKind::WrongKey,
+        ServerError::ShuttingDown => RemoteErrorKind::ShuttingDown,
+        ServerError::Source { .. } => RemoteErrorKind::Aborted,
+        ServerError::ReplicationIncomplete { .. }
+        | ServerError::DeleteIncomplete { .. }
+        | ServerError::FetchFailed { .. }
+        | ServerError::Remote { .. }
+        | ServerError::Timeout { .. }
+        | ServerError::Transport(_) => RemoteErrorKind::Network,
+        _ if is_disk_full(err) => RemoteErrorKind::DiskFull,
+        ServerError::Store(dfs_store::StoreError::InvalidKey { .. }) => {
+            RemoteErrorKind::InvalidArgument
+        }
+        _ => RemoteErrorKind::Other,
+    };
+    let mut message = one_line(err);
+    if kind == RemoteErrorKind::DiskFull {
+        message = format!("disk full on the node: {message}");
+    }
+    RemoteError::new(kind, message)
+}
+
+fn is_disk_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+impl Backend for Node {
+    type Body = FileReader;
+
+    fn node_id(&self) -> String {
+        self.server.node_id().to_hex()
+    }
+
+    async fn put(&self, name: &str, body: UploadBody) -> Result<StoredInfo, RemoteError> {
+        let receipt = self
+            .server
+            .store(name, body)
+            .await
+            .map_err(|err| remote(&err))?;
+        Ok(StoredInfo {
+            name: receipt.name,
+            size: receipt.size,
+            replicas: receipt.replicas.iter().map(|id| id.to_hex()).collect(),
+        })
+    }
+
+    async fn get(&self, name: &str) -> Result<(u64, FileReader), RemoteError> {
+        let reader = self.server.get(name).await.map_err(|err| remote(&err))?;
+        Ok((reader.len(), reader))
+    }
+
+    async fn remove(&self, name: &str, everywhere: bool) -> Result<(), RemoteError> {
+        let here = self.server.has(name).await.map_err(|err| remote(&err))?;
+        if !here && !everywhere {
+            return Err(RemoteError::new(
+                RemoteErrorKind::NotFound,
+                format!("file {name:?} not found on this node"),
+            ));
+        }
+        let scope = if everywhere {
+            Scope::Everywhere
+        } else {
+            Scope::Local
+        };
+        self.server
+            .delete(name, scope)
+            .await
+            .map_err(|err| remote(&err))
+    }
+
+    async fn list(&self) -> Result<Vec<FileEntry>, RemoteError> {
+        let files = self.server.list().await.map_err(|err| remote(&err))?;
+        Ok(files
+            .into_iter()
+            .map(|f| FileEntry {
+                name: f.name,
+                id: f.id,
+                size: f.size,
+            })
+            .collect())
+    }
+
+    async fn peers(&self, wait_for: usize, timeout: Duration) -> Vec<PeerEntry> {
+        if wait_for > 0 {
+            // A timeout is not an error here: the caller compares the count.
+            let _ = self.server.wait_for_peers(wait_for, timeout).await;
+        }
+        self.server
+            .peers()
+            .into_iter()
+            .map(|p| PeerEntry {
+                id: p.id.to_hex(),
+                addr: p.addr,
+            })
+            .collect()
+    }
+
+    async fn status(&self) -> Result<NodeStatus, RemoteError> {
+        let files = self.server.list().await.map_err(|err| remote(&err))?;
+        Ok(NodeStatus {
+            node_id: self.server.node_id().to_hex(),
+            listen_addr: self.server.local_addr(),
+            data_dir: self.data_dir.display().to_string(),
+            peers: self.server.peers().len() as u64,
+            files: files.len() as u64,
+            stored_bytes: files.iter().map(|f| f.size).sum(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
 }

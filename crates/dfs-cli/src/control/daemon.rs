@@ -1,5 +1,4 @@
 //! The node side of the control socket: accepts client connections and drives a [`Backend`].
-#![cfg_attr(not(test), allow(dead_code))] // Used by `dfs serve`, which lands with dfs-server.
 
 use std::future::Future;
 use std::io;
@@ -61,14 +60,15 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
 const MAX_PEER_WAIT: Duration = Duration::from_secs(600);
 
 /// Serves the control socket until `stop` is cancelled, then lets in-flight requests finish for
-/// up to `grace` before aborting them (an aborted upload stores nothing).
+/// up to `grace` (or until `abort` is cancelled) before aborting them (an aborted upload
+/// stores nothing).
 pub(crate) async fn run<B: Backend>(
     listener: UnixListener,
     backend: B,
     stop: CancellationToken,
+    abort: CancellationToken,
     grace: Duration,
 ) {
-    let abort = CancellationToken::new();
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

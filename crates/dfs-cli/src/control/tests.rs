@@ -121,7 +121,13 @@ fn start(grace: Duration) -> Harness {
     let listener = UnixListener::bind(&socket).unwrap();
     let backend = MemBackend::default();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(daemon::run(listener, backend.clone(), stop.clone(), grace));
+    let task = tokio::spawn(daemon::run(
+        listener,
+        backend.clone(),
+        stop.clone(),
+        CancellationToken::new(),
+        grace,
+    ));
     Harness {
         _dir: dir,
         socket,

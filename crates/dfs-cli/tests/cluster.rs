@@ -1,0 +1,264 @@
+//! Three real `dfs serve` processes: put and get through different nodes, the client
+//! commands, their exit codes, and the offline `keygen` / `encrypt` / `decrypt` commands.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+use common::*;
+
+#[test]
+fn put_and_get_through_different_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "cluster");
+    let a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--no-fsync"]);
+    let b = Node::start(&tmp.path().join("b"), "b", &keys, &[&a], &["--no-fsync"]);
+    let c = Node::start(&tmp.path().join("c"), "c", &keys, &[&a], &["--no-fsync"]);
+    for node in [&a, &b, &c] {
+        node.wait_peers(2);
+    }
+
+    // A multi-chunk file through A, read back through B and C.
+    let src = tmp.path().join("photo.bin");
+    let hash = write_pattern_file(&src, 1, 3 * 1024 * 1024 + 17);
+    let stored = a.ok(&["put", src.to_str().unwrap()]);
+    assert!(
+        stored.contains("stored photo.bin (3145745 bytes)"),
+        "{stored}"
+    );
+    assert!(stored.contains("2 replica(s)"), "{stored}");
+    for node in [&b, &c] {
+        let out = tmp.path().join(format!("from-{}", node.name));
+        node.ok(&["get", "photo.bin", "-o", out.to_str().unwrap()]);
+        assert_eq!(hash_file(&out), hash, "bytes via {}", node.name);
+    }
+
+    // stdin to stdout, the other way round, including an empty file.
+    let data = Pattern::bytes(2, 200_000);
+    let mut put = dfs()
+        .args([
+            "put",
+            "-",
+            "--name",
+            "dir/notes.txt",
+            "--data",
+            c.data_arg(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    put.stdin.take().unwrap().write_all(&data).unwrap();
+    let out = put.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let got = a.dfs(&["get", "dir/notes.txt"]);
+    assert!(got.status.success(), "{}", stderr_of(&got));
+    assert!(got.stdout == data, "stdout bytes differ");
+    let empty = tmp.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    b.ok(&["put", empty.to_str().unwrap()]);
+    assert!(c.dfs(&["get", "empty"]).stdout.is_empty());
+
+    // ls, peers, status.
+    let listed = a.ok(&["ls"]);
+    assert!(listed.contains("photo.bin"), "{listed}");
+    let peers = b.ok(&["peers"]);
+    assert_eq!(peers.lines().count(), 2, "{peers}");
+    assert!(
+        peers.contains(&a.addr) && peers.contains(&c.addr),
+        "{peers}"
+    );
+    let status = c.ok(&["status"]);
+    assert!(status.contains("peers:    2"), "{status}");
+    assert!(status.contains(&c.addr), "{status}");
+
+    // Unknown names: exit 3 and one line.
+    let out = b.dfs(&[
+        "get",
+        "no-such-file",
+        "-o",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert_eq!(
+        stderr_of(&out).trim().lines().count(),
+        1,
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(stderr_of(&out).contains("not found"), "{}", stderr_of(&out));
+    assert!(!tmp.path().join("x").exists(), "no partial output file");
+    let out = b.dfs(&["rm", "no-such-file"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+
+    // rm on one node only, then everywhere.
+    c.ok(&["rm", "photo.bin"]);
+    let out = tmp.path().join("again");
+    c.ok(&["get", "photo.bin", "-o", out.to_str().unwrap()]);
+    assert_eq!(hash_file(&out), hash, "re-fetched from a peer");
+    a.ok(&["rm", "photo.bin", "--everywhere"]);
+    for node in [&a, &b, &c] {
+        let out = node.dfs(&[
+            "get",
+            "photo.bin",
+            "-o",
+            tmp.path().join("gone").to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{} still has it", node.name);
+    }
+}
+
+#[test]
+fn client_errors_are_one_line_with_distinct_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No node on this directory.
+    let out = run(&["ls", "--data", tmp.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("node unreachable"), "{err}");
+    // Unreadable input file.
+    let out = run(&[
+        "put",
+        "/no/such/file",
+        "--data",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("cannot read /no/such/file"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Bad usage.
+    let out = run(&["put", "-", "--data", tmp.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--name"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn keygen_encrypt_decrypt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "k");
+    for path in [&keys.key, &keys.secret] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let out = run(&[
+        "keygen",
+        "--key-file",
+        keys.key.to_str().unwrap(),
+        "--secret-file",
+        tmp.path().join("s2").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "refuses to overwrite");
+
+    let plain = tmp.path().join("plain");
+    let hash = write_pattern_file(&plain, 7, 1_000_003);
+    let key = keys.key.to_str().unwrap();
+    for cipher in ["sealed", "ctr"] {
+        let enc = tmp.path().join(format!("enc-{cipher}"));
+        let dec = tmp.path().join(format!("dec-{cipher}"));
+        let out = run(&[
+            "encrypt",
+            "-k",
+            key,
+            "--cipher",
+            cipher,
+            plain.to_str().unwrap(),
+            "-o",
+            enc.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let enc_len = std::fs::metadata(&enc).unwrap().len();
+        if cipher == "ctr" {
+            assert_eq!(enc_len, 16 + 1_000_003, "IV || ciphertext, the Go layout");
+        } else {
+            assert!(enc_len > 1_000_003);
+        }
+        let out = run(&[
+            "decrypt",
+            "-k",
+            key,
+            "--cipher",
+            cipher,
+            enc.to_str().unwrap(),
+            "-o",
+            dec.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert_eq!(hash_file(&dec), hash);
+    }
+
+    // stdin -> stdout.
+    let data = Pattern::bytes(8, 70_000);
+    let mut enc = dfs()
+        .args(["encrypt", "-k", key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = enc.stdin.take().unwrap();
+    let feed = data.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&feed).unwrap());
+    let sealed = enc.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(sealed.status.success());
+    let sealed_path = tmp.path().join("sealed");
+    std::fs::write(&sealed_path, &sealed.stdout).unwrap();
+    let out = run(&["decrypt", "-k", key, sealed_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.stdout == data);
+
+    // A wrong key or a flipped bit: exit 5, one line, no output file.
+    let other = keygen(tmp.path(), "other");
+    let target = tmp.path().join("never");
+    let out = run(&[
+        "decrypt",
+        "-k",
+        other.key.to_str().unwrap(),
+        sealed_path.to_str().unwrap(),
+        "-o",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("authentication failed"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!target.exists());
+    let mut tampered = sealed.stdout.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 1;
+    std::fs::write(&sealed_path, &tampered).unwrap();
+    let out = run(&[
+        "decrypt",
+        "-k",
+        key,
+        sealed_path.to_str().unwrap(),
+        "-o",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr_of(&out));
+    assert!(!target.exists());
+    // A malformed key file.
+    std::fs::write(tmp.path().join("bad.key"), "zz").unwrap();
+    let out = run(&[
+        "encrypt",
+        "-k",
+        tmp.path().join("bad.key").to_str().unwrap(),
+        plain.to_str().unwrap(),
+        "-o",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("bad key file"),
+        "{}",
+        stderr_of(&out)
+    );
+}
