@@ -342,6 +342,8 @@ impl Peer {
 struct ConnEntry {
     conn_id: u64,
     addr: Arc<str>,
+    /// The address we dialled, if we did.
+    dialed: Option<Arc<str>>,
     we_dialed: bool,
     remote_max: usize,
     tx: mpsc::Sender<Cmd>,
@@ -533,9 +535,30 @@ impl<T: Transport> Endpoint<T> {
             .collect()
     }
 
+    /// Close the control connection to `id` gracefully (queued messages drain first) and
+    /// report [`Event::PeerDisconnected`] with no reason. Returns whether it was connected.
+    ///
+    /// Use it to drop a misbehaving peer, e.g. one whose messages do not decode.
+    pub async fn disconnect(&self, id: &NodeId) -> bool {
+        let entry = lock(&self.shared.table).peers.remove(id);
+        let Some(entry) = entry else {
+            return false;
+        };
+        let _ = entry.tx.send(Cmd::Close(CLOSE_DONE)).await;
+        self.shared
+            .emit(Event::PeerDisconnected {
+                id: *id,
+                reason: None,
+            })
+            .await;
+        true
+    }
+
     /// Close gracefully: stop accepting, let every control connection drain its queued
     /// messages and send a close frame (bounded by the close timeout), then end the event
-    /// stream. Substreams already handed out are not affected.
+    /// stream. Each connection keeps reading in the background until the remote closes its
+    /// side too (bounded by the idle timeout), so nothing we sent is lost to a TCP reset.
+    /// Substreams already handed out are not affected.
     pub async fn close(&self) {
         let shared = &self.shared;
         shared.shutdown.cancel();
@@ -597,7 +620,7 @@ impl<T: Transport> Shared<T> {
         let found = lock(&self.table)
             .peers
             .iter()
-            .find(|(_, e)| &*e.addr == addr)
+            .find(|(_, e)| &*e.addr == addr || e.dialed.as_deref() == Some(addr))
             .map(|(id, e)| (*id, Arc::clone(&e.addr)))?;
         Some(self.peer_handle(found.0, found.1))
     }
@@ -627,13 +650,19 @@ impl<T: Transport> Shared<T> {
         }
     }
 
-    /// Dial, handshake and read the welcome.
-    async fn dial_established(&self, addr: &str, kind: ConnKind) -> Result<Established> {
+    /// Dial, handshake and read the welcome: the connection, or why the remote refused it
+    /// (with its node id).
+    async fn dial_established(
+        &self,
+        addr: &str,
+        kind: ConnKind,
+    ) -> Result<std::result::Result<Established, (NodeId, TransportError)>> {
         let local = self.local();
         self.with_timeout("dialling and handshaking", async {
             let stream = self.transport.dial(addr).await?;
             let mut est = handshake(stream, &local, kind, true).await?;
-            if est.remote.node_id == self.config.node_id {
+            let id = est.remote.node_id;
+            if id == self.config.node_id {
                 return Err(TransportError::SelfDial {
                     addr: addr.to_owned(),
                 });
@@ -646,29 +675,39 @@ impl<T: Transport> Shared<T> {
             if welcome.kind != FrameKind::Welcome || welcome.payload.is_empty() {
                 return Err(TransportError::protocol("expected a welcome frame"));
             }
-            match welcome.payload[0] {
+            Ok(match welcome.payload[0] {
                 WELCOME_OK => Ok(est),
-                WELCOME_DUPLICATE => Err(TransportError::Rejected {
-                    reason: "duplicate".to_owned(),
-                }),
-                _ => Err(TransportError::Rejected {
-                    reason: String::from_utf8_lossy(&welcome.payload[1..]).into_owned(),
-                }),
-            }
+                WELCOME_DUPLICATE => Err((
+                    id,
+                    TransportError::Rejected {
+                        reason: "the remote keeps another connection with us".to_owned(),
+                    },
+                )),
+                _ => Err((
+                    id,
+                    TransportError::Rejected {
+                        reason: String::from_utf8_lossy(&welcome.payload[1..]).into_owned(),
+                    },
+                )),
+            })
         })
         .await
     }
 
     async fn dial_control(self: Arc<Self>, addr: &str) -> Result<Peer> {
         let est = match self.dial_established(addr, ConnKind::Control).await {
-            Ok(est) => est,
-            Err(TransportError::Rejected { reason }) if reason == "duplicate" => {
-                // The remote holds a connection it prefers; it is registered here too, or is
-                // about to be.
-                return self
-                    .wait_for_peer_at(addr)
-                    .await
-                    .ok_or(TransportError::Rejected { reason });
+            Ok(Ok(est)) => est,
+            Ok(Err((id, e))) => {
+                // Refused as a duplicate: the remote keeps a connection it prefers, which is
+                // registered here too, or is about to be.
+                let duplicate = matches!(&e, TransportError::Rejected { reason } if reason.contains("another connection"));
+                if duplicate {
+                    if let Some(p) = self.wait_for_peer(&id).await {
+                        return Ok(p);
+                    }
+                }
+                debug!(%addr, error = %e, "dial refused");
+                return Err(e);
             }
             Err(e) => {
                 debug!(%addr, error = %e, "dial failed");
@@ -677,7 +716,7 @@ impl<T: Transport> Shared<T> {
         };
         let id = est.remote.node_id;
         let peer_addr: Arc<str> = Arc::from(est.remote.addr.as_str());
-        match self.install(est, true).await {
+        match self.install(est, Some(Arc::from(addr))).await {
             Some(()) => Ok(self.peer_handle(id, peer_addr)),
             None => {
                 // We keep an existing connection to that node.
@@ -691,12 +730,13 @@ impl<T: Transport> Shared<T> {
         }
     }
 
-    async fn wait_for_peer_at(self: &Arc<Self>, addr: &str) -> Option<Peer> {
+    async fn wait_for_peer(self: &Arc<Self>, id: &NodeId) -> Option<Peer> {
         let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
         loop {
             let notified = self.registered.notified();
-            if let Some(p) = self.peer_by_addr(addr) {
-                return Some(p);
+            let addr = lock(&self.table).peers.get(id).map(|e| Arc::clone(&e.addr));
+            if let Some(addr) = addr {
+                return Some(self.peer_handle(*id, addr));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return None;
@@ -706,8 +746,13 @@ impl<T: Transport> Shared<T> {
 
     /// Register a control connection and start its tasks. `None` if an existing connection
     /// was kept instead (the new one is closed).
-    async fn install(self: &Arc<Self>, mut est: Established, we_dialed: bool) -> Option<()> {
+    async fn install(
+        self: &Arc<Self>,
+        mut est: Established,
+        dialed: Option<Arc<str>>,
+    ) -> Option<()> {
         let id = est.remote.node_id;
+        let we_dialed = dialed.is_some();
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.config.send_queue);
         let (done_tx, done_rx) = mpsc::channel(1);
@@ -715,6 +760,7 @@ impl<T: Transport> Shared<T> {
         let entry = ConnEntry {
             conn_id,
             addr: Arc::from(est.remote.addr.as_str()),
+            dialed,
             we_dialed,
             remote_max: est.writer.remote_max,
             tx,
@@ -781,7 +827,7 @@ impl<T: Transport> Shared<T> {
             cancel.clone(),
             self.config.keepalive_interval,
             self.config.idle_timeout,
-            done_tx.clone(),
+            done_tx,
             id,
         ));
         tokio::spawn(run_reader(
@@ -790,7 +836,6 @@ impl<T: Transport> Shared<T> {
             conn_id,
             peer.clone(),
             cancel,
-            done_tx,
         ));
         if announce {
             self.emit(Event::PeerConnected(peer)).await;
@@ -912,7 +957,7 @@ impl<T: Transport> Shared<T> {
         }
         match est.remote.kind {
             ConnKind::Control => {
-                let _ = self.install(est, false).await;
+                let _ = self.install(est, None).await;
             }
             ConnKind::Substream => {
                 let r = self
@@ -958,7 +1003,10 @@ impl<T: Transport> PeerHost for Shared<T> {
             if self.shutdown.is_cancelled() {
                 return Err(TransportError::Closed);
             }
-            let est = self.dial_established(&addr, ConnKind::Substream).await?;
+            let est = self
+                .dial_established(&addr, ConnKind::Substream)
+                .await?
+                .map_err(|(_, e)| e)?;
             if est.remote.node_id != id {
                 return Err(TransportError::WrongPeer {
                     expected: id,
@@ -1066,7 +1114,6 @@ async fn run_reader<T: Transport>(
     conn_id: u64,
     peer: Peer,
     cancel: CancellationToken,
-    _done: mpsc::Sender<()>,
 ) {
     let idle = shared.config.idle_timeout;
     let result: Result<u8> = loop {

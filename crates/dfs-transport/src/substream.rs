@@ -32,6 +32,9 @@ pub struct Substream {
     timeout: Duration,
     data_frame_len: usize,
     remote_finished: bool,
+    /// Set after the remote broke the protocol (bad frame, bad postcard): the substream is
+    /// over, every later call fails.
+    broken: bool,
 }
 
 impl std::fmt::Debug for Substream {
@@ -59,6 +62,7 @@ impl Substream {
             timeout,
             data_frame_len,
             remote_finished: false,
+            broken: false,
         }
     }
 
@@ -80,11 +84,22 @@ impl Substream {
     /// Receive the next message; `Ok(None)` once the remote finished the substream cleanly.
     ///
     /// # Errors
-    /// A closed connection without a clean finish, a timeout, a bad frame or bad postcard.
+    /// A closed connection without a clean finish, a timeout, a bad frame or bad postcard
+    /// ([`TransportError::Decode`]). Any error ends the substream: later calls fail with
+    /// [`TransportError::Closed`].
     pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>> {
         if self.remote_finished {
             return Ok(None);
         }
+        let result = self.recv_inner().await;
+        if let Err(e) = &result {
+            self.broken = true;
+            tracing::warn!(peer = %self.peer_id, error = %e, "substream failed");
+        }
+        result
+    }
+
+    async fn recv_inner<M: DeserializeOwned>(&mut self) -> Result<Option<M>> {
         loop {
             let frame = self.next().await?;
             match frame.kind {
@@ -155,22 +170,32 @@ impl Substream {
     /// If the next frame is not the start of a body (a message, a finish, a closed
     /// connection, a timeout).
     pub async fn recv_body(mut self) -> Result<BodyReader> {
+        let result = self.recv_body_start().await;
+        match result {
+            Ok(len) => {
+                let deadline = Box::pin(tokio::time::sleep(self.timeout));
+                Ok(BodyReader {
+                    stream: self,
+                    len,
+                    received: 0,
+                    chunk: Bytes::new(),
+                    state: BodyState::Reading,
+                    deadline,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer_id, error = %e, "substream failed");
+                Err(e)
+            }
+        }
+    }
+
+    async fn recv_body_start(&mut self) -> Result<u64> {
         loop {
             let frame = self.next().await?;
             match frame.kind {
                 FrameKind::Ping => continue,
-                FrameKind::BodyStart => {
-                    let len = parse_u64(&frame.payload, "body start")?;
-                    let deadline = Box::pin(tokio::time::sleep(self.timeout));
-                    return Ok(BodyReader {
-                        stream: self,
-                        len,
-                        received: 0,
-                        chunk: Bytes::new(),
-                        state: BodyState::Reading,
-                        deadline,
-                    });
-                }
+                FrameKind::BodyStart => return parse_u64(&frame.payload, "body start"),
                 FrameKind::Close => {
                     self.remote_finished = true;
                     return Err(TransportError::protocol(
@@ -205,6 +230,9 @@ impl Substream {
     }
 
     async fn next(&mut self) -> Result<crate::wire::Frame> {
+        if self.broken {
+            return Err(TransportError::Closed);
+        }
         match next_frame(&mut self.reader, self.timeout).await? {
             Some(frame) => Ok(frame),
             None => Err(TransportError::io(
@@ -215,6 +243,9 @@ impl Substream {
     }
 
     async fn write(&mut self, kind: FrameKind, payload: &[u8]) -> Result<()> {
+        if self.broken {
+            return Err(TransportError::Closed);
+        }
         match tokio::time::timeout(self.timeout, self.writer.write_frame(kind, payload)).await {
             Ok(r) => r,
             Err(_) => Err(TransportError::Timeout {

@@ -38,8 +38,15 @@ impl Generated {
     }
 }
 
-fn byte_at(i: u64) -> u8 {
-    (i.wrapping_mul(31) ^ (i >> 11)) as u8
+/// The body pattern: byte `i` of a generated body is `pattern()[i % len]`. An odd length, so
+/// frame and buffer boundaries never line up with it.
+fn pattern() -> &'static [u8] {
+    static P: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        (0..1_048_573u64)
+            .map(|i| (i.wrapping_mul(31) ^ (i >> 11)) as u8)
+            .collect()
+    })
 }
 
 impl AsyncRead for Generated {
@@ -54,20 +61,20 @@ impl AsyncRead for Generated {
             }
         }
         let end = self.fail_at.unwrap_or(self.len).min(self.len);
-        let n = (buf.remaining() as u64).min(end - self.pos) as usize;
-        let start = self.pos;
-        let dst = buf.initialize_unfilled_to(n);
-        for (k, b) in dst.iter_mut().enumerate() {
-            *b = byte_at(start + k as u64);
-        }
-        buf.advance(n);
+        let p = pattern();
+        let at = (self.pos % p.len() as u64) as usize;
+        let n = (buf.remaining() as u64)
+            .min(end - self.pos)
+            .min((p.len() - at) as u64) as usize;
+        buf.put_slice(&p[at..at + n]);
         self.pos += n as u64;
         Poll::Ready(Ok(()))
     }
 }
 
-/// Read a whole body, checking it against [`byte_at`]; returns its length.
+/// Read a whole body, checking it against the pattern; returns its length.
 async fn check_body<R: AsyncRead + Unpin>(mut r: R) -> io::Result<u64> {
+    let p = pattern();
     let mut buf = vec![0u8; 64 * 1024];
     let mut pos = 0u64;
     loop {
@@ -75,8 +82,16 @@ async fn check_body<R: AsyncRead + Unpin>(mut r: R) -> io::Result<u64> {
         if n == 0 {
             return Ok(pos);
         }
-        for (k, b) in buf[..n].iter().enumerate() {
-            assert_eq!(*b, byte_at(pos + k as u64), "byte {}", pos + k as u64);
+        let mut done = 0;
+        while done < n {
+            let at = ((pos + done as u64) % p.len() as u64) as usize;
+            let k = (n - done).min(p.len() - at);
+            assert!(
+                buf[done..done + k] == p[at..at + k],
+                "body differs near byte {}",
+                pos + done as u64
+            );
+            done += k;
         }
         pos += n as u64;
     }
@@ -330,6 +345,502 @@ async fn random_ids_differ<T: Net>() {
     assert_ne!(NodeId::random(), NodeId::random());
 }
 
+fn fast() -> dfs_transport::EndpointConfig {
+    config()
+        .idle_timeout(std::time::Duration::from_millis(800))
+        .keepalive_interval(std::time::Duration::from_millis(150))
+        .handshake_timeout(std::time::Duration::from_millis(800))
+}
+
+async fn disconnected(events: &mut dfs_transport::Events, id: NodeId) -> Option<TransportError> {
+    wait_for(events, "PeerDisconnected", |e| match e {
+        Event::PeerDisconnected { id: got, reason } if got == id => Some(reason),
+        _ => None,
+    })
+    .await
+}
+
+async fn departures_are_noticed<T: Net>() {
+    init_tracing();
+    let net = T::fresh();
+    let (a, mut a_ev) = node(&net, fast()).await;
+
+    // Clean close.
+    let (b, _b_ev) = node(&net, fast()).await;
+    let peer = a.connect(&b.local_addr()).await.unwrap();
+    b.close().await;
+    assert!(disconnected(&mut a_ev, b.node_id()).await.is_none());
+    assert!(!peer.is_connected());
+    assert!(matches!(peer.send(&1u8).await, Err(TransportError::Closed)));
+
+    // Abrupt close (no close frame).
+    let raw = raw_connect(
+        &net,
+        &a.local_addr(),
+        None,
+        dfs_transport::wire::ConnKind::Control,
+    )
+    .await;
+    let id = raw.id;
+    wait_for(&mut a_ev, "PeerConnected", |e| {
+        matches!(e, Event::PeerConnected(p) if p.id() == id).then_some(())
+    })
+    .await;
+    drop(raw);
+    let reason = disconnected(&mut a_ev, id).await;
+    assert!(
+        matches!(reason, Some(TransportError::Io { .. })),
+        "{reason:?}"
+    );
+
+    // Idle: connected, then silent (no keepalives) -> dropped after the idle timeout.
+    let mut raw = raw_connect(
+        &net,
+        &a.local_addr(),
+        None,
+        dfs_transport::wire::ConnKind::Control,
+    )
+    .await;
+    let id = raw.id;
+    let reason = disconnected(&mut a_ev, id).await;
+    assert!(
+        matches!(reason, Some(TransportError::Timeout { .. })),
+        "{reason:?}"
+    );
+    raw.expect_closed().await;
+
+    // Keepalives keep a quiet but healthy connection up past the idle timeout.
+    let (c, _c_ev) = node(&net, fast()).await;
+    let peer = a.connect(&c.local_addr()).await.unwrap();
+    let cid = c.node_id();
+    wait_for(&mut a_ev, "PeerConnected", |e| {
+        matches!(e, Event::PeerConnected(p) if p.id() == cid).then_some(())
+    })
+    .await;
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(2000), a_ev.next()).await;
+    assert!(
+        quiet.is_err(),
+        "unexpected event on a quiet connection: {quiet:?}"
+    );
+    assert!(peer.is_connected());
+    a.close().await;
+    c.close().await;
+}
+
+async fn close_drains_queued_messages<T: Net>() {
+    let net = T::fresh();
+    let (a, mut a_ev) = node(&net, config()).await;
+    let (b, mut b_ev) = node(&net, config()).await;
+    let peer = a.connect(&b.local_addr()).await.unwrap();
+    for n in 0..2000u64 {
+        peer.send(&Msg::Hello {
+            name: "x".repeat(100),
+            n,
+        })
+        .await
+        .unwrap();
+    }
+    a.close().await;
+    let mut n = 0;
+    loop {
+        match within("messages then a disconnect", b_ev.next())
+            .await
+            .unwrap()
+        {
+            Event::Message { message, .. } => {
+                assert_eq!(
+                    message.decode::<Msg>().unwrap(),
+                    Msg::Hello {
+                        name: "x".repeat(100),
+                        n
+                    }
+                );
+                n += 1;
+            }
+            Event::PeerDisconnected { reason, .. } => {
+                assert!(reason.is_none(), "{reason:?}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(n, 2000);
+    // a's event stream ends after close.
+    within("a's events to end", async {
+        while a_ev.next().await.is_some() {}
+    })
+    .await;
+    assert!(a.connect(&b.local_addr()).await.is_err());
+    b.close().await;
+}
+
+async fn transfers_do_not_block_each_other<T: Net>() {
+    let net = T::fresh();
+    let (a, _a_ev) = node(&net, config()).await;
+    let (b, mut b_ev) = node(&net, config()).await;
+    let peer = a.connect(&b.local_addr()).await.unwrap();
+
+    // A big body nobody reads yet: its sender blocks on backpressure.
+    const BIG: u64 = 32 << 20;
+    let mut big = peer.open_stream().await.unwrap();
+    let big_sender = tokio::spawn(async move { big.send_body(BIG, Generated::new(BIG)).await });
+    let stalled = next_stream(&mut b_ev).await.recv_body().await.unwrap();
+
+    // Another transfer and control messages still go through, both ways.
+    let mut s = peer.open_stream().await.unwrap();
+    s.send(&Msg::Put {
+        key: "small".into(),
+        len: 1000,
+    })
+    .await
+    .unwrap();
+    s.send_body(1000, Generated::new(1000)).await.unwrap();
+    let mut r = next_stream(&mut b_ev).await;
+    assert_eq!(
+        r.recv::<Msg>().await.unwrap(),
+        Some(Msg::Put {
+            key: "small".into(),
+            len: 1000
+        })
+    );
+    assert_eq!(
+        check_body(r.recv_body().await.unwrap()).await.unwrap(),
+        1000
+    );
+    peer.send(&Msg::Ack { ok: true }).await.unwrap();
+    let m = wait_for(&mut b_ev, "a control message", |e| match e {
+        Event::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.decode::<Msg>().unwrap(), Msg::Ack { ok: true });
+    assert!(
+        !big_sender.is_finished(),
+        "the big body cannot have been sent without a reader"
+    );
+
+    // Now drain the big one.
+    assert_eq!(within("big body", check_body(stalled)).await.unwrap(), BIG);
+    assert_eq!(
+        within("big sender", big_sender).await.unwrap().unwrap(),
+        BIG
+    );
+}
+
+async fn simultaneous_dial_keeps_one_connection<T: Net>() {
+    init_tracing();
+    for _ in 0..10 {
+        let net = T::fresh();
+        let (a, mut a_ev) = node(&net, config()).await;
+        let (b, mut b_ev) = node(&net, config()).await;
+        let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+        let (pa, pb) = within("both dials", async {
+            tokio::join!(a.connect(&b_addr), b.connect(&a_addr))
+        })
+        .await;
+        let (pa, pb) = (pa.unwrap(), pb.unwrap());
+        assert_eq!(pa.id(), b.node_id());
+        assert_eq!(pb.id(), a.node_id());
+        // Messages flow both ways, in order, through whatever connection won.
+        for n in 0..20 {
+            pa.send(&Msg::Hello {
+                name: "a".into(),
+                n,
+            })
+            .await
+            .unwrap();
+            pb.send(&Msg::Hello {
+                name: "b".into(),
+                n,
+            })
+            .await
+            .unwrap();
+        }
+        for (events, name, other) in [(&mut b_ev, "a", a.node_id()), (&mut a_ev, "b", b.node_id())]
+        {
+            let mut connected = 0;
+            let mut n = 0;
+            while n < 20 {
+                match within("events", events.next()).await.unwrap() {
+                    Event::PeerConnected(p) => {
+                        assert_eq!(p.id(), other);
+                        connected += 1;
+                    }
+                    Event::Message { message, .. } => {
+                        assert_eq!(
+                            message.decode::<Msg>().unwrap(),
+                            Msg::Hello {
+                                name: name.into(),
+                                n
+                            }
+                        );
+                        n += 1;
+                    }
+                    e => panic!("unexpected {e:?}"),
+                }
+            }
+            assert_eq!(connected, 1);
+        }
+        // Both sides settle on the same single connection: no departure is reported.
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(100), a_ev.next()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
+        assert_eq!(a.peers().len(), 1);
+        assert_eq!(b.peers().len(), 1);
+        a.close().await;
+        b.close().await;
+    }
+}
+
+async fn malformed_input_ends_only_that_connection<T: Net>() {
+    use dfs_transport::wire::{ConnKind, FrameKind};
+    let (logs, _guard) = capture_logs();
+    let net = T::fresh();
+    let (a, mut a_ev) = node(&net, fast()).await;
+    // A healthy peer stays connected throughout.
+    let (good, mut good_ev) = node(&net, fast()).await;
+    let good_peer = good.connect(&a.local_addr()).await.unwrap();
+
+    // 4 GiB length prefix.
+    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
+    raw.send_raw(&[0xff, 0xff, 0xff, 0xff, 2]).await;
+    let reason = disconnected(&mut a_ev, raw.id).await;
+    assert!(
+        matches!(reason, Some(TransportError::FrameTooLarge { len, .. }) if len > 4_000_000_000),
+        "{reason:?}"
+    );
+    raw.expect_closed().await;
+
+    // A forged tag.
+    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
+    let mut frame = raw.seal(FrameKind::Message, &[1, 2, 3]);
+    let last = frame.len() - 1;
+    frame[last] ^= 0x80;
+    raw.send_raw(&frame).await;
+    let reason = disconnected(&mut a_ev, raw.id).await;
+    assert!(
+        matches!(reason, Some(TransportError::Integrity { seq: 0 })),
+        "{reason:?}"
+    );
+
+    // A replayed frame.
+    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
+    let frame = raw.seal(
+        FrameKind::Message,
+        &postcard::to_stdvec(&Msg::Ack { ok: true }).unwrap(),
+    );
+    raw.send_raw(&frame).await;
+    raw.send_raw(&frame).await;
+    let reason = disconnected(&mut a_ev, raw.id).await;
+    assert!(
+        matches!(reason, Some(TransportError::Integrity { seq: 1 })),
+        "{reason:?}"
+    );
+
+    // An unknown frame kind, correctly tagged; and a body frame on a control connection.
+    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
+    let mut frame = bytes::BytesMut::new();
+    let mut sealer = raw.sealer.clone();
+    sealer.encode_to(FrameKind::Data, b"x", &mut frame).unwrap();
+    raw.send_raw(&frame).await;
+    let reason = disconnected(&mut a_ev, raw.id).await;
+    assert!(
+        matches!(reason, Some(TransportError::Protocol { .. })),
+        "{reason:?}"
+    );
+
+    // A peer stalling mid-frame.
+    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
+    let frame = raw.seal(FrameKind::Message, &[0; 100]);
+    raw.send_raw(&frame[..50]).await;
+    let reason = disconnected(&mut a_ev, raw.id).await;
+    assert!(
+        matches!(reason, Some(TransportError::Timeout { .. })),
+        "{reason:?}"
+    );
+
+    // Bad postcard on a substream.
+    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Substream).await;
+    raw.send_frame(FrameKind::Message, &[0xff; 12]).await;
+    let mut s = next_stream(&mut a_ev).await;
+    let err = s.recv::<Msg>().await.unwrap_err();
+    assert!(matches!(err, TransportError::Decode { .. }), "{err}");
+    assert!(matches!(s.recv::<Msg>().await, Err(TransportError::Closed)));
+    drop(s);
+    raw.expect_closed().await;
+
+    // Bad postcard on the control connection: the application finds out when decoding.
+    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
+    raw.send_frame(FrameKind::Message, &[0xff; 12]).await;
+    let payload = wait_for(&mut a_ev, "the bad message", |e| match e {
+        Event::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert!(matches!(
+        payload.decode::<Msg>(),
+        Err(TransportError::Decode { .. })
+    ));
+    assert!(a.disconnect(&raw.id).await);
+    raw.expect_closed().await;
+
+    // Garbage before the handshake.
+    let mut s = net.dial(&a.local_addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n__________________________________________________________________________________").await.unwrap();
+    within("the garbage connection to close", async {
+        let mut scratch = vec![0u8; 4096];
+        loop {
+            match s.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+
+    // A peer that connects and never says anything: handshake timeout.
+    let mut s = net.dial(&a.local_addr()).await.unwrap();
+    within("the silent connection to close", async {
+        let mut scratch = vec![0u8; 4096];
+        loop {
+            match s.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+
+    // Through all of that, the healthy peer was unaffected.
+    assert!(good_peer.is_connected());
+    good_peer.send(&Msg::Ack { ok: true }).await.unwrap();
+    let m = wait_for(&mut a_ev, "the healthy peer's message", |e| match e {
+        Event::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.decode::<Msg>().unwrap(), Msg::Ack { ok: true });
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(50), good_ev.next()).await;
+    assert!(
+        !matches!(quiet, Ok(Some(Event::PeerDisconnected { .. }))),
+        "{quiet:?}"
+    );
+
+    let text = logs.text();
+    for needle in [
+        "exceeds the maximum",
+        "integrity check",
+        "protocol violation",
+        "timed out",
+        "could not decode",
+        "bad magic",
+        "inbound handshake failed",
+    ] {
+        assert!(
+            text.contains(needle),
+            "no tracing event mentions {needle:?}:\n{text}"
+        );
+    }
+    a.close().await;
+    good.close().await;
+}
+
+async fn mitm_relay<T: Net>() {
+    let secret = NetworkSecret::generate();
+    let net = T::fresh();
+    let (a, _a_ev) = node(&net, config().secret(Some(secret.clone()))).await;
+    // The dialer-to-acceptor bytes start with a's hello (82 + address) and proof (32).
+    let handshake_len = (82 + a.advertise_addr().len() + 32) as u64;
+
+    // An honest relay: works.
+    let (b, mut b_ev) = node(&net, config().secret(Some(secret.clone()))).await;
+    let honest = relay(&net, b.local_addr(), None).await;
+    let peer = a.connect(&honest).await.unwrap();
+    assert_eq!(peer.id(), b.node_id());
+    peer.send(&Msg::Ack { ok: true }).await.unwrap();
+    let m = wait_for(&mut b_ev, "a relayed message", |e| match e {
+        Event::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.decode::<Msg>().unwrap(), Msg::Ack { ok: true });
+
+    // One bit of a message frame altered in flight: b drops the connection, delivers nothing.
+    let (c, mut c_ev) = node(&net, config().secret(Some(secret.clone()))).await;
+    let evil = relay(
+        &net,
+        c.local_addr(),
+        Some(Tamper {
+            conn: 0,
+            offset: handshake_len + 7,
+        }),
+    )
+    .await;
+    let peer = a.connect(&evil).await.unwrap();
+    peer.send(&Msg::Hello {
+        name: "pay bob".into(),
+        n: 10,
+    })
+    .await
+    .unwrap();
+    loop {
+        match within("c to notice", c_ev.next()).await.unwrap() {
+            Event::PeerConnected(_) => {}
+            Event::PeerDisconnected { reason, .. } => {
+                assert!(
+                    matches!(reason, Some(TransportError::Integrity { .. })),
+                    "{reason:?}"
+                );
+                break;
+            }
+            e => panic!("tampered traffic reached the application: {e:?}"),
+        }
+    }
+
+    // One bit of the hello's nonce altered: the proofs no longer match on either side.
+    let (d, _d_ev) = node(&net, config().secret(Some(secret.clone()))).await;
+    let evil = relay(
+        &net,
+        d.local_addr(),
+        Some(Tamper {
+            conn: 0,
+            offset: 50,
+        }),
+    )
+    .await;
+    let err = a.connect(&evil).await.unwrap_err();
+    assert!(matches!(err, TransportError::AuthFailed { .. }), "{err}");
+
+    // One bit deep inside a body altered: the body fails, it never ends "complete". The
+    // acceptor advertises the relay, so the substream goes through it too (connection 1).
+    let target = std::sync::Arc::new(std::sync::OnceLock::new());
+    let evil = relay_later(
+        &net,
+        target.clone(),
+        Some(Tamper {
+            conn: 1,
+            offset: handshake_len + 100_000,
+        }),
+    )
+    .await;
+    let (e, mut e_ev) = node(
+        &net,
+        config().secret(Some(secret)).advertise_addr(evil.clone()),
+    )
+    .await;
+    target.set(e.local_addr()).unwrap();
+    let peer = a.connect(&evil).await.unwrap();
+    assert_eq!(peer.addr(), evil);
+    let mut s = peer.open_stream().await.unwrap();
+    let sender = tokio::spawn(async move { s.send_body(1 << 20, Generated::new(1 << 20)).await });
+    let body = next_stream(&mut e_ev).await.recv_body().await.unwrap();
+    let err = within("the body to fail", check_body(body))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("integrity"), "{err}");
+    let _ = sender.await;
+}
+
 macro_rules! conformance {
     ($module:ident, $t:ty) => {
         mod $module {
@@ -361,6 +872,30 @@ macro_rules! conformance {
             #[tokio::test]
             async fn self_dial() {
                 super::self_dial::<$t>().await;
+            }
+            #[tokio::test]
+            async fn departures_are_noticed() {
+                super::departures_are_noticed::<$t>().await;
+            }
+            #[tokio::test]
+            async fn close_drains_queued_messages() {
+                super::close_drains_queued_messages::<$t>().await;
+            }
+            #[tokio::test]
+            async fn transfers_do_not_block_each_other() {
+                super::transfers_do_not_block_each_other::<$t>().await;
+            }
+            #[tokio::test]
+            async fn simultaneous_dial_keeps_one_connection() {
+                super::simultaneous_dial_keeps_one_connection::<$t>().await;
+            }
+            #[tokio::test]
+            async fn malformed_input_ends_only_that_connection() {
+                super::malformed_input_ends_only_that_connection::<$t>().await;
+            }
+            #[tokio::test]
+            async fn mitm_relay() {
+                super::mitm_relay::<$t>().await;
             }
             #[tokio::test]
             async fn random_ids_differ() {
