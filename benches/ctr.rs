@@ -3,6 +3,7 @@
 //! Groups `ctr/16KiB`, `ctr/64KiB`, `ctr/1MiB`: each iteration moves one buffer of that size.
 //! - `keystream`: raw keystream applied in place (`Aes256Ctr::apply_keystream`).
 //! - `keystream-ctr-crate`: the RustCrypto `ctr::Ctr128BE<aes::Aes256>` reference, same work.
+//! - `blake3-keyed`: keyed BLAKE3 of the buffer alone (the MAC's share of the auth modes).
 //! - `stream-encrypt`: a long-lived encrypting reader (Go format) over an in-memory source,
 //!   one buffer read per iteration (what `openssl speed -evp aes-256-ctr` measures).
 //! - `auth-encrypt` / `auth-decrypt`: the same for `Aes256CtrBlake3` (64 KiB chunks), the
@@ -93,6 +94,11 @@ fn bench_ctr(c: &mut Criterion) {
         let mut reference = ctr::Ctr128BE::<aes::Aes256>::new(&[0x42; 32].into(), &iv.into());
         group.bench_function("keystream-ctr-crate", |b| {
             b.iter(|| reference.apply_keystream(black_box(&mut buf)))
+        });
+
+        let mac_key = [7u8; 32];
+        group.bench_function("blake3-keyed", |b| {
+            b.iter(|| blake3::keyed_hash(&mac_key, black_box(&buf)))
         });
 
         let mut reader = ctr

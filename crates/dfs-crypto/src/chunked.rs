@@ -181,7 +181,7 @@ impl Aes256CtrBlake3 {
 }
 
 fn validate_chunk_size(chunk_size: u64) -> Result<()> {
-    if chunk_size < 16 || chunk_size > MAX_CHUNK_SIZE as u64 || chunk_size % 16 != 0 {
+    if chunk_size < 16 || chunk_size > MAX_CHUNK_SIZE as u64 || !chunk_size.is_multiple_of(16) {
         return Err(CryptoError::InvalidChunkSize { chunk_size });
     }
     Ok(())
@@ -259,10 +259,12 @@ impl ChunkCore {
     }
 
     fn tag(&self, index: u64, last: bool, ciphertext: &[u8]) -> blake3::Hash {
+        // The ciphertext goes first so BLAKE3 hashes it at full SIMD width from byte 0; the
+        // fixed-size suffix keeps the encoding injective.
         let mut hasher = blake3::Hasher::new_keyed(&self.mac_key);
+        hasher.update(ciphertext);
         hasher.update(&index.to_le_bytes());
         hasher.update(&[u8::from(last)]);
-        hasher.update(ciphertext);
         hasher.finalize()
     }
 
@@ -292,10 +294,15 @@ impl ChunkCore {
         if !self.verify(record, last) {
             return Err(CryptoError::Authentication { chunk: self.index });
         }
+        Ok(self.decrypt_verified(record))
+    }
+
+    /// Decrypts the body of a `record` whose tag [`ChunkCore::verify`] accepted.
+    fn decrypt_verified(&mut self, record: &mut [u8]) -> usize {
         let len = record.len() - TAG_LEN;
         self.ctr.apply(self.counter(self.index), &mut record[..len]);
         self.index += 1;
-        Ok(len)
+        len
     }
 }
 
@@ -505,7 +512,7 @@ impl OpenState {
                     CryptoError::Authentication { chunk: core.index }
                 });
             }
-            let len = core.open(chunk, false)?;
+            let len = core.decrypt_verified(chunk);
             self.carry = Some(self.buf[record]);
             self.fill = 0;
             self.out_start = 0;

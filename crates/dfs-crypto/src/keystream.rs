@@ -17,7 +17,7 @@ const BATCH_BLOCKS: usize = 64;
 #[derive(Clone)]
 pub(crate) struct CtrKey {
     aes: Aes256,
-    #[cfg(any())]
+    #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
     vaes: Option<crate::vaes::VaesKey>,
 }
 
@@ -34,7 +34,7 @@ impl CtrKey {
     pub(crate) fn new(key: &[u8; 32]) -> Self {
         CtrKey {
             aes: Aes256::new(&(*key).into()),
-            #[cfg(any())]
+            #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
             vaes: crate::vaes::VaesKey::new(key),
         }
     }
@@ -45,14 +45,14 @@ impl CtrKey {
     pub(crate) fn new_portable(key: &[u8; 32]) -> Self {
         CtrKey {
             aes: Aes256::new(&(*key).into()),
-            #[cfg(any())]
+            #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
             vaes: None,
         }
     }
 
     /// The name of the backend in use.
     pub(crate) fn backend(&self) -> &'static str {
-        #[cfg(any())]
+        #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
         if self.vaes.is_some() {
             return "vaes-avx512";
         }
@@ -63,7 +63,7 @@ impl CtrKey {
     /// uses the first bytes of its keystream block. Returns the counter after the last
     /// (possibly partial) block.
     pub(crate) fn apply(&self, counter: u128, data: &mut [u8]) -> u128 {
-        #[cfg(any())]
+        #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
         if let Some(vaes) = &self.vaes {
             return vaes.apply(counter, data);
         }

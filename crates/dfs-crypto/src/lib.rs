@@ -1,6 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::io::{self, Read, Write};
 
@@ -10,8 +10,12 @@ mod chunked;
 mod ctr_cipher;
 mod error;
 mod key;
+#[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
+mod key_schedule;
 mod keystream;
 mod stream;
+#[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
+mod vaes;
 
 #[cfg(feature = "tokio")]
 pub use async_io::{AsyncStreamReader, AsyncStreamWriter};
