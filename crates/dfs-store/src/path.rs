@@ -27,7 +27,7 @@ pub const MAX_DEPTH: usize = 64;
 /// assert_eq!(loc.dirs(), ["ab", "cd"]);
 /// assert_eq!(loc.file_name(), "abcdef");
 /// assert_eq!(loc.to_path_buf(), std::path::Path::new("ab/cd/abcdef"));
-/// # Ok::<(), dfs_store::StoreError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PathKey {
@@ -69,7 +69,7 @@ impl PathKey {
     /// ```
     /// let loc = dfs_store::PathKey::new(["x"], "y")?;
     /// assert_eq!(loc.dirs().len(), 1);
-    /// # Ok::<(), dfs_store::InvalidSegment>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn dirs(&self) -> &[String] {
         &self.dirs
@@ -80,7 +80,7 @@ impl PathKey {
     /// ```
     /// let loc = dfs_store::PathKey::new(["x"], "y")?;
     /// assert_eq!(loc.file_name(), "y");
-    /// # Ok::<(), dfs_store::InvalidSegment>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn file_name(&self) -> &str {
         &self.file
@@ -91,7 +91,7 @@ impl PathKey {
     /// ```
     /// let loc = dfs_store::PathKey::new(["x", "y"], "z")?;
     /// assert_eq!(loc.to_path_buf(), std::path::PathBuf::from("x/y/z"));
-    /// # Ok::<(), dfs_store::InvalidSegment>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn to_path_buf(&self) -> PathBuf {
         let mut path: PathBuf = self.dirs.iter().collect();
@@ -239,7 +239,7 @@ pub trait PathTransform: Send + Sync + 'static {
 /// let hex = blake3::hash(b"hello").to_hex().to_string();
 /// assert_eq!(loc.dirs(), [&hex[0..2], &hex[2..4]]);
 /// assert_eq!(loc.file_name(), hex);
-/// # Ok::<(), dfs_store::StoreError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashPath {
@@ -263,7 +263,7 @@ impl HashPath {
     /// assert_eq!(layout.transform("k")?.dirs()[0].len(), 3);
     /// assert!(HashPath::new(0, 2).is_err());
     /// assert!(HashPath::new(6, 20).is_err());
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn new(width: usize, depth: usize) -> Result<HashPath> {
         if width == 0 && depth > 0 {
@@ -328,7 +328,7 @@ impl PathTransform for HashPath {
 /// for bad in ["", "/etc/passwd", "a/../../b", "..\\x", "a//b", "nul\0"] {
 ///     assert!(PlainPath.transform(bad).is_err(), "{bad:?}");
 /// }
-/// # Ok::<(), dfs_store::StoreError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PlainPath;

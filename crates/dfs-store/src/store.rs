@@ -19,7 +19,7 @@ const TMP_DIR: &str = "tmp";
 /// Copy buffer for writes and the most a reader buffers.
 const CHUNK: usize = 64 * 1024;
 /// How often a commit is retried when a concurrent delete/clear pruned its directory.
-const COMMIT_ATTEMPTS: usize = 8;
+const COMMIT_ATTEMPTS: usize = 32;
 
 /// Whether writes are flushed to stable storage before they are reported done.
 ///
@@ -28,7 +28,7 @@ const COMMIT_ATTEMPTS: usize = 8;
 /// # let dir = tempfile::tempdir()?;
 /// let fast = Store::builder(dir.path()).durability(Durability::None).open()?;
 /// assert_eq!(fast.durability(), Durability::None);
-/// # Ok::<(), dfs_store::StoreError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -52,7 +52,7 @@ pub enum Durability {
 ///     .durability(Durability::Fsync)
 ///     .open()?;
 /// store.write("docs/readme.txt", &b"hi"[..])?;
-/// # Ok::<(), dfs_store::StoreError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct StoreBuilder<P = HashPath> {
@@ -151,7 +151,7 @@ impl Store<HashPath> {
     /// # let dir = tempfile::tempdir()?;
     /// let store = dfs_store::Store::open(dir.path().join("my-store"))?;
     /// assert!(dir.path().join("my-store/objects").is_dir());
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open(root: impl AsRef<Path>) -> Result<Store<HashPath>> {
         Store::builder(root).open()
@@ -161,7 +161,7 @@ impl Store<HashPath> {
     ///
     /// ```no_run
     /// let store = dfs_store::Store::open_default()?;
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open_default() -> Result<Store<HashPath>> {
         Store::open(DEFAULT_ROOT)
@@ -172,7 +172,7 @@ impl Store<HashPath> {
     /// ```
     /// # let dir = tempfile::tempdir()?;
     /// let store = dfs_store::Store::builder(dir.path()).open()?;
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn builder(root: impl AsRef<Path>) -> StoreBuilder<HashPath> {
         StoreBuilder {
@@ -192,7 +192,7 @@ impl<P: PathTransform> Store<P> {
     /// let store = Store::open_with(dir.path(), PlainPath)?;
     /// store.write("a/b.txt", &b"x"[..])?;
     /// assert!(dir.path().join("objects/a/b.txt").is_file());
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open_with(root: impl AsRef<Path>, transform: P) -> Result<Store<P>> {
         Store::builder(root).transform(transform).open()
@@ -204,7 +204,7 @@ impl<P: PathTransform> Store<P> {
     /// # let dir = tempfile::tempdir()?;
     /// let store = dfs_store::Store::open(dir.path())?;
     /// assert_eq!(store.root(), dir.path());
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn root(&self) -> &Path {
         &self.root
@@ -216,7 +216,7 @@ impl<P: PathTransform> Store<P> {
     /// # let dir = tempfile::tempdir()?;
     /// let store = dfs_store::Store::open(dir.path())?;
     /// assert_eq!(store.transform().width(), 2);
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn transform(&self) -> &P {
         &self.transform
@@ -228,7 +228,7 @@ impl<P: PathTransform> Store<P> {
     /// # let dir = tempfile::tempdir()?;
     /// let store = dfs_store::Store::open(dir.path())?;
     /// assert_eq!(store.durability(), dfs_store::Durability::Fsync);
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn durability(&self) -> Durability {
         self.durability
@@ -242,7 +242,7 @@ impl<P: PathTransform> Store<P> {
     /// let store = dfs_store::Store::open_with(dir.path(), dfs_store::PlainPath)?;
     /// assert_eq!(store.path_of("a/b")?, dir.path().join("objects/a/b"));
     /// assert!(store.path_of("../escape").is_err());
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn path_of(&self, key: &str) -> Result<PathBuf> {
         Ok(self.locate(key)?.1)
@@ -273,7 +273,7 @@ impl<P: PathTransform> Store<P> {
     /// let file = std::io::repeat(7).take(1 << 20);
     /// # use std::io::Read;
     /// assert_eq!(store.write("big", file)?, 1 << 20);
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write(&self, key: &str, mut src: impl Read) -> Result<u64> {
         let (loc, final_path) = self.locate(key)?;
@@ -312,17 +312,22 @@ impl<P: PathTransform> Store<P> {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A concurrent delete (pruning) or clear can remove directories between their
+            // creation and the rename: on NotFound, create them again and retry.
+            let retry = attempt < COMMIT_ATTEMPTS;
             if !parent.is_dir() {
-                self.create_dirs(loc)?;
+                match self.create_dirs(loc) {
+                    Ok(()) => {}
+                    Err((_, e)) if retry && e.kind() == ErrorKind::NotFound => continue,
+                    Err((dir, e)) => return Err(StoreError::io("create directory", dir, e)),
+                }
             }
             match fs::rename(&staging.path, final_path) {
                 Ok(()) => {
                     staging.committed = true;
                     break;
                 }
-                // A concurrent delete or clear pruned the directory between its creation
-                // and the rename: create it again.
-                Err(e) if e.kind() == ErrorKind::NotFound && attempt < COMMIT_ATTEMPTS => {}
+                Err(e) if retry && e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(StoreError::io("rename into", final_path, e)),
             }
         }
@@ -332,19 +337,24 @@ impl<P: PathTransform> Store<P> {
         Ok(())
     }
 
-    /// Creates the directories of `loc`, fsyncing the parent of each one created.
-    fn create_dirs(&self, loc: &PathKey) -> Result<()> {
+    /// Creates the objects directory and the directories of `loc`, fsyncing the parent of
+    /// each one created. Errors carry the directory concerned.
+    fn create_dirs(&self, loc: &PathKey) -> Result<(), (PathBuf, io::Error)> {
         let mut dir = self.objects.clone();
-        for segment in loc.dirs() {
-            dir.push(segment);
+        let mut parent = self.root.clone();
+        for segment in std::iter::once(None).chain(loc.dirs().iter().map(Some)) {
+            if let Some(segment) = segment {
+                parent.clone_from(&dir);
+                dir.push(segment);
+            }
             match fs::create_dir(&dir) {
                 Ok(()) => {
                     if self.durability == Durability::Fsync {
-                        sync_dir(dir.parent().unwrap_or(&self.objects))?;
+                        sync_dir_io(&parent).map_err(|e| (parent.clone(), e))?;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(StoreError::io("create directory", &dir, e)),
+                Err(e) => return Err((dir, e)),
             }
         }
         Ok(())
@@ -383,7 +393,7 @@ impl<P: PathTransform> Store<P> {
     /// assert!(!store.has("k")?);
     /// store.write("k", &b""[..])?;
     /// assert!(store.has("k")?);
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn has(&self, key: &str) -> Result<bool> {
         let (_, path) = self.locate(key)?;
@@ -403,7 +413,7 @@ impl<P: PathTransform> Store<P> {
     /// let meta = store.stat("k")?;
     /// assert_eq!((meta.key(), meta.size()), ("k", 5));
     /// assert_eq!(meta.hash(), blake3::hash(b"value").as_bytes());
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stat(&self, key: &str) -> Result<ObjectMeta> {
         let (_, path) = self.locate(key)?;
@@ -421,7 +431,7 @@ impl<P: PathTransform> Store<P> {
     /// assert!(store.delete("k")?);
     /// assert!(!store.delete("k")?);
     /// assert!(!store.has("k")?);
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn delete(&self, key: &str) -> Result<bool> {
         let (_, path) = self.locate(key)?;
@@ -469,7 +479,7 @@ impl<P: PathTransform> Store<P> {
     /// store.write("b", &b"2"[..])?;
     /// store.clear()?;
     /// assert_eq!(store.keys().count(), 0);
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn clear(&self) -> Result<()> {
         let graveyard = self.tmp.join(staging_name("clear"));
@@ -505,7 +515,7 @@ impl<P: PathTransform> Store<P> {
     /// let mut keys = store.keys().collect::<Result<Vec<_>, _>>()?;
     /// keys.sort();
     /// assert_eq!(keys, ["a", "b"]);
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn keys(&self) -> Keys {
         Keys {
@@ -521,7 +531,7 @@ impl<P: PathTransform> Store<P> {
     /// store.write("a", &b"123"[..])?;
     /// let total: u64 = store.objects().map(|m| m.map(|m| m.size())).sum::<Result<u64, _>>()?;
     /// assert_eq!(total, 3);
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn objects(&self) -> Objects {
         Objects {
@@ -536,7 +546,7 @@ impl<P: PathTransform> Store<P> {
     /// let store = dfs_store::Store::open(dir.path())?;
     /// store.write("k", &b"v"[..])?;
     /// store.verify("k")?;
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn verify(&self, key: &str) -> Result<()> {
         self.read(key)?.verify()
@@ -552,7 +562,7 @@ impl<P: PathTransform> Store<P> {
     /// let report = store.scrub();
     /// assert_eq!(report.checked, 1);
     /// assert!(report.is_clean());
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn scrub(&self) -> ScrubReport {
         let mut report = ScrubReport::default();
@@ -659,15 +669,14 @@ fn staging_name(suffix: &str) -> String {
 
 /// fsyncs a directory so renames and creations in it are durable.
 fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::io("fsync directory", dir, e))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
+    sync_dir_io(dir).map_err(|e| StoreError::io("fsync directory", dir, e))
+}
+
+fn sync_dir_io(dir: &Path) -> io::Result<()> {
+    if cfg!(unix) {
+        File::open(dir)?.sync_all()
+    } else {
+        // Directories cannot be opened (or fsynced) portably elsewhere.
         Ok(())
     }
 }
@@ -915,7 +924,7 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// let meta = store.stat("k")?;
 /// assert_eq!(meta.size(), 3);
 /// assert!(meta.path().starts_with(dir.path()));
-/// # Ok::<(), dfs_store::StoreError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -1021,7 +1030,7 @@ impl ObjectReader {
     /// # let store = dfs_store::Store::open(dir.path())?;
     /// store.write("k", &b"abc"[..])?;
     /// assert_eq!(store.read("k")?.size(), 3);
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn size(&self) -> u64 {
         self.size
@@ -1034,7 +1043,7 @@ impl ObjectReader {
     /// # let store = dfs_store::Store::open(dir.path())?;
     /// store.write("k", &b"abc"[..])?;
     /// assert_eq!(store.read("k")?.key(), "k");
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn key(&self) -> &str {
         &self.key
@@ -1047,7 +1056,7 @@ impl ObjectReader {
     /// # let store = dfs_store::Store::open(dir.path())?;
     /// store.write("k", &b"abc"[..])?;
     /// assert_eq!(store.read("k")?.hash(), blake3::hash(b"abc").as_bytes());
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn hash(&self) -> &[u8; 32] {
         &self.expected
@@ -1060,7 +1069,7 @@ impl ObjectReader {
     /// # let store = dfs_store::Store::open(dir.path())?;
     /// store.write("k", &b"abc"[..])?;
     /// store.read("k")?.verify()?;
-    /// # Ok::<(), dfs_store::StoreError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn verify(mut self) -> Result<()> {
         let mut buf = vec![0u8; CHUNK.min(self.remaining.max(1) as usize)];
@@ -1219,7 +1228,7 @@ impl Iterator for Walker {
 /// for bad in &report.bad {
 ///     eprintln!("{}: {}", bad.path.display(), bad.error);
 /// }
-/// # Ok::<(), dfs_store::StoreError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Default)]
 #[non_exhaustive]
