@@ -77,7 +77,11 @@ pub(crate) async fn run<B: Backend>(
                 Ok((stream, _)) => {
                     conns.spawn(serve_connection(stream, backend.clone(), stop.clone(), abort.clone()));
                 }
-                Err(err) => warn!("control socket accept failed: {err}"),
+                Err(err) => {
+                    warn!("control socket accept failed: {err}");
+                    // Errors like EMFILE repeat at once: a short pause instead of a hot loop.
+                    tokio::time::sleep(Duration::from_millis(50)).await; // backoff
+                }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
