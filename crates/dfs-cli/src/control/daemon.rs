@@ -221,6 +221,23 @@ async fn handle_request<B: Backend>(
     ch.send(&reply).await.map_err(|_| ())
 }
 
+/// The longest file name accepted, in bytes.
+const MAX_NAME_LEN: usize = 4096;
+
+/// Names are opaque to the cluster (peers see a keyed hash), but must be printable text.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a file name cannot be empty".to_owned());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("a file name is at most {MAX_NAME_LEN} bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a file name cannot contain control characters".to_owned());
+    }
+    Ok(())
+}
+
 fn shutting_down() -> RemoteError {
     RemoteError::new(
         RemoteErrorKind::ShuttingDown,
@@ -236,6 +253,18 @@ async fn handle_put<B: Backend>(
     abort: &CancellationToken,
 ) -> Result<(), ()> {
     debug!(name, ?size, "upload started");
+    if let Err(reason) = check_name(&name) {
+        // Drain the body the client is already sending, then refuse.
+        let (tx, rx) = mpsc::channel::<UploadItem>(1);
+        drop(rx);
+        return match pump_upload(ch, tx, abort).await {
+            Ok(()) | Err(PumpError::ClientAbort(_)) => {
+                let err = RemoteError::new(RemoteErrorKind::InvalidArgument, reason);
+                ch.send(&Response::Error(err)).await.map_err(|_| ())
+            }
+            Err(_) => Err(()),
+        };
+    }
     // A small queue: memory stays bounded by a few chunks whatever the file size.
     let (tx, rx) = mpsc::channel::<UploadItem>(4);
     let body = StreamReader::new(UploadChunks::new(rx));

@@ -30,10 +30,10 @@ impl Backend for MemBackend {
     }
 
     async fn put(&self, name: &str, mut body: UploadBody) -> Result<StoredInfo, RemoteError> {
-        if name.is_empty() {
+        if name.starts_with("reject/") {
             return Err(RemoteError::new(
                 RemoteErrorKind::InvalidArgument,
-                "empty name",
+                "rejected by the backend",
             ));
         }
         self.upload_started.notify_one();
@@ -189,7 +189,19 @@ async fn every_request_round_trips() {
             .unwrap_err();
         assert_eq!(err.exit_code(), crate::EXIT_NOT_FOUND, "{err}");
         let err = client.put("", None, &b"x"[..], |_| {}).await.unwrap_err();
-        assert!(err.to_string().contains("empty name"), "{err}");
+        assert!(err.to_string().contains("cannot be empty"), "{err}");
+        let big = pattern(2 * CHUNK_LEN);
+        let err = client
+            .put("a\nb", None, &big[..], |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("control characters"), "{err}");
+        // The backend fails before reading: the rest of the body is drained, then refused.
+        let err = client
+            .put("reject/x", None, &big[..], |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("rejected by the backend"), "{err}");
 
         assert_eq!(client.list().await.unwrap().len(), 2);
         assert_eq!(client.peers(None).await.unwrap().len(), 1);
