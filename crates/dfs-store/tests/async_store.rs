@@ -1,0 +1,73 @@
+//! Async wrappers (feature `tokio`).
+#![cfg(feature = "tokio")]
+#![allow(clippy::unwrap_used)] // tests and their helpers panic on failure
+
+use std::time::Duration;
+
+use dfs_store::{AsyncStore, Store};
+use tokio::io::AsyncReadExt;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_verbs() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AsyncStore::new(Store::open(dir.path()).unwrap());
+        let data: Vec<u8> = (0..500_000u32).map(|i| i as u8).collect();
+        assert_eq!(
+            store
+                .write("k", std::io::Cursor::new(data.clone()))
+                .await
+                .unwrap(),
+            500_000
+        );
+        assert!(store.has("k").await.unwrap());
+        assert_eq!(store.stat("k").await.unwrap().size(), 500_000);
+        let mut reader = store.read("k").await.unwrap();
+        assert_eq!(reader.size(), 500_000);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, data);
+        store.verify("k").await.unwrap();
+        assert!(store.scrub().await.unwrap().is_clean());
+        let body: &'static [u8] = b"from an AsyncRead";
+        store.write_async("a", body).await.unwrap();
+        let mut keys = store.keys().await.unwrap();
+        keys.sort();
+        assert_eq!(keys, ["a", "k"]);
+        assert!(store.delete("k").await.unwrap());
+        store.clear().await.unwrap();
+        assert!(store.keys().await.unwrap().is_empty());
+        assert!(store.read("k").await.unwrap_err().is_not_found());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_read_reports_corruption() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AsyncStore::new(Store::open(dir.path()).unwrap());
+        store
+            .write("k", std::io::Cursor::new(vec![1u8; 300_000]))
+            .await
+            .unwrap();
+        let path = store.blocking().path_of("k").unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let mut reader = store.read("k").await.unwrap();
+        let mut out = Vec::new();
+        assert!(reader.read_to_end(&mut out).await.is_err());
+        assert!(out.len() < 300_000);
+        // Dropping a reader early stops its background task (no hang).
+        let reader = store.read("k").await.unwrap();
+        drop(reader);
+    })
+    .await
+    .unwrap();
+}
