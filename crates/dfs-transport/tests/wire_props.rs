@@ -1,0 +1,242 @@
+//! Property tests of the wire format: every message round-trips; truncated, bit-flipped,
+//! dropped, reordered or random bytes never panic the decoder and never yield a frame that was
+//! not sent.
+#![allow(clippy::unwrap_used)]
+
+use bytes::BytesMut;
+use dfs_transport::NodeId;
+use dfs_transport::wire::{
+    ConnKind, Frame, FrameDecoder, FrameKind, FrameSealer, Hello, SessionKeys,
+};
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::Decoder;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Msg {
+    Ping,
+    Put {
+        key: String,
+        len: u64,
+        replicas: Vec<[u8; 32]>,
+    },
+    Get {
+        key: String,
+        offset: Option<u64>,
+    },
+    Reply(Result<Vec<u8>, String>),
+    Nested(Vec<(u16, i64, bool)>),
+}
+
+fn msg() -> impl Strategy<Value = Msg> {
+    prop_oneof![
+        Just(Msg::Ping),
+        (
+            ".{0,40}",
+            any::<u64>(),
+            prop::collection::vec(any::<[u8; 32]>(), 0..4)
+        )
+            .prop_map(|(key, len, replicas)| Msg::Put { key, len, replicas }),
+        (".{0,40}", any::<Option<u64>>()).prop_map(|(key, offset)| Msg::Get { key, offset }),
+        prop::result::maybe_ok(prop::collection::vec(any::<u8>(), 0..300), ".{0,20}")
+            .prop_map(Msg::Reply),
+        prop::collection::vec(any::<(u16, i64, bool)>(), 0..20).prop_map(Msg::Nested),
+    ]
+}
+
+const KEY: [u8; 32] = [7; 32];
+const MAX: usize = 64 * 1024;
+
+fn seal_all(frames: &[(FrameKind, Vec<u8>)]) -> (BytesMut, Vec<usize>) {
+    let mut sealer = FrameSealer::new(KEY);
+    let mut out = BytesMut::new();
+    let mut ends = Vec::new();
+    for (kind, payload) in frames {
+        sealer.encode_to(*kind, payload, &mut out).unwrap();
+        ends.push(out.len());
+    }
+    (out, ends)
+}
+
+/// Feed `bytes` to a fresh decoder in pieces split at `cuts`; all frames until the first error.
+fn decode_all(
+    bytes: &[u8],
+    cuts: &[usize],
+    eof: bool,
+) -> (Vec<Frame>, Option<dfs_transport::TransportError>) {
+    let mut dec = FrameDecoder::new(KEY, MAX);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    points.push(bytes.len());
+    points.sort_unstable();
+    let mut at = 0;
+    for p in points {
+        buf.extend_from_slice(&bytes[at..p]);
+        at = p;
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+    if eof {
+        loop {
+            match dec.decode_eof(&mut buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+    (frames, None)
+}
+
+fn kind() -> impl Strategy<Value = FrameKind> {
+    prop_oneof![
+        Just(FrameKind::Message),
+        Just(FrameKind::Data),
+        Just(FrameKind::End),
+        Just(FrameKind::Abort),
+        Just(FrameKind::Ping),
+    ]
+}
+
+fn frames() -> impl Strategy<Value = Vec<(FrameKind, Vec<u8>)>> {
+    prop::collection::vec((kind(), prop::collection::vec(any::<u8>(), 0..2000)), 1..6)
+}
+
+proptest! {
+    #[test]
+    fn messages_round_trip(msgs in prop::collection::vec(msg(), 1..8), cuts in prop::collection::vec(any::<usize>(), 0..6)) {
+        let encoded: Vec<(FrameKind, Vec<u8>)> = msgs
+            .iter()
+            .map(|m| (FrameKind::Message, postcard::to_stdvec(m).unwrap()))
+            .collect();
+        let (bytes, ends) = seal_all(&encoded);
+        // The encoded length is exactly header + payload + tag.
+        let mut prev = 0;
+        for ((_, p), end) in encoded.iter().zip(&ends) {
+            prop_assert_eq!(end - prev, 5 + p.len() + 32);
+            prev = *end;
+        }
+        let (got, err) = decode_all(&bytes, &cuts, true);
+        prop_assert!(err.is_none(), "{:?}", err);
+        prop_assert_eq!(got.len(), msgs.len());
+        for (f, m) in got.iter().zip(&msgs) {
+            prop_assert_eq!(f.kind, FrameKind::Message);
+            prop_assert_eq!(&postcard::from_bytes::<Msg>(&f.payload).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn truncated_streams_never_panic_nor_invent(fs in frames(), cut in any::<usize>(), cuts in prop::collection::vec(any::<usize>(), 0..4)) {
+        let (bytes, ends) = seal_all(&fs);
+        let cut = cut % (bytes.len() + 1);
+        let (got, err) = decode_all(&bytes[..cut], &cuts, true);
+        // Exactly the frames wholly inside the prefix, in order, then an error iff a frame was cut.
+        let whole = ends.iter().filter(|e| **e <= cut).count();
+        prop_assert_eq!(got.len(), whole);
+        for (f, (k, p)) in got.iter().zip(&fs) {
+            prop_assert_eq!(f.kind, *k);
+            prop_assert_eq!(&f.payload[..], &p[..]);
+        }
+        let cut_mid_frame = !ends.contains(&cut) && cut != 0;
+        prop_assert_eq!(err.is_some(), cut_mid_frame, "{:?}", err);
+    }
+
+    #[test]
+    fn bit_flips_are_always_detected(fs in frames(), bit in any::<usize>(), cuts in prop::collection::vec(any::<usize>(), 0..4)) {
+        let (mut bytes, ends) = seal_all(&fs);
+        let bit = bit % (bytes.len() * 8);
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        let (got, err) = decode_all(&bytes, &cuts, true);
+        // Frames before the flipped one may come out (unchanged); never the flipped one or any
+        // after it, and the stream always ends in an error.
+        let hit = ends.iter().position(|e| bit / 8 < *e).unwrap();
+        prop_assert!(got.len() <= hit);
+        for (f, (k, p)) in got.iter().zip(&fs) {
+            prop_assert_eq!(f.kind, *k);
+            prop_assert_eq!(&f.payload[..], &p[..]);
+        }
+        prop_assert!(err.is_some());
+    }
+
+    #[test]
+    fn dropped_reordered_or_replayed_frames_are_detected(fs in prop::collection::vec((kind(), prop::collection::vec(any::<u8>(), 0..100)), 3..6), pick in 0usize..3) {
+        let (bytes, ends) = seal_all(&fs);
+        let frame = |i: usize| &bytes[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+        let mut tampered = Vec::new();
+        match pick {
+            // Drop frame 1.
+            0 => { tampered.extend_from_slice(frame(0)); tampered.extend_from_slice(frame(2)); }
+            // Swap frames 1 and 2.
+            1 => { tampered.extend_from_slice(frame(0)); tampered.extend_from_slice(frame(2)); tampered.extend_from_slice(frame(1)); }
+            // Replay frame 0.
+            _ => { tampered.extend_from_slice(frame(0)); tampered.extend_from_slice(frame(0)); }
+        }
+        let (got, err) = decode_all(&tampered, &[], true);
+        prop_assert_eq!(got.len(), 1);
+        let is_integrity = matches!(err, Some(dfs_transport::TransportError::Integrity { seq: 1 }));
+        prop_assert!(is_integrity, "{:?}", err);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096), cuts in prop::collection::vec(any::<usize>(), 0..4)) {
+        let _ = decode_all(&bytes, &cuts, true);
+        let _ = Hello::decode(&bytes);
+    }
+
+    #[test]
+    fn hello_round_trips_and_survives_damage(addr in ".{0,60}", auth in any::<bool>(), max in any::<u32>(), cut in any::<usize>(), bit in any::<usize>()) {
+        let h = Hello { kind: ConnKind::Substream, auth, node_id: NodeId([3; 32]), nonce: [9; 32], max_frame_len: max, addr };
+        let bytes = h.encode();
+        let (back, used) = Hello::decode(&bytes).unwrap();
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(&back, &h);
+        let _ = Hello::decode(&bytes[..cut % (bytes.len() + 1)]);
+        let mut flipped = bytes.clone();
+        let bit = bit % (bytes.len() * 8);
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        let _ = Hello::decode(&flipped);
+    }
+
+    #[test]
+    fn proofs_depend_on_every_hello_byte_and_the_secret(bit in 0usize..(82 * 8)) {
+        let a = Hello { kind: ConnKind::Control, auth: true, node_id: NodeId([1; 32]), nonce: [2; 32], max_frame_len: 1 << 20, addr: "x".into() }.encode();
+        let b = Hello { kind: ConnKind::Control, auth: true, node_id: NodeId([4; 32]), nonce: [5; 32], max_frame_len: 1 << 20, addr: "y".into() }.encode();
+        let secret = dfs_transport::NetworkSecret::from_bytes([8; 32]);
+        let dialer = SessionKeys::derive(Some(&secret), &a, &b, true);
+        let acceptor = SessionKeys::derive(Some(&secret), &a, &b, false);
+        prop_assert!(acceptor.verify_proof(&dialer.our_proof));
+        prop_assert!(dialer.verify_proof(&acceptor.our_proof));
+        prop_assert_eq!(dialer.send, acceptor.recv);
+        prop_assert_eq!(dialer.recv, acceptor.send);
+        // A reflected proof is refused.
+        prop_assert!(!dialer.verify_proof(&dialer.our_proof));
+        // Any altered byte of the transcript, or another secret, breaks the proof.
+        let mut a2 = a.clone();
+        a2[bit / 8] ^= 1 << (bit % 8);
+        let altered = SessionKeys::derive(Some(&secret), &a2, &b, false);
+        prop_assert!(!altered.verify_proof(&dialer.our_proof));
+        let other = SessionKeys::derive(Some(&dfs_transport::NetworkSecret::from_bytes([9; 32])), &a, &b, false);
+        prop_assert!(!other.verify_proof(&dialer.our_proof));
+    }
+}
+
+#[test]
+fn oversized_length_is_refused_before_allocating() {
+    let mut dec = FrameDecoder::new(KEY, MAX);
+    let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+    let err = dec.decode(&mut buf).unwrap_err();
+    assert!(
+        matches!(err, dfs_transport::TransportError::FrameTooLarge { len, max } if len == u64::from(u32::MAX) - 33 && max == MAX)
+    );
+    assert!(
+        buf.capacity() < 1024,
+        "allocated {} bytes for a refused frame",
+        buf.capacity()
+    );
+}
