@@ -223,6 +223,14 @@ impl Cipher for Aes256CtrBlake3 {
     fn decrypt_reader<R: Read>(&self, src: R) -> StreamReader<R> {
         StreamReader::new(src, self.open_state())
     }
+
+    fn encrypt(&self, src: impl Read, dst: impl Write) -> Result<u64> {
+        crate::stream::copy_wide(self.encrypt_reader(src)?, dst)
+    }
+
+    fn decrypt(&self, src: impl Read, dst: impl Write) -> Result<u64> {
+        crate::stream::copy_wide(self.decrypt_reader(src), dst)
+    }
 }
 
 /// The chunk-level core: per-file keys and the seal/open operations on one chunk.
@@ -272,14 +280,6 @@ impl ChunkCore {
         u128::from(index) * (self.chunk_size as u128 / 16)
     }
 
-    /// Encrypts `record[..len - TAG_LEN]` in place and writes its tag after it.
-    fn seal(&mut self, record: &mut [u8], last: bool) {
-        let (body, tag) = record.split_at_mut(record.len() - TAG_LEN);
-        self.ctr.apply(self.counter(self.index), body);
-        tag.copy_from_slice(self.tag(self.index, last, body).as_bytes());
-        self.index += 1;
-    }
-
     /// Checks `record`'s tag for chunk `self.index` (constant-time comparison).
     fn verify(&self, record: &[u8], last: bool) -> bool {
         let (body, tag) = record.split_at(record.len() - TAG_LEN);
@@ -306,18 +306,29 @@ impl ChunkCore {
     }
 }
 
-/// Encryption state: header out first, then `chunk_size + 1` bytes in (one byte of lookahead
-/// tells a full final chunk from a non-final one), sealed records out.
+/// Size of the staging buffer of an encrypting stream (push path, and the pull path when it
+/// cannot work in the caller's buffer).
+const SEAL_STAGE: usize = 64 * 1024;
+
+/// Encryption state. Encryption streams: plaintext is encrypted in place (in the caller's
+/// buffer on the pull path) and hashed into the chunk's tag as it passes, so ciphertext is
+/// released before its chunk is complete (the tag follows the chunk). A full chunk's tag waits
+/// until more input arrives (then it is not the last chunk) or the input ends (it is).
 #[derive(Debug)]
 pub(crate) struct SealState {
     header: [u8; HEADER_LEN],
     header_pos: usize,
     core: ChunkCore,
-    buf: Vec<u8>,
-    fill: usize,
-    out_start: usize,
-    out_end: usize,
-    carry: Option<u8>,
+    /// MAC state of the current chunk.
+    hasher: blake3::Hasher,
+    /// Plaintext bytes of the current chunk seen so far.
+    in_chunk: usize,
+    /// A finished tag waiting to be output (before any staged bytes).
+    tag: [u8; TAG_LEN],
+    tag_pos: usize,
+    stage: Vec<u8>,
+    stage_start: usize,
+    stage_end: usize,
     eof: bool,
 }
 
@@ -326,12 +337,14 @@ impl SealState {
         SealState {
             header,
             header_pos: 0,
-            buf: Vec::new(),
+            hasher: blake3::Hasher::new_keyed(&core.mac_key),
             core,
-            fill: 0,
-            out_start: 0,
-            out_end: 0,
-            carry: None,
+            in_chunk: 0,
+            tag: [0; TAG_LEN],
+            tag_pos: TAG_LEN,
+            stage: Vec::new(),
+            stage_start: 0,
+            stage_end: 0,
             eof: false,
         }
     }
@@ -339,64 +352,102 @@ impl SealState {
     pub(crate) fn pending(&self) -> &[u8] {
         if self.header_pos < HEADER_LEN {
             &self.header[self.header_pos..]
+        } else if self.tag_pos < TAG_LEN {
+            &self.tag[self.tag_pos..]
         } else {
-            &self.buf[self.out_start..self.out_end]
+            &self.stage[self.stage_start..self.stage_end]
         }
     }
 
     pub(crate) fn consume(&mut self, n: usize) {
         if self.header_pos < HEADER_LEN {
             self.header_pos += n;
-            return;
+        } else if self.tag_pos < TAG_LEN {
+            self.tag_pos += n;
+        } else {
+            self.stage_start += n;
         }
-        self.out_start += n;
-        if self.out_start == self.out_end {
-            self.out_start = 0;
-            self.out_end = 0;
-            if let Some(byte) = self.carry.take() {
-                self.buf[0] = byte;
-                self.fill = 1;
+    }
+
+    /// Closes the current chunk: its tag becomes pending output.
+    fn close_chunk(&mut self, last: bool) {
+        let index = self.core.index;
+        self.hasher.update(&index.to_le_bytes());
+        self.hasher.update(&[u8::from(last)]);
+        self.tag = *self.hasher.finalize().as_bytes();
+        self.tag_pos = 0;
+        self.hasher.reset();
+        self.core.index += 1;
+        self.in_chunk = 0;
+    }
+
+    /// Encrypts `data` in place as the next bytes of the current chunk (at most
+    /// `chunk_size - in_chunk`), closing a full previous chunk first.
+    fn transform(&mut self, data: &mut [u8]) {
+        if self.in_chunk == self.core.chunk_size {
+            self.close_chunk(false);
+        }
+        debug_assert!(data.len() <= self.core.chunk_size - self.in_chunk);
+        let position = self.core.index * self.core.chunk_size as u64 + self.in_chunk as u64;
+        let counter = u128::from(position / 16);
+        // Chunks are multiples of 16 bytes, but a read may stop mid-block.
+        let skip = (position % 16) as usize;
+        if skip == 0 {
+            self.core.ctr.apply(counter, data);
+        } else {
+            let mut block = [0u8; 16];
+            self.core.ctr.apply(counter, &mut block);
+            let head = data.len().min(16 - skip);
+            for (d, k) in data[..head].iter_mut().zip(&block[skip..]) {
+                *d ^= k;
             }
+            self.core.ctr.apply(counter + 1, &mut data[head..]);
         }
+        self.hasher.update(data);
+        self.in_chunk += data.len();
+    }
+
+    /// Bytes the caller may encrypt in its own buffer right now, if any.
+    pub(crate) fn direct_limit(&self) -> Option<usize> {
+        let free = self.core.chunk_size - self.in_chunk;
+        (!self.eof && self.pending().is_empty() && free > 0).then_some(free)
+    }
+
+    /// Encrypts `data` (at most [`SealState::direct_limit`] bytes) in the caller's buffer.
+    pub(crate) fn direct(&mut self, data: &mut [u8]) {
+        self.transform(data);
     }
 
     pub(crate) fn input(&mut self) -> &mut [u8] {
-        if self.eof || self.out_start < self.out_end {
+        if self.eof || !self.pending().is_empty() {
             return &mut [];
         }
-        if self.buf.is_empty() {
-            self.buf = vec![0; self.core.chunk_size + TAG_LEN];
+        if self.stage.is_empty() {
+            self.stage = vec![0; SEAL_STAGE.min(self.core.chunk_size)];
         }
-        let end = self.core.chunk_size + 1;
-        &mut self.buf[self.fill..end]
+        let free = match self.core.chunk_size - self.in_chunk {
+            // A full chunk: the next bytes start a new one.
+            0 => self.core.chunk_size,
+            free => free,
+        };
+        let len = free.min(self.stage.len());
+        &mut self.stage[..len]
     }
 
     pub(crate) fn filled(&mut self, n: usize) -> Result<()> {
-        self.fill += n;
-        let chunk = self.core.chunk_size;
-        if self.fill == chunk + 1 {
-            self.carry = Some(self.buf[chunk]);
-            self.core.seal(&mut self.buf[..chunk + TAG_LEN], false);
-            self.fill = 0;
-            self.out_start = 0;
-            self.out_end = chunk + TAG_LEN;
-        }
+        let mut stage = std::mem::take(&mut self.stage);
+        self.transform(&mut stage[..n]);
+        self.stage = stage;
+        self.stage_start = 0;
+        self.stage_end = n;
         Ok(())
     }
 
     pub(crate) fn finish(&mut self) -> Result<()> {
-        if self.eof {
-            return Ok(());
+        if !self.eof {
+            self.eof = true;
+            self.close_chunk(true);
         }
-        self.eof = true;
-        if self.buf.is_empty() {
-            self.buf = vec![0; self.fill + TAG_LEN];
-        }
-        let len = self.fill + TAG_LEN;
-        self.core.seal(&mut self.buf[..len], true);
-        self.fill = 0;
-        self.out_start = 0;
-        self.out_end = len;
         Ok(())
     }
 

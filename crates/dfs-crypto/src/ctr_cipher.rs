@@ -175,6 +175,14 @@ impl Cipher for Aes256Ctr {
             State::Ctr(Box::new(CtrState::decrypt(self.key.clone()))),
         )
     }
+
+    fn encrypt(&self, src: impl Read, dst: impl Write) -> Result<u64> {
+        crate::stream::copy_wide(self.encrypt_reader(src)?, dst)
+    }
+
+    fn decrypt(&self, src: impl Read, dst: impl Write) -> Result<u64> {
+        crate::stream::copy_wide(self.decrypt_reader(src), dst)
+    }
 }
 
 /// The sans-io state of a Go-format CTR stream (either direction).
@@ -284,10 +292,13 @@ impl CtrState {
         self.eof && self.pending().is_empty()
     }
 
-    pub(crate) fn direct(&mut self) -> Option<&mut CtrStream> {
-        if self.eof || !self.pending().is_empty() {
-            return None;
+    pub(crate) fn direct_limit(&self) -> Option<usize> {
+        (!self.eof && self.pending().is_empty() && self.stream.is_some()).then_some(usize::MAX)
+    }
+
+    pub(crate) fn direct(&mut self, data: &mut [u8]) {
+        if let Some(stream) = &mut self.stream {
+            stream.apply(data);
         }
-        self.stream.as_mut()
     }
 }

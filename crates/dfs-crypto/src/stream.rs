@@ -10,7 +10,6 @@ use std::io::{self, Read, Write};
 
 use crate::chunked::{OpenState, SealState};
 use crate::ctr_cipher::CtrState;
-use crate::keystream::CtrStream;
 use crate::{CryptoError, Result};
 
 /// One direction of one cipher, as a sans-io state machine.
@@ -76,12 +75,41 @@ impl State {
         }
     }
 
-    /// A keystream that may be applied directly to the caller's buffer (plain CTR body only).
-    pub(crate) fn direct(&mut self) -> Option<&mut CtrStream> {
+    /// How many bytes may be transformed in the caller's own buffer right now (pull path,
+    /// no copy), or `None` if input must go through [`State::input`].
+    pub(crate) fn direct_limit(&self) -> Option<usize> {
         match self {
-            State::Ctr(s) => s.direct(),
-            State::Seal(_) | State::Open(_) => None,
+            State::Ctr(s) => s.direct_limit(),
+            State::Seal(s) => s.direct_limit(),
+            State::Open(_) => None,
         }
+    }
+
+    /// Transforms `data` (at most [`State::direct_limit`] bytes) in place; the result is
+    /// output that the caller already holds.
+    pub(crate) fn direct(&mut self, data: &mut [u8]) {
+        match self {
+            State::Ctr(s) => s.direct(data),
+            State::Seal(s) => s.direct(data),
+            State::Open(_) => {}
+        }
+    }
+}
+
+/// Copies `reader` into `writer` through a 64 KiB heap buffer (larger than `io::copy`'s, so
+/// the keystream and BLAKE3 work on wide batches), returning the bytes copied.
+pub(crate) fn copy_wide(mut reader: impl Read, mut writer: impl Write) -> Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CryptoError::from_io(e)),
+        };
+        writer.write_all(&buf[..n]).map_err(CryptoError::from_io)?;
+        total += n as u64;
     }
 }
 
@@ -152,10 +180,15 @@ impl<R: Read> Read for StreamReader<R> {
             if self.state.done() {
                 return Ok(0);
             }
-            if let Some(stream) = self.state.direct() {
-                let n = self.inner.read(out)?;
+            if let Some(limit) = self.state.direct_limit() {
+                let len = out.len().min(limit);
+                let n = match self.inner.read(&mut out[..len]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
                 if n > 0 {
-                    stream.apply(&mut out[..n]);
+                    self.state.direct(&mut out[..n]);
                     return Ok(n);
                 }
             } else {
