@@ -73,11 +73,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for AsyncStreamReader<R> {
             return Poll::Ready(Err(CryptoError::Poisoned.into_io()));
         }
         loop {
-            let pending = this.state.pending();
-            if !pending.is_empty() {
-                let n = pending.len().min(out.remaining());
-                out.put_slice(&pending[..n]);
-                this.state.consume(n);
+            let ready = this.state.pending_len();
+            if ready > 0 {
+                let n = ready.min(out.remaining());
+                let n = this.state.read_into(out.initialize_unfilled_to(n));
+                out.advance(n);
                 return Poll::Ready(Ok(()));
             }
             if this.state.done() {

@@ -115,8 +115,14 @@ impl Aes256CtrBlake3 {
         State::Seal(Box::new(SealState::new(header, core)))
     }
 
+    /// Decryption state for the push path (plaintext pending in the buffer).
     fn open_state(&self) -> State {
-        State::Open(Box::new(OpenState::new(self.key.clone())))
+        State::Open(Box::new(OpenState::new(self.key.clone(), false)))
+    }
+
+    /// Decryption state for the pull path (decrypts into the caller's buffer).
+    fn open_state_pull(&self) -> State {
+        State::Open(Box::new(OpenState::new(self.key.clone(), true)))
     }
 
     /// An encrypting reader with a caller-chosen nonce.
@@ -158,7 +164,7 @@ impl Aes256CtrBlake3 {
         &self,
         src: R,
     ) -> crate::AsyncStreamReader<R> {
-        crate::AsyncStreamReader::new(src, self.open_state())
+        crate::AsyncStreamReader::new(src, self.open_state_pull())
     }
 
     /// The async (tokio) encrypting writer; `shutdown` writes the final chunk.
@@ -221,7 +227,7 @@ impl Cipher for Aes256CtrBlake3 {
     }
 
     fn decrypt_reader<R: Read>(&self, src: R) -> StreamReader<R> {
-        StreamReader::new(src, self.open_state())
+        StreamReader::new(src, self.open_state_pull())
     }
 
     fn encrypt(&self, src: impl Read, dst: impl Write) -> Result<u64> {
@@ -289,18 +295,14 @@ impl ChunkCore {
         self.tag(self.index, last, body) == blake3::Hash::from_bytes(tag)
     }
 
-    /// Verifies `record` and decrypts its body in place; returns the plaintext length.
-    fn open(&mut self, record: &mut [u8], last: bool) -> Result<usize> {
-        if !self.verify(record, last) {
-            return Err(CryptoError::Authentication { chunk: self.index });
-        }
-        Ok(self.decrypt_verified(record))
-    }
-
-    /// Decrypts the body of a `record` whose tag [`ChunkCore::verify`] accepted.
-    fn decrypt_verified(&mut self, record: &mut [u8]) -> usize {
+    /// Accepts the body of a `record` whose tag [`ChunkCore::verify`] accepted: decrypts it in
+    /// place if `decrypt` (else the caller decrypts it on the way out), moves to the next
+    /// chunk, and returns the body length.
+    fn release(&mut self, record: &mut [u8], decrypt: bool) -> usize {
         let len = record.len() - TAG_LEN;
-        self.ctr.apply(self.counter(self.index), &mut record[..len]);
+        if decrypt {
+            self.ctr.apply(self.counter(self.index), &mut record[..len]);
+        }
         self.index += 1;
         len
     }
@@ -470,11 +472,19 @@ pub(crate) struct OpenState {
     out_end: usize,
     carry: Option<u8>,
     eof: bool,
+    /// Pull path: keep verified ciphertext in `buf` and decrypt it straight into the
+    /// caller's buffer in [`OpenState::read_into`] (one copy fewer). `pending` is then
+    /// ciphertext and must not be handed on.
+    lazy: bool,
+    /// Plaintext stream position of `buf[0]` of the released chunk.
+    chunk_start: u64,
 }
 
 impl OpenState {
-    fn new(key: Key) -> Self {
+    fn new(key: Key, lazy: bool) -> Self {
         OpenState {
+            lazy,
+            chunk_start: 0,
             key,
             header: [0; HEADER_LEN],
             header_pos: 0,
@@ -488,8 +498,34 @@ impl OpenState {
         }
     }
 
+    /// Verified plaintext ready to be handed on (push path only).
     pub(crate) fn pending(&self) -> &[u8] {
+        debug_assert!(!self.lazy || self.out_start == self.out_end);
+        if self.lazy {
+            return &[];
+        }
         &self.buf[self.out_start..self.out_end]
+    }
+
+    pub(crate) fn pending_len(&self) -> usize {
+        self.out_end - self.out_start
+    }
+
+    /// Hands on up to `out.len()` bytes of verified plaintext, decrypting them into `out` on
+    /// the lazy path.
+    pub(crate) fn read_into(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.pending_len());
+        let src = &self.buf[self.out_start..self.out_start + n];
+        if self.lazy {
+            if let Some(core) = &self.core {
+                let position = self.chunk_start + self.out_start as u64;
+                crate::keystream::xor_at(&core.ctr, position, src, &mut out[..n]);
+            }
+        } else {
+            out[..n].copy_from_slice(src);
+        }
+        self.consume(n);
+        n
     }
 
     pub(crate) fn consume(&mut self, n: usize) {
@@ -563,7 +599,8 @@ impl OpenState {
                     CryptoError::Authentication { chunk: core.index }
                 });
             }
-            let len = core.decrypt_verified(chunk);
+            self.chunk_start = core.index * core.chunk_size as u64;
+            let len = core.release(chunk, !self.lazy);
             self.carry = Some(self.buf[record]);
             self.fill = 0;
             self.out_start = 0;
@@ -587,26 +624,23 @@ impl OpenState {
             return Err(CryptoError::Truncated { chunk: core.index });
         }
         let record = &mut self.buf[..self.fill];
-        match core.open(record, true) {
-            Ok(len) => {
-                self.fill = 0;
-                self.out_start = 0;
-                self.out_end = len;
-                Ok(())
-            }
-            Err(err) => {
-                if record.len() == core.chunk_size + TAG_LEN && core.verify(record, false) {
-                    Err(CryptoError::Truncated {
-                        chunk: core.index + 1,
-                    })
-                } else {
-                    Err(err)
-                }
-            }
+        if core.verify(record, true) {
+            self.chunk_start = core.index * core.chunk_size as u64;
+            let len = core.release(record, !self.lazy);
+            self.fill = 0;
+            self.out_start = 0;
+            self.out_end = len;
+            Ok(())
+        } else if record.len() == core.chunk_size + TAG_LEN && core.verify(record, false) {
+            Err(CryptoError::Truncated {
+                chunk: core.index + 1,
+            })
+        } else {
+            Err(CryptoError::Authentication { chunk: core.index })
         }
     }
 
     pub(crate) fn done(&self) -> bool {
-        self.eof && self.pending().is_empty()
+        self.eof && self.pending_len() == 0
     }
 }

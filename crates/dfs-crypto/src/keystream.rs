@@ -70,6 +70,19 @@ impl CtrKey {
         self.apply_portable(counter, data)
     }
 
+    /// `dst = src XOR keystream` starting at block `counter`; `src` and `dst` have the same
+    /// length.
+    pub(crate) fn apply_b2b(&self, counter: u128, src: &[u8], dst: &mut [u8]) {
+        debug_assert_eq!(src.len(), dst.len());
+        #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
+        if let Some(vaes) = &self.vaes {
+            return vaes.apply_b2b(counter, src, dst);
+        }
+        let len = src.len().min(dst.len());
+        dst[..len].copy_from_slice(&src[..len]);
+        self.apply_portable(counter, &mut dst[..len]);
+    }
+
     fn apply_portable(&self, mut counter: u128, data: &mut [u8]) -> u128 {
         let mut keystream = [aes::Block::default(); BATCH_BLOCKS];
         for chunk in data.chunks_mut(BATCH_BLOCKS * 16) {
@@ -101,6 +114,26 @@ fn xor_in_place(data: &mut [u8], keystream: &[u8]) {
     for (d, k) in tail.iter_mut().zip(ks_tail) {
         *d ^= k;
     }
+}
+
+/// `dst = src XOR keystream`, where `src` starts at byte `position` of the keystream that
+/// begins at counter block zero.
+pub(crate) fn xor_at(key: &CtrKey, position: u64, src: &[u8], dst: &mut [u8]) {
+    let len = src.len().min(dst.len());
+    let (src, dst) = (&src[..len], &mut dst[..len]);
+    let counter = u128::from(position / 16);
+    let skip = (position % 16) as usize;
+    if skip == 0 {
+        key.apply_b2b(counter, src, dst);
+        return;
+    }
+    let mut block = [0u8; 16];
+    key.apply(counter, &mut block);
+    let head = len.min(16 - skip);
+    for ((d, s), k) in dst[..head].iter_mut().zip(&src[..head]).zip(&block[skip..]) {
+        *d = s ^ k;
+    }
+    key.apply_b2b(counter + 1, &src[head..], &mut dst[head..]);
 }
 
 /// A byte-granular CTR stream: a key, a starting counter block and a byte position.
@@ -195,6 +228,21 @@ mod tests {
             data in proptest::collection::vec(any::<u8>(), 0..5000),
         ) {
             check(key, iv, offset, &data);
+        }
+
+        #[test]
+        fn out_of_place_matches_ctr_crate(
+            key in any::<[u8; 32]>(),
+            position in 0u64..5000,
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+        ) {
+            let mut expected = data.clone();
+            reference(&key, [0; 16], position, &mut expected);
+            for ctr_key in [CtrKey::new(&key), CtrKey::new_portable(&key)] {
+                let mut got = vec![0u8; data.len()];
+                xor_at(&ctr_key, position, &data, &mut got);
+                prop_assert_eq!(&got, &expected);
+            }
         }
 
         #[test]

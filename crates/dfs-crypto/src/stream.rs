@@ -30,6 +30,28 @@ impl State {
         }
     }
 
+    /// How many output bytes are ready.
+    pub(crate) fn pending_len(&self) -> usize {
+        match self {
+            State::Open(s) => s.pending_len(),
+            other => other.pending().len(),
+        }
+    }
+
+    /// Hands on up to `out.len()` ready output bytes; returns how many.
+    pub(crate) fn read_into(&mut self, out: &mut [u8]) -> usize {
+        match self {
+            State::Open(s) => s.read_into(out),
+            other => {
+                let pending = other.pending();
+                let n = pending.len().min(out.len());
+                out[..n].copy_from_slice(&pending[..n]);
+                other.consume(n);
+                n
+            }
+        }
+    }
+
     /// `n` bytes of [`State::pending`] were handed on.
     pub(crate) fn consume(&mut self, n: usize) {
         match self {
@@ -170,12 +192,8 @@ impl<R: Read> Read for StreamReader<R> {
             return Err(CryptoError::Poisoned.into_io());
         }
         loop {
-            let pending = self.state.pending();
-            if !pending.is_empty() {
-                let n = pending.len().min(out.len());
-                out[..n].copy_from_slice(&pending[..n]);
-                self.state.consume(n);
-                return Ok(n);
+            if self.state.pending_len() > 0 {
+                return Ok(self.state.read_into(out));
             }
             if self.state.done() {
                 return Ok(0);
