@@ -1,0 +1,409 @@
+//! `dfs-store` against its anchors, measured in the same run:
+//!
+//! - `store_1GiB`: streaming write (with fsync) and read of one 1 GiB object, against a
+//!   plain `std::fs` write + `sync_all` / read of the same bytes through the same buffers;
+//!   reads both from the page cache (hot) and after dropping the file's pages (cold,
+//!   `dd iflag=nocache count=0`, skipped if `dd` is missing).
+//! - `store_4KiB`: 4 KiB objects, writes/s (fsync on and off) and reads/s, against
+//!   `cacache`'s sync API (`write_sync` / `read_sync`; cacache never fsyncs).
+//!
+//! After criterion's own output the bench prints the medians, the ratios and the peak RSS
+//! of the process. Size of the big object: `DFS_BENCH_STORE_MIB` (default 1024).
+//!
+//! ```text
+//! cargo bench -p dfs-benches --bench store
+//! ```
+#![allow(clippy::unwrap_used)] // a failing bench should stop loudly
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::hint::black_box;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use dfs_store::{Durability, Store};
+
+/// Buffer the anchor writes with (the store's own write buffer is also 64 KiB).
+const WRITE_BUF: usize = 64 * 1024;
+/// Buffer both sides read into.
+const READ_BUF: usize = 256 * 1024;
+/// Samples per benchmark (criterion's minimum, for the 1 GiB cases).
+const BIG_SAMPLES: usize = 10;
+const SMALL_SAMPLES: usize = 20;
+const SMALL: usize = 4096;
+/// Objects pre-written for the read benchmarks.
+const READ_SET: usize = 1000;
+
+/// Per-iteration seconds of every sample, per benchmark id, in the order measured.
+static SAMPLES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
+
+fn record(id: &str, iters: u64, elapsed: Duration) {
+    SAMPLES
+        .lock()
+        .unwrap()
+        .entry(id.to_owned())
+        .or_default()
+        .push(elapsed.as_secs_f64() / iters as f64);
+}
+
+/// Median of the last `n` samples (criterion runs warm-up first, then exactly `n` samples).
+fn median_of_last(id: &str, n: usize) -> Option<f64> {
+    let samples = SAMPLES.lock().unwrap();
+    let all = samples.get(id)?;
+    let mut last: Vec<f64> = all[all.len().saturating_sub(n)..].to_vec();
+    last.sort_by(f64::total_cmp);
+    let mid = last.len() / 2;
+    Some(if last.len() % 2 == 0 {
+        (last[mid - 1] + last[mid]) / 2.0
+    } else {
+        last[mid]
+    })
+}
+
+/// An endless pseudo-random byte source (the same for ours and the anchor), `len` bytes.
+struct Source {
+    pattern: &'static [u8],
+    pos: usize,
+    left: u64,
+}
+
+impl Source {
+    fn new(pattern: &'static [u8], len: u64) -> Source {
+        Source {
+            pattern,
+            pos: 0,
+            left: len,
+        }
+    }
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf
+            .len()
+            .min(self.pattern.len() - self.pos)
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.pattern[self.pos..self.pos + n]);
+        self.pos = (self.pos + n) % self.pattern.len();
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn pattern() -> &'static [u8] {
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+    let bytes: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    Box::leak(bytes.into_boxed_slice())
+}
+
+/// The anchor: plain `std::fs` write through a 64 KiB buffer, then `sync_all`.
+fn std_write(path: &Path, mut src: impl Read) -> u64 {
+    let mut file = File::create(path).unwrap();
+    let mut buf = vec![0u8; WRITE_BUF];
+    let mut total = 0;
+    loop {
+        let n = src.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n]).unwrap();
+        total += n as u64;
+    }
+    file.sync_all().unwrap();
+    total
+}
+
+/// Reads everything into a 256 KiB buffer (same consumer for ours and the anchor).
+fn drain(mut r: impl Read, buf: &mut [u8]) -> u64 {
+    let mut total = 0;
+    loop {
+        let n = r.read(buf).unwrap();
+        if n == 0 {
+            return total;
+        }
+        black_box(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// Drops the page cache of `path` (GNU dd: fadvise DONTNEED on the whole file).
+fn drop_cache(path: &Path) -> bool {
+    Command::new("dd")
+        .arg(format!("if={}", path.display()))
+        .args(["iflag=nocache", "count=0", "status=none"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
+    let mib: u64 = std::env::var("DFS_BENCH_STORE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let size = mib << 20;
+    let name = if mib % 1024 == 0 {
+        format!("store_{}GiB", mib / 1024)
+    } else {
+        format!("store_{mib}MiB")
+    };
+    let store = Store::open(dir.join("big-store")).unwrap();
+    let plain = dir.join("big-plain");
+    let mut group = c.benchmark_group(&name);
+    group
+        .sample_size(BIG_SAMPLES)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .throughput(Throughput::Bytes(size));
+
+    let id = format!("{name}/write_fsync/dfs-store");
+    group.bench_function(BenchmarkId::new("write_fsync", "dfs-store"), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                store.delete("big").unwrap();
+                let start = Instant::now();
+                assert_eq!(
+                    store.write("big", Source::new(pattern, size)).unwrap(),
+                    size
+                );
+                total += start.elapsed();
+            }
+            record(&id, iters, total);
+            total
+        })
+    });
+    let id = format!("{name}/write_fsync/std-fs");
+    group.bench_function(BenchmarkId::new("write_fsync", "std-fs"), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let _ = fs::remove_file(&plain);
+                let start = Instant::now();
+                assert_eq!(std_write(&plain, Source::new(pattern, size)), size);
+                total += start.elapsed();
+            }
+            record(&id, iters, total);
+            total
+        })
+    });
+
+    let mut buf = vec![0u8; READ_BUF];
+    let store_file = store.path_of("big").unwrap();
+    let cold_ok = drop_cache(&store_file) && drop_cache(&plain);
+    for (mode, cold) in [("read_hot", false), ("read_cold", true)] {
+        if cold && !cold_ok {
+            eprintln!("dd iflag=nocache unavailable: skipping cold reads");
+            continue;
+        }
+        let id = format!("{name}/{mode}/dfs-store");
+        group.bench_function(BenchmarkId::new(mode, "dfs-store"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if cold {
+                        drop_cache(&store_file);
+                    }
+                    let start = Instant::now();
+                    assert_eq!(drain(store.read("big").unwrap(), &mut buf), size);
+                    total += start.elapsed();
+                }
+                record(&id, iters, total);
+                total
+            })
+        });
+        let id = format!("{name}/{mode}/std-fs");
+        group.bench_function(BenchmarkId::new(mode, "std-fs"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if cold {
+                        drop_cache(&plain);
+                    }
+                    let start = Instant::now();
+                    assert_eq!(drain(File::open(&plain).unwrap(), &mut buf), size);
+                    total += start.elapsed();
+                }
+                record(&id, iters, total);
+                total
+            })
+        });
+    }
+    group.finish();
+    store.delete("big").unwrap();
+    let _ = fs::remove_file(&plain);
+    size
+}
+
+fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
+    let data = &pattern[..SMALL];
+    let fsync = Store::open(dir.join("small-fsync")).unwrap();
+    let nofsync = Store::builder(dir.join("small-nofsync"))
+        .durability(Durability::None)
+        .open()
+        .unwrap();
+    let cache: PathBuf = dir.join("cacache");
+    let mut group = c.benchmark_group("store_4KiB");
+    group
+        .sample_size(SMALL_SAMPLES)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(1));
+
+    let mut counter = 0u64;
+    let mut next_key = move || {
+        counter += 1;
+        format!("object-{counter}")
+    };
+    for (label, store) in [("dfs-store-fsync", &fsync), ("dfs-store-nofsync", &nofsync)] {
+        let id = format!("store_4KiB/write/{label}");
+        group.bench_function(BenchmarkId::new("write", label), |b| {
+            b.iter_custom(|iters| {
+                let keys: Vec<String> = (0..iters).map(|_| next_key()).collect();
+                let start = Instant::now();
+                for key in &keys {
+                    store.write(key, data).unwrap();
+                }
+                let elapsed = start.elapsed();
+                record(&id, iters, elapsed);
+                elapsed
+            })
+        });
+    }
+    let id = "store_4KiB/write/cacache".to_owned();
+    group.bench_function(BenchmarkId::new("write", "cacache"), |b| {
+        b.iter_custom(|iters| {
+            let keys: Vec<String> = (0..iters).map(|_| next_key()).collect();
+            let start = Instant::now();
+            for key in &keys {
+                cacache::write_sync(&cache, key, data).unwrap();
+            }
+            let elapsed = start.elapsed();
+            record(&id, iters, elapsed);
+            elapsed
+        })
+    });
+
+    // Reads: a fixed set of objects, read round-robin into a fresh Vec (what
+    // `cacache::read_sync` returns).
+    let read_store = Store::builder(dir.join("small-read"))
+        .durability(Durability::None)
+        .open()
+        .unwrap();
+    let read_cache = dir.join("cacache-read");
+    let keys: Vec<String> = (0..READ_SET).map(|i| format!("read-{i}")).collect();
+    for key in &keys {
+        read_store.write(key, data).unwrap();
+        cacache::write_sync(&read_cache, key, data).unwrap();
+    }
+    let id = "store_4KiB/read/dfs-store".to_owned();
+    group.bench_function(BenchmarkId::new("read", "dfs-store"), |b| {
+        let mut i = 0;
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let mut reader = read_store.read(&keys[i % READ_SET]).unwrap();
+                let mut out = Vec::with_capacity(reader.size() as usize);
+                reader.read_to_end(&mut out).unwrap();
+                assert_eq!(black_box(out).len(), SMALL);
+                i += 1;
+            }
+            let elapsed = start.elapsed();
+            record(&id, iters, elapsed);
+            elapsed
+        })
+    });
+    let id = "store_4KiB/read/cacache".to_owned();
+    group.bench_function(BenchmarkId::new("read", "cacache"), |b| {
+        let mut i = 0;
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let out = cacache::read_sync(&read_cache, &keys[i % READ_SET]).unwrap();
+                assert_eq!(black_box(out).len(), SMALL);
+                i += 1;
+            }
+            let elapsed = start.elapsed();
+            record(&id, iters, elapsed);
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+fn summary(big_size: u64) {
+    let mib = big_size >> 20;
+    let name = if mib % 1024 == 0 {
+        format!("store_{}GiB", mib / 1024)
+    } else {
+        format!("store_{mib}MiB")
+    };
+    println!("\n== dfs-store vs anchors (medians of criterion's samples) ==");
+    for mode in ["write_fsync", "read_hot", "read_cold"] {
+        let ours = median_of_last(&format!("{name}/{mode}/dfs-store"), BIG_SAMPLES);
+        let anchor = median_of_last(&format!("{name}/{mode}/std-fs"), BIG_SAMPLES);
+        if let (Some(ours), Some(anchor)) = (ours, anchor) {
+            let gbs = |t: f64| big_size as f64 / t / 1e9;
+            println!(
+                "{name} {mode:<12} dfs-store {:>6.2} GB/s  std::fs {:>6.2} GB/s  ratio {:.2}x",
+                gbs(ours),
+                gbs(anchor),
+                anchor / ours
+            );
+        }
+    }
+    let ops =
+        |id: &str| median_of_last(&format!("store_4KiB/{id}"), SMALL_SAMPLES).map(|t| 1.0 / t);
+    if let Some(cacache) = ops("write/cacache") {
+        for label in ["dfs-store-fsync", "dfs-store-nofsync"] {
+            if let Some(ours) = ops(&format!("write/{label}")) {
+                println!(
+                    "store_4KiB write {label:<18} {ours:>9.0} ops/s  cacache {cacache:>9.0} ops/s  ratio {:.2}x",
+                    ours / cacache
+                );
+            }
+        }
+    }
+    if let (Some(ours), Some(cacache)) = (ops("read/dfs-store"), ops("read/cacache")) {
+        println!(
+            "store_4KiB read  dfs-store          {ours:>9.0} ops/s  cacache {cacache:>9.0} ops/s  ratio {:.2}x",
+            ours / cacache
+        );
+    }
+    if let Some(rss) = peak_rss_mib() {
+        println!("peak RSS of the whole bench process (criterion included): {rss:.1} MiB");
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let dir = tempfile::Builder::new()
+        .prefix("dfs-store-bench")
+        .tempdir_in(
+            std::env::var_os("DFS_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
+        )
+        .unwrap();
+    let pattern = pattern();
+    let size = big(&mut c, dir.path(), pattern);
+    small(&mut c, dir.path(), pattern);
+    c.final_summary();
+    summary(size);
+}
