@@ -454,3 +454,54 @@ impl Backend for Node {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_map_to_client_error_kinds_and_exit_codes() {
+        let cases = [
+            (
+                ServerError::NotFound { name: "x".into() },
+                RemoteErrorKind::NotFound,
+                crate::EXIT_NOT_FOUND,
+            ),
+            (
+                ServerError::WrongKey { name: "x".into() },
+                RemoteErrorKind::WrongKey,
+                crate::EXIT_AUTH,
+            ),
+            (
+                ServerError::Io {
+                    op: "write",
+                    path: "/data/store/tmp/1.tmp".into(),
+                    source: std::io::Error::from_raw_os_error(28),
+                },
+                RemoteErrorKind::DiskFull,
+                crate::EXIT_FAILURE,
+            ),
+            (
+                ServerError::ShuttingDown,
+                RemoteErrorKind::ShuttingDown,
+                crate::EXIT_FAILURE,
+            ),
+        ];
+        for (err, kind, code) in cases {
+            let remote = remote(&err);
+            assert_eq!(remote.kind, kind, "{err}");
+            assert!(!remote.message.contains('\n'));
+            assert_eq!(Error::Remote(remote).exit_code(), code, "{err}");
+        }
+        let full = remote(&ServerError::Io {
+            op: "write",
+            path: "/d".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        });
+        assert!(
+            full.message.starts_with("disk full on the node"),
+            "{}",
+            full.message
+        );
+    }
+}
