@@ -304,3 +304,67 @@ fn kill9_in_the_middle_of_a_24_mib_transfer() {
 fn kill9_in_the_middle_of_a_256_mib_transfer() {
     kill9_in_the_middle_of_a_transfer(256 << 20);
 }
+
+/// Waits until `node`'s store has a non-empty staging file (a transfer into it is under way).
+fn wait_for_staging_bytes(node: &Node) {
+    let tmp = node.data.join("store").join("tmp");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let staged = std::fs::read_dir(&tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.len() > 1 << 20));
+        if staged {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no transfer into {} started",
+            node.name
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn kill9_of_the_only_sender_mid_fetch_commits_nothing_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    // A alone stores the file: it is the only holder.
+    let mut a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--no-fsync"]);
+    let big = tmp.path().join("big");
+    let hash = write_pattern_file(&big, 21, 48 << 20);
+    a.ok(&["put", big.to_str().unwrap()]);
+    std::fs::remove_file(&big).unwrap();
+    let b = Node::start(&tmp.path().join("b"), "b", &keys, &[&a], &["--no-fsync"]);
+    b.wait_peers(1);
+
+    // B fetches it from A; A dies half-way.
+    let get = dfs()
+        .args(["get", "big", "-o", tmp.path().join("out").to_str().unwrap()])
+        .args(["--data", b.data_arg()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_staging_bytes(&b);
+    a.kill9();
+    let out = finish(get);
+    assert!(!out.status.success(), "no holder left: the get must fail");
+    assert_eq!(
+        stderr_of(&out).trim().lines().count(),
+        1,
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!tmp.path().join("out").exists(), "no partial output file");
+    assert_no_staging_leftovers(&b);
+    assert!(!b.ok(&["ls"]).contains("big"), "nothing partial committed");
+
+    // A comes back with what it had; the get now succeeds through B.
+    a.restart_joining(&[&b]);
+    b.wait_peers(1);
+    assert_eq!(get_hash(&a, "big", tmp.path()), hash);
+    assert_eq!(get_hash(&b, "big", tmp.path()), hash);
+}
