@@ -292,6 +292,18 @@ fn kill9_in_the_middle_of_a_transfer(size: u64) {
         big_hash,
         "fetched from the peers"
     );
+
+    // Streaming: no node's memory grew with the file (b received, stored and replicated it,
+    // c stored and served it, a fetched it).
+    for node in [&a, &b, &c] {
+        let peak = node.peak_rss_mib();
+        println!(
+            "{}: peak RSS {peak} MiB for a {} MiB file",
+            node.name,
+            size >> 20
+        );
+        assert!(peak < 96, "{} peaked at {peak} MiB", node.name);
+    }
 }
 
 #[test]
