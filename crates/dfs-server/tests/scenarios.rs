@@ -267,6 +267,7 @@ both_transports!(
     wrong_network_secret,
     different_data_key,
     delete_everywhere_and_replication_policies,
+    shutdown_drains_in_flight_store,
     big_file_across_nodes,
 );
 
@@ -856,4 +857,40 @@ async fn shutdown_refuses_new_work() {
     .unwrap();
     assert_eq!(again.node_id(), handle.node_id());
     again.shutdown().await.unwrap();
+}
+
+/// `shutdown` lets an in-flight store (here: mid-replication) finish; a failing source
+/// stores nothing.
+async fn shutdown_drains_in_flight_store<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let a = start(&net, d[0].path(), &key, &[]).await;
+    let b = start(&net, d[1].path(), &key, &[a.local_addr()]).await;
+    mesh(&[&a, &b]).await;
+
+    let err = a
+        .store("broken", (&b"half a file"[..]).chain(Failing))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServerError::Source { .. }), "{err}");
+    assert!(!a.has("broken").await.unwrap());
+    assert!(a.list().await.unwrap().is_empty());
+
+    let mut events = a.events();
+    let storing = {
+        let a = a.clone();
+        tokio::spawn(async move { a.store("in-flight", Generated::new(32 << 20)).await })
+    };
+    // The local copy is written; replication to b is under way when shutdown starts.
+    wait_event(&mut events, "local write done", |e| {
+        matches!(e, ServerEvent::FileStored { .. })
+    })
+    .await;
+    a.clone().shutdown().await.unwrap();
+    let receipt = storing.await.unwrap().unwrap();
+    assert_eq!(receipt.replicas, vec![b.node_id()]);
+    assert!(b.has("in-flight").await.unwrap());
+    let err = a.get_bytes("in-flight").await.unwrap_err();
+    assert!(matches!(err, ServerError::ShuttingDown), "{err}");
+    b.shutdown().await.unwrap();
 }
