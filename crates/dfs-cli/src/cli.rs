@@ -6,7 +6,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Store, replicate and fetch encrypted files across dfs nodes.
 #[derive(Debug, Parser)]
-#[command(name = "dfs", version, about, propagate_version = true)]
+#[command(
+    name = "dfs",
+    version,
+    about,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

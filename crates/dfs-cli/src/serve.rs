@@ -27,6 +27,8 @@ use crate::{Error, Result};
 /// First delay between bootstrap attempts; doubles up to [`RETRY_MAX`].
 const RETRY_START: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long one attempt to join a bootstrap node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Server = FileServer<TcpTransport>;
 
@@ -233,7 +235,7 @@ async fn join(
     let attempts = futures::future::join_all(
         addrs
             .iter()
-            .map(|addr| async move { (addr, server.connect(addr).await) }),
+            .map(|addr| async move { (addr, connect(server, addr).await) }),
     )
     .await;
     for (addr, attempt) in attempts {
@@ -257,6 +259,17 @@ async fn join(
     Ok(())
 }
 
+/// `FileServer::connect` bounded by [`CONNECT_TIMEOUT`] (a black-holed address must not
+/// delay the ready line for minutes).
+async fn connect(server: &Server, addr: &str) -> Result<dfs_server::PeerInfo, ServerError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, server.connect(addr)).await {
+        Ok(result) => result,
+        Err(_) => Err(ServerError::Timeout {
+            what: format!("connecting to {addr}"),
+        }),
+    }
+}
+
 async fn retry_join(
     server: Server,
     addr: String,
@@ -269,7 +282,7 @@ async fn retry_join(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {} // backoff between bootstrap attempts
         }
-        match server.connect(&addr).await {
+        match connect(&server, &addr).await {
             Ok(peer) => {
                 info!("joined {addr} (node {})", peer.id);
                 return;

@@ -262,3 +262,43 @@ fn keygen_encrypt_decrypt() {
         stderr_of(&out)
     );
 }
+
+#[test]
+fn a_node_whose_bootstrap_is_not_up_yet_joins_when_it_comes_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "late");
+    // A free port for the late node (released just before it starts).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let late_addr = format!("127.0.0.1:{port}");
+    let b = Node::start(
+        &tmp.path().join("b"),
+        "b",
+        &keys,
+        &[],
+        &["--no-fsync", "--bootstrap", &late_addr],
+    );
+    assert!(
+        b.log.contents().contains("retrying in the background"),
+        "{}",
+        b.log.contents()
+    );
+    let a = Node::start(
+        &tmp.path().join("a"),
+        "a",
+        &keys,
+        &[],
+        &["--no-fsync", "--listen", &late_addr],
+    );
+    assert_eq!(a.addr, late_addr);
+    b.wait_peers(1);
+    let f = tmp.path().join("f");
+    let hash = write_pattern_file(&f, 30, 10_000);
+    a.ok(&["put", f.to_str().unwrap()]);
+    let out = tmp.path().join("out");
+    b.ok(&["get", "f", "-o", out.to_str().unwrap()]);
+    assert_eq!(hash_file(&out), hash);
+}
