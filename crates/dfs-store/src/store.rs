@@ -4,6 +4,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 
 use crate::error::{Result, StoreError};
 use crate::format::{FIXED_LEN, Header};
@@ -798,34 +799,95 @@ fn write_object<W: Write + Seek>(
         w.write_all(&out).map_err(io_err)?;
         return Ok(n as u64);
     }
-    let mut buf = first;
     let mut head = vec![0u8; FIXED_LEN];
     head.extend_from_slice(key.as_bytes());
     w.write_all(&head).map_err(io_err)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut total = n as u64;
-    hasher.update(&buf[..n]);
-    w.write_all(&buf[..n]).map_err(io_err)?;
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(StoreError::Source {
-                    key: key.to_owned(),
-                    source,
-                });
-            }
-        };
-        hasher.update(&buf[..n]);
-        w.write_all(&buf[..n]).map_err(io_err)?;
-        total += n as u64;
-    }
-    let fixed = Header::encode_fixed(key, total, hasher.finalize().as_bytes());
+    let (total, hash) = stream_hashed(w, key, src, first, n, path)?;
+    let fixed = Header::encode_fixed(key, total, hash.as_bytes());
     w.seek(SeekFrom::Start(0)).map_err(io_err)?;
     w.write_all(&fixed).map_err(io_err)?;
     Ok(total)
+}
+
+/// Buffers in flight between the writing thread and the hashing thread.
+const PIPELINE_BUFFERS: usize = 3;
+/// Size of each pipeline buffer.
+const PIPELINE_CHUNK: usize = 256 * 1024;
+
+/// A buffer shared (read-only) by the writer and the hasher, and its valid length.
+type Shared = (Arc<Vec<u8>>, usize);
+
+/// Writes `first[..n]` and the rest of `src` to `w` while a helper thread hashes the same
+/// buffers, so hashing overlaps the copy into the page cache. Memory: a few fixed buffers.
+fn stream_hashed<W: Write>(
+    w: &mut W,
+    key: &str,
+    src: &mut impl Read,
+    first: Vec<u8>,
+    n: usize,
+    path: &Path,
+) -> Result<(u64, blake3::Hash)> {
+    let io_err = |e| StoreError::io("write", path, e);
+    std::thread::scope(|scope| {
+        let (to_hasher, hasher_rx) = mpsc::channel::<Shared>();
+        let (free_tx, free_rx) = mpsc::channel::<Arc<Vec<u8>>>();
+        let hasher = scope.spawn(move || {
+            let mut hasher = blake3::Hasher::new();
+            for (buf, len) in hasher_rx {
+                hasher.update(&buf[..len]);
+                // Hand the buffer back for reuse; the writer may be gone on error.
+                let _ = free_tx.send(buf);
+            }
+            hasher.finalize()
+        });
+        let first = Arc::new(first);
+        let _ = to_hasher.send((Arc::clone(&first), n));
+        w.write_all(&first[..n]).map_err(io_err)?;
+        drop(first);
+        let mut total = n as u64;
+        let mut spare = PIPELINE_BUFFERS;
+        loop {
+            // A buffer nobody else holds: a fresh one, or one the hasher is done with
+            // (the writer dropped its own handle before asking for the next buffer).
+            let mut buf = if spare > 0 {
+                spare -= 1;
+                Arc::new(vec![0u8; PIPELINE_CHUNK])
+            } else {
+                match free_rx.recv() {
+                    Ok(buf) => buf,
+                    Err(_) => break, // hasher gone: reported by the join below
+                }
+            };
+            // Unique here (see above), so this never copies.
+            let bytes = Arc::make_mut(&mut buf);
+            if bytes.len() < PIPELINE_CHUNK {
+                bytes.resize(PIPELINE_CHUNK, 0); // the 64 KiB first buffer, grown once
+            }
+            let n = loop {
+                match src.read(bytes) {
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Ok(n) => break n,
+                    Err(source) => {
+                        return Err(StoreError::Source {
+                            key: key.to_owned(),
+                            source,
+                        });
+                    }
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let _ = to_hasher.send((Arc::clone(&buf), n));
+            w.write_all(&buf[..n]).map_err(io_err)?;
+            total += n as u64;
+        }
+        drop(to_hasher);
+        let hash = hasher.join().map_err(|_| {
+            StoreError::io("hash", path, io::Error::other("hashing thread panicked"))
+        })?;
+        Ok((total, hash))
+    })
 }
 
 /// Opens an object file, checks its header and length, and (if `key` is given) that it
@@ -1318,6 +1380,47 @@ mod tests {
             expected.extend_from_slice(&data);
             assert!(bytes == expected, "len {len}");
         }
+    }
+
+    /// Yields `left` bytes in uneven pieces, with an `Interrupted` error between pieces.
+    struct Jittery {
+        left: usize,
+        step: usize,
+        interrupt: bool,
+    }
+
+    impl Read for Jittery {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(io::Error::new(ErrorKind::Interrupted, "signal"));
+            }
+            self.step = self.step * 7 % 10_007 + 1;
+            let n = buf.len().min(self.left).min(self.step);
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = ((self.left - i) % 256) as u8;
+            }
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn pipelined_write_handles_uneven_and_interrupted_sources() {
+        let len = 3 * PIPELINE_CHUNK + 12_345;
+        let expected: Vec<u8> = (0..len).map(|i| ((len - i) % 256) as u8).collect();
+        let mut out = io::Cursor::new(Vec::new());
+        let mut src = Jittery {
+            left: len,
+            step: 1,
+            interrupt: false,
+        };
+        let n = write_object(&mut out, "k", &mut src, Path::new("x")).unwrap();
+        assert_eq!(n, len as u64);
+        let bytes = out.into_inner();
+        let header = Header::encode_fixed("k", len as u64, blake3::hash(&expected).as_bytes());
+        assert_eq!(&bytes[..FIXED_LEN], &header[..]);
+        assert_eq!(&bytes[FIXED_LEN + 1..], &expected[..]);
     }
 
     #[test]
