@@ -58,6 +58,7 @@ pub struct EndpointConfig {
     close_timeout: Duration,
     send_queue: usize,
     event_queue: usize,
+    max_pending_handshakes: usize,
 }
 
 impl EndpointConfig {
@@ -76,6 +77,7 @@ impl EndpointConfig {
             close_timeout: Duration::from_secs(10),
             send_queue: 256,
             event_queue: 1024,
+            max_pending_handshakes: 256,
         }
     }
 
@@ -145,6 +147,13 @@ impl EndpointConfig {
         self
     }
 
+    /// Inbound connections allowed to be in their handshake at once; more are dropped at
+    /// once (each pending one ends by the handshake timeout at the latest). Default 256.
+    pub fn max_pending_handshakes(mut self, n: usize) -> Self {
+        self.max_pending_handshakes = n;
+        self
+    }
+
     /// The node id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
@@ -168,7 +177,7 @@ impl EndpointConfig {
         if self.handshake_timeout.is_zero() {
             return bad("handshake_timeout must be non-zero");
         }
-        if self.send_queue == 0 || self.event_queue == 0 {
+        if self.send_queue == 0 || self.event_queue == 0 || self.max_pending_handshakes == 0 {
             return bad("queue sizes must be non-zero");
         }
         Ok(())
@@ -927,7 +936,12 @@ impl<T: Transport> Shared<T> {
         }
     }
 
-    async fn handle_inbound(self: Arc<Self>, stream: T::Stream, remote: String) {
+    async fn handle_inbound(
+        self: Arc<Self>,
+        stream: T::Stream,
+        remote: String,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let local = self.local();
         let result = self
             .with_timeout(
@@ -935,6 +949,7 @@ impl<T: Transport> Shared<T> {
                 handshake(stream, &local, ConnKind::Control, false),
             )
             .await;
+        drop(slot);
         let mut est = match result {
             Ok(est) => est,
             Err(e) => {
@@ -960,6 +975,17 @@ impl<T: Transport> Shared<T> {
                 let _ = self.install(est, None).await;
             }
             ConnKind::Substream => {
+                if self.shutdown.is_cancelled() {
+                    let mut status = vec![WELCOME_REFUSED];
+                    status.extend_from_slice(b"the endpoint is closing");
+                    let _ = self
+                        .with_timeout("refusing", async {
+                            est.writer.write_frame(FrameKind::Welcome, &status).await?;
+                            est.writer.shutdown().await
+                        })
+                        .await;
+                    return;
+                }
                 let r = self
                     .with_timeout("welcoming", async {
                         est.writer
@@ -1029,6 +1055,9 @@ impl<T: Transport> PeerHost for Shared<T> {
 }
 
 async fn accept_loop<T: Transport>(shared: Arc<Shared<T>>, mut listener: T::Listener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        shared.config.max_pending_handshakes,
+    ));
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -1036,7 +1065,14 @@ async fn accept_loop<T: Transport>(shared: Arc<Shared<T>>, mut listener: T::List
         };
         match accepted {
             Ok((stream, remote)) => {
-                tokio::spawn(Arc::clone(&shared).handle_inbound(stream, remote));
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    warn!(%remote, "too many pending handshakes: dropping an inbound connection");
+                    continue;
+                };
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    shared.handle_inbound(stream, remote, slot).await;
+                });
             }
             Err(TransportError::Closed) => break,
             Err(e) => {
