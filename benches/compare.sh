@@ -4,6 +4,9 @@
 #
 #   bash benches/compare.sh            # full criterion run (about 2 minutes)
 #   bash benches/compare.sh --quick    # criterion --quick (noisier)
+#   DFS_BENCH_CPU_TIME=1 bash benches/compare.sh
+#       # both sides timed by CPU time instead of wall time (openssl speed without -elapsed,
+#       # the bench by thread CPU time): for a machine shared with other work (about 4 min)
 #
 # OpenSSL runs before and after the bench; the higher of the two figures is the anchor (the
 # conservative choice on a shared machine). Needs `openssl`, `python3` and a Rust toolchain.
@@ -15,8 +18,12 @@ if [[ "${1:-}" == "--quick" ]]; then QUICK=(--quick); fi
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 SECONDS_PER_ALGO="${OPENSSL_SECONDS:-3}"
 
+ELAPSED=(-elapsed)
+CLOCK="wall time"
+if [[ "${DFS_BENCH_CPU_TIME:-}" == "1" ]]; then ELAPSED=(); CLOCK="CPU time"; fi
+
 openssl_16k() { # prints bytes/s of the 16 KiB column for $1
-    openssl speed -elapsed -seconds "$SECONDS_PER_ALGO" -bytes 16384 -evp "$1" 2>/dev/null |
+    openssl speed "${ELAPSED[@]}" -seconds "$SECONDS_PER_ALGO" -bytes 16384 -evp "$1" 2>/dev/null |
         awk -v name="$(echo "$1" | tr a-z A-Z)" '$1 == name { sub(/k$/, "", $2); printf "%.0f\n", $2 * 1000 }'
 }
 
@@ -24,6 +31,8 @@ echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "cpu:     $(lscpu | sed -n 's/^Model name:[[:space:]]*//p')"
 echo "openssl: $(openssl version)"
 echo "rustc:   $(rustc --version)"
+echo "clock:   $CLOCK"
+echo "load:    $(cut -d' ' -f1-3 /proc/loadavg)"
 
 CTR1=$(openssl_16k aes-256-ctr)
 GCM1=$(openssl_16k aes-256-gcm)

@@ -409,15 +409,29 @@ impl SealState {
         self.in_chunk += data.len();
     }
 
-    /// Bytes the caller may encrypt in its own buffer right now, if any.
-    pub(crate) fn direct_limit(&self) -> Option<usize> {
-        let free = self.core.chunk_size - self.in_chunk;
-        (!self.eof && self.pending().is_empty() && free > 0).then_some(free)
+    /// Bytes the caller may encrypt in its own buffer right now, if any, and how many bytes
+    /// of prefix (the previous chunk's tag) [`SealState::direct`] then writes before them.
+    pub(crate) fn direct_limit(&self) -> Option<(usize, usize)> {
+        if self.eof || !self.pending().is_empty() {
+            return None;
+        }
+        Some(match self.core.chunk_size - self.in_chunk {
+            // The current chunk is full: new bytes close it, so its tag goes first.
+            0 => (self.core.chunk_size, TAG_LEN),
+            free => (free, 0),
+        })
     }
 
-    /// Encrypts `data` (at most [`SealState::direct_limit`] bytes) in the caller's buffer.
-    pub(crate) fn direct(&mut self, data: &mut [u8]) {
-        self.transform(data);
+    /// Encrypts `data[prefix..]` in place (at most the limit of
+    /// [`SealState::direct_limit`]), writing the closed chunk's tag to `data[..prefix]`.
+    pub(crate) fn direct(&mut self, data: &mut [u8], prefix: usize) {
+        let (head, body) = data.split_at_mut(prefix);
+        if prefix > 0 {
+            self.close_chunk(false);
+            head.copy_from_slice(&self.tag);
+            self.tag_pos = TAG_LEN;
+        }
+        self.transform(body);
     }
 
     pub(crate) fn input(&mut self) -> &mut [u8] {

@@ -292,11 +292,11 @@ impl CtrState {
         self.eof && self.pending().is_empty()
     }
 
-    pub(crate) fn direct_limit(&self) -> Option<usize> {
-        (!self.eof && self.pending().is_empty() && self.stream.is_some()).then_some(usize::MAX)
+    pub(crate) fn direct_limit(&self) -> Option<(usize, usize)> {
+        (!self.eof && self.pending().is_empty() && self.stream.is_some()).then_some((usize::MAX, 0))
     }
 
-    pub(crate) fn direct(&mut self, data: &mut [u8]) {
+    pub(crate) fn direct(&mut self, data: &mut [u8], _prefix: usize) {
         if let Some(stream) = &mut self.stream {
             stream.apply(data);
         }

@@ -98,8 +98,9 @@ impl State {
     }
 
     /// How many bytes may be transformed in the caller's own buffer right now (pull path,
-    /// no copy), or `None` if input must go through [`State::input`].
-    pub(crate) fn direct_limit(&self) -> Option<usize> {
+    /// no copy), and how many bytes of prefix [`State::direct`] writes before them; `None`
+    /// if input must go through [`State::input`].
+    pub(crate) fn direct_limit(&self) -> Option<(usize, usize)> {
         match self {
             State::Ctr(s) => s.direct_limit(),
             State::Seal(s) => s.direct_limit(),
@@ -107,12 +108,12 @@ impl State {
         }
     }
 
-    /// Transforms `data` (at most [`State::direct_limit`] bytes) in place; the result is
-    /// output that the caller already holds.
-    pub(crate) fn direct(&mut self, data: &mut [u8]) {
+    /// Transforms `data[prefix..]` in place (at most the [`State::direct_limit`] limit) and
+    /// fills `data[..prefix]`; all of `data` is then output the caller already holds.
+    pub(crate) fn direct(&mut self, data: &mut [u8], prefix: usize) {
         match self {
-            State::Ctr(s) => s.direct(data),
-            State::Seal(s) => s.direct(data),
+            State::Ctr(s) => s.direct(data, prefix),
+            State::Seal(s) => s.direct(data, prefix),
             State::Open(_) => {}
         }
     }
@@ -198,16 +199,20 @@ impl<R: Read> Read for StreamReader<R> {
             if self.state.done() {
                 return Ok(0);
             }
-            if let Some(limit) = self.state.direct_limit() {
-                let len = out.len().min(limit);
-                let n = match self.inner.read(&mut out[..len]) {
+            let direct = self
+                .state
+                .direct_limit()
+                .filter(|&(_, prefix)| out.len() > prefix);
+            if let Some((limit, prefix)) = direct {
+                let len = (out.len() - prefix).min(limit);
+                let n = match self.inner.read(&mut out[prefix..prefix + len]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 };
                 if n > 0 {
-                    self.state.direct(&mut out[..n]);
-                    return Ok(n);
+                    self.state.direct(&mut out[..prefix + n], prefix);
+                    return Ok(prefix + n);
                 }
             } else {
                 let input = self.state.input();
