@@ -157,6 +157,9 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     events: broadcast::Sender<ServerEvent>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// Stops the driver; cancelled only when the last handle is dropped without `shutdown`
+    /// (after `shutdown` the driver ends with the endpoint's event stream).
+    dropped: CancellationToken,
     closing: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
     dialing: Mutex<HashSet<String>>,
@@ -164,8 +167,16 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
 
 impl<T: Transport, P: PathTransform, C: Cipher> Drop for Inner<T, P, C> {
     fn drop(&mut self) {
-        // The last handle is gone without `shutdown`: stop the background tasks.
+        // The last handle is gone without `shutdown`: stop the background tasks and close
+        // the endpoint (in the background, when a runtime is still around).
         self.cancel.cancel();
+        self.dropped.cancel();
+        if !self.closing.load(Ordering::SeqCst) {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let endpoint = self.endpoint.clone();
+                handle.spawn(async move { endpoint.close().await });
+            }
+        }
     }
 }
 
@@ -231,6 +242,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             events: event_tx,
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
+            dropped: CancellationToken::new(),
             closing: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
             dialing: Mutex::new(HashSet::new()),
@@ -238,7 +250,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         });
         info!(node = %node_id, addr = %inner.endpoint.local_addr(), "file server started");
 
-        let driver = tokio::spawn(drive(Arc::downgrade(&inner), events, inner.cancel.clone()));
+        let driver = tokio::spawn(drive(Arc::downgrade(&inner), events, inner.dropped.clone()));
         inner.add_background(driver);
 
         // One attempt at every bootstrap address now (so a reachable bootstrap node is
@@ -462,7 +474,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         inner.cancel.cancel();
         inner.tracker.close();
         inner.tracker.wait().await;
+        // The driver keeps draining transport events while the endpoint closes.
         inner.endpoint.close().await;
+        inner.dropped.cancel();
         let tasks = std::mem::take(&mut *lock(&inner.background));
         for task in tasks {
             if let Err(e) = task.await {
@@ -1185,7 +1199,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     }
 }
 
-/// The event loop: membership and incoming requests.
+/// The event loop: membership and incoming requests. Runs until the endpoint's event stream
+/// ends (after `Endpoint::close`) or the node is dropped.
 async fn drive<T: Transport, P: PathTransform, C: Cipher>(
     inner: Weak<Inner<T, P, C>>,
     mut events: Events,
@@ -1206,6 +1221,7 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
                 info!(node = %inner.node_id, peer = %id, reason = ?reason, "peer left");
                 inner.emit(ServerEvent::PeerLeft { id });
             }
+            Event::Message { .. } if inner.closing.load(Ordering::SeqCst) => {}
             Event::Message { from, message } => match message.decode::<Envelope>() {
                 Ok(Envelope {
                     version: PROTOCOL_VERSION,
@@ -1217,8 +1233,13 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
                 Err(e) => debug!(peer = %from.id(), error = %e, "undecodable control message"),
             },
             Event::Stream { from, stream } => {
-                let this = Arc::clone(&inner);
-                inner.tracker.spawn(this.serve(from, stream));
+                if inner.closing.load(Ordering::SeqCst) {
+                    debug!(peer = %from.id(), "shutting down: request refused");
+                    drop(stream);
+                } else {
+                    let this = Arc::clone(&inner);
+                    inner.tracker.spawn(this.serve(from, stream));
+                }
             }
             _ => {}
         }
