@@ -497,11 +497,23 @@ impl<P: PathTransform> Store<P> {
         if self.durability == Durability::Fsync {
             sync_dir(&self.root)?;
         }
-        match fs::remove_dir_all(&graveyard) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io("remove", graveyard, e)),
+        // A write committing at the very moment of the swap may still land in the old
+        // directory (its path lookup passed `objects` before the rename): such a write is
+        // ordered before the clear, and its file makes `remove_dir_all` race. Retry; if a
+        // leftover remains, it sits in `tmp/` and a later `open` sweeps it.
+        for attempt in 1..=COMMIT_ATTEMPTS {
+            match fs::remove_dir_all(&graveyard) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => {
+                    if attempt == COMMIT_ATTEMPTS {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(StoreError::io("remove", graveyard, e)),
+            }
         }
+        Ok(())
     }
 
     /// Iterates over the stored keys (read back from the object headers), in no
@@ -1051,7 +1063,7 @@ impl ObjectMeta {
 /// ```
 pub struct ObjectReader {
     file: BufReader<File>,
-    hasher: blake3::Hasher,
+    verifier: Verifier,
     size: u64,
     remaining: u64,
     expected: [u8; 32],
@@ -1075,7 +1087,7 @@ impl ObjectReader {
     fn new(file: BufReader<File>, header: Header, path: PathBuf) -> ObjectReader {
         ObjectReader {
             file,
-            hasher: blake3::Hasher::new(),
+            verifier: Verifier::new(header.payload_len),
             size: header.payload_len,
             remaining: header.payload_len,
             expected: header.payload_hash,
@@ -1174,15 +1186,127 @@ impl Read for ObjectReader {
             self.failed = Some(reason);
             return Err(err);
         }
-        self.hasher.update(&buf[..n]);
+        if let Err(e) = self.verifier.update(&buf[..n]) {
+            self.failed = Some(e.to_string());
+            return Err(self.corrupt(&e.to_string()));
+        }
         self.remaining -= n as u64;
-        if self.remaining == 0 && self.hasher.finalize() != blake3::Hash::from(self.expected) {
-            let reason = "content hash mismatch (bytes on disk are damaged)".to_owned();
-            let err = self.corrupt(&reason);
-            self.failed = Some(reason);
-            return Err(err);
+        if self.remaining == 0 {
+            let reason = match self.verifier.finish() {
+                Ok(hash) if hash == blake3::Hash::from(self.expected) => None,
+                Ok(_) => Some("content hash mismatch (bytes on disk are damaged)".to_owned()),
+                Err(e) => Some(format!("could not check the content hash: {e}")),
+            };
+            if let Some(reason) = reason {
+                let err = self.corrupt(&reason);
+                self.failed = Some(reason);
+                return Err(err);
+            }
         }
         Ok(n)
+    }
+}
+
+/// Objects at least this large are hashed on a helper thread while they are read.
+const PIPELINE_MIN: u64 = 1 << 20;
+
+/// Hashes the bytes an [`ObjectReader`] delivers: inline for small objects, on a helper
+/// thread (fed copies through a few reusable buffers) for large ones, so hashing overlaps
+/// the reads on a second core.
+enum Verifier {
+    Inline(Box<blake3::Hasher>),
+    Pipelined(Pipeline),
+    Finished,
+}
+
+struct Pipeline {
+    current: Vec<u8>,
+    to_hasher: mpsc::Sender<Vec<u8>>,
+    free: mpsc::Receiver<Vec<u8>>,
+    spare: usize,
+    handle: std::thread::JoinHandle<blake3::Hash>,
+}
+
+impl Verifier {
+    fn new(size: u64) -> Verifier {
+        if size < PIPELINE_MIN {
+            return Verifier::Inline(Box::default());
+        }
+        let (to_hasher, rx) = mpsc::channel::<Vec<u8>>();
+        let (free_tx, free) = mpsc::channel::<Vec<u8>>();
+        let spawned = std::thread::Builder::new()
+            .name("dfs-store-hash".into())
+            .spawn(move || {
+                let mut hasher = blake3::Hasher::new();
+                for mut buf in rx {
+                    hasher.update(&buf);
+                    buf.clear();
+                    // The reader may be gone already; then the buffer is just freed.
+                    let _ = free_tx.send(buf);
+                }
+                hasher.finalize()
+            });
+        match spawned {
+            Ok(handle) => Verifier::Pipelined(Pipeline {
+                current: Vec::with_capacity(PIPELINE_CHUNK),
+                to_hasher,
+                free,
+                spare: PIPELINE_BUFFERS,
+                handle,
+            }),
+            // No thread to be had: hash inline.
+            Err(_) => Verifier::Inline(Box::default()),
+        }
+    }
+
+    fn hasher_gone() -> io::Error {
+        io::Error::other("the hashing thread of an object reader stopped")
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Verifier::Inline(hasher) => {
+                hasher.update(bytes);
+                Ok(())
+            }
+            Verifier::Pipelined(p) => {
+                while !bytes.is_empty() {
+                    let take = (PIPELINE_CHUNK - p.current.len()).min(bytes.len());
+                    p.current.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if p.current.len() == PIPELINE_CHUNK {
+                        let next = if p.spare > 0 {
+                            p.spare -= 1;
+                            Vec::with_capacity(PIPELINE_CHUNK)
+                        } else {
+                            p.free.recv().map_err(|_| Verifier::hasher_gone())?
+                        };
+                        let full = std::mem::replace(&mut p.current, next);
+                        p.to_hasher
+                            .send(full)
+                            .map_err(|_| Verifier::hasher_gone())?;
+                    }
+                }
+                Ok(())
+            }
+            Verifier::Finished => Err(io::Error::other("object already fully read")),
+        }
+    }
+
+    fn finish(&mut self) -> io::Result<blake3::Hash> {
+        match std::mem::replace(self, Verifier::Finished) {
+            Verifier::Inline(hasher) => Ok(hasher.finalize()),
+            Verifier::Pipelined(p) => {
+                if !p.current.is_empty() {
+                    p.to_hasher
+                        .send(p.current)
+                        .map_err(|_| Verifier::hasher_gone())?;
+                }
+                drop(p.to_hasher);
+                p.handle.join().map_err(|_| Verifier::hasher_gone())
+            }
+            Verifier::Finished => Err(io::Error::other("object already fully read")),
+        }
     }
 }
 

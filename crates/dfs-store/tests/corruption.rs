@@ -229,3 +229,49 @@ fn garbage_files_never_panic() {
         let _ = store.keys().count();
     }
 }
+
+#[test]
+fn large_objects_hashed_on_a_helper_thread_detect_damage_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let len = (3 << 20) + 12_345;
+    let original = data(len);
+    store.write("big", &original[..]).unwrap();
+    // Clean reads with several caller buffer sizes.
+    for chunk in [1usize, 8 * 1024, 300_000, 4 << 20] {
+        let mut reader = store.read("big").unwrap();
+        let mut out = Vec::with_capacity(len);
+        let mut buf = vec![0u8; chunk];
+        if chunk == 1 {
+            // Byte-at-a-time over the first 100 KiB, then the rest in bulk.
+            for _ in 0..100_000 {
+                assert_eq!(reader.read(&mut buf).unwrap(), 1);
+                out.push(buf[0]);
+            }
+        }
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert!(out == original, "chunk {chunk}");
+    }
+    let path = store.path_of("big").unwrap();
+    for pos in [0u64, len as u64 / 2, len as u64 - 1] {
+        let offset = HEADER + 3 + pos;
+        flip(&path, offset, 0x40);
+        let (delivered, outcome) = read_outcome(&store, "big");
+        assert!(outcome.unwrap_err().is_corrupt());
+        assert!(delivered.len() < len);
+        assert!(store.verify("big").unwrap_err().is_corrupt());
+        flip(&path, offset, 0x40);
+    }
+    store.verify("big").unwrap();
+    // A reader dropped half-way does not hang or leak a blocked thread.
+    let mut reader = store.read("big").unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    reader.read_exact(&mut buf).unwrap();
+    drop(reader);
+}
