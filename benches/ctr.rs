@@ -7,7 +7,7 @@
 //! - `stream-encrypt`: a long-lived encrypting reader (Go format) over an in-memory source,
 //!   one buffer read per iteration (what `openssl speed -evp aes-256-ctr` measures).
 //! - `auth-encrypt` / `auth-decrypt`: the same for `Aes256CtrBlake3` (64 KiB chunks), the
-//!   decrypting reader verifying every chunk, over 2 MiB of ciphertext it restarts on
+//!   decrypting reader verifying every chunk, over 1 MiB of ciphertext it restarts on
 //!   (anchor: `openssl speed -evp aes-256-gcm`).
 //!
 //! Run: `cargo bench -p dfs-benches --bench ctr` (`-- --quick` for a fast pass);
@@ -109,9 +109,9 @@ fn bench_ctr(c: &mut Criterion) {
     let auth = Aes256CtrBlake3::new(&key);
     eprintln!("dfs-crypto keystream backend: {}", ctr.backend());
 
-    // 2 MiB of authenticated ciphertext for the decrypt benchmark: about the footprint of
+    // 1 MiB of authenticated ciphertext for the decrypt benchmark: the footprint of
     // the 1 MiB `Cycle` source the encrypt benchmarks read (cache-resident, like theirs).
-    const AUTH_PLAIN: usize = 2 * 1024 * 1024;
+    const AUTH_PLAIN: usize = 1024 * 1024;
     let mut sealed = Vec::with_capacity(AUTH_PLAIN + AUTH_PLAIN / 1024 + 64);
     auth.encrypt(
         io::Read::take(Cycle::new(1 << 20), AUTH_PLAIN as u64),
@@ -164,7 +164,7 @@ fn bench_ctr(c: &mut Criterion) {
             run(b, || {
                 let mut n = fill(&mut reader, &mut buf);
                 while n < size {
-                    // End of the prepared ciphertext: start over (header and key derivation, amortized over 2 MiB).
+                    // End of the prepared ciphertext: start over (header and key derivation, amortized over 1 MiB).
                     reader = auth.decrypt_reader(&sealed[..]);
                     n += fill(&mut reader, &mut buf[n..]);
                 }

@@ -472,7 +472,15 @@ impl SealState {
     }
 }
 
-/// Decryption state: header in, then `chunk_size + TAG_LEN + 1` bytes in, verified plaintext
+/// How many bytes past a record the decryptor reads. One byte is enough to know the record is
+/// not the last; 64 keep the bulk reads into the record buffer cache-line aligned (the
+/// lookahead bytes move to the front, the next read lands right after them). Never more than
+/// a record, so the lookahead alone is never a whole further record.
+fn lookahead(chunk_size: usize) -> usize {
+    if chunk_size + TAG_LEN >= 64 { 64 } else { 1 }
+}
+
+/// Decryption state: header in, then `chunk_size + TAG_LEN + lookahead` bytes in, verified plaintext
 /// out. Nothing is output before its chunk's tag has been checked.
 #[derive(Debug)]
 pub(crate) struct OpenState {
@@ -484,7 +492,9 @@ pub(crate) struct OpenState {
     fill: usize,
     out_start: usize,
     out_end: usize,
-    carry: Option<u8>,
+    /// Bytes after the released record (`buf[record..record + carry]`) that start the next
+    /// one; moved to the front once the output is drained.
+    carry: usize,
     eof: bool,
     /// Pull path: keep verified ciphertext in `buf` and decrypt it straight into the
     /// caller's buffer in [`OpenState::read_into`] (one copy fewer). `pending` is then
@@ -507,7 +517,7 @@ impl OpenState {
             fill: 0,
             out_start: 0,
             out_end: 0,
-            carry: None,
+            carry: 0,
             eof: false,
         }
     }
@@ -547,9 +557,13 @@ impl OpenState {
         if self.out_start == self.out_end {
             self.out_start = 0;
             self.out_end = 0;
-            if let Some(byte) = self.carry.take() {
-                self.buf[0] = byte;
-                self.fill = 1;
+            if self.carry > 0 {
+                if let Some(core) = &self.core {
+                    let record = core.chunk_size + TAG_LEN;
+                    self.buf.copy_within(record..record + self.carry, 0);
+                }
+                self.fill = self.carry;
+                self.carry = 0;
             }
         }
     }
@@ -564,7 +578,7 @@ impl OpenState {
         if self.out_start < self.out_end {
             return &mut [];
         }
-        let end = core.chunk_size + TAG_LEN + 1;
+        let end = core.chunk_size + TAG_LEN + lookahead(core.chunk_size);
         &mut self.buf[self.fill..end]
     }
 
@@ -589,7 +603,7 @@ impl OpenState {
         })?;
         let chunk_size = chunk_size as usize;
         self.core = Some(ChunkCore::new(&self.key, header, chunk_size));
-        self.buf = vec![0; chunk_size + TAG_LEN + 1];
+        self.buf = vec![0; chunk_size + TAG_LEN + lookahead(chunk_size)];
         Ok(())
     }
 
@@ -603,7 +617,7 @@ impl OpenState {
         };
         self.fill += n;
         let record = core.chunk_size + TAG_LEN;
-        if self.fill == record + 1 {
+        if self.fill > record {
             // More bytes follow, so this chunk must not be the last one.
             let chunk = &mut self.buf[..record];
             if !core.verify(chunk, false) {
@@ -615,7 +629,7 @@ impl OpenState {
             }
             self.chunk_start = core.index * core.chunk_size as u64;
             let len = core.release(chunk, !self.lazy);
-            self.carry = Some(self.buf[record]);
+            self.carry = self.fill - record;
             self.fill = 0;
             self.out_start = 0;
             self.out_end = len;
