@@ -417,15 +417,29 @@ struct Shared<T: Transport> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # });
 /// ```
+///
+/// Call [`Endpoint::close`] to shut down gracefully. Dropping the last `Endpoint` handle
+/// without it tears everything down abruptly (listener, control connections, event stream).
 pub struct Endpoint<T: Transport> {
     shared: Arc<Shared<T>>,
+    _teardown: Arc<Teardown>,
 }
 
 impl<T: Transport> Clone for Endpoint<T> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
+            _teardown: Arc::clone(&self._teardown),
         }
+    }
+}
+
+/// Runs when the last [`Endpoint`] handle is dropped.
+struct Teardown(Box<dyn Fn() + Send + Sync>);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 
@@ -473,7 +487,19 @@ impl<T: Transport> Endpoint<T> {
             dial_locks: Mutex::new(HashMap::new()),
         });
         tokio::spawn(accept_loop(Arc::clone(&shared), listener));
-        Ok((Self { shared }, Events { rx }))
+        let weak = Arc::downgrade(&shared);
+        let teardown = Teardown(Box::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.abort_all();
+            }
+        }));
+        Ok((
+            Self {
+                shared,
+                _teardown: Arc::new(teardown),
+            },
+            Events { rx },
+        ))
     }
 
     /// The bound address (what [`Endpoint::connect`] on another node should dial).
@@ -608,6 +634,21 @@ impl<T: Transport> Endpoint<T> {
 }
 
 impl<T: Transport> Shared<T> {
+    /// Abrupt teardown (the last handle was dropped without `close`).
+    fn abort_all(&self) {
+        self.shutdown.cancel();
+        let entries: Vec<ConnEntry> = {
+            let mut table = lock(&self.table);
+            table.closed = true;
+            table.superseded.clear();
+            table.peers.drain().map(|(_, e)| e).collect()
+        };
+        for entry in entries {
+            entry.cancel.cancel();
+        }
+        lock(&self.events).take();
+    }
+
     fn local(&self) -> Local<'_> {
         Local {
             node_id: self.config.node_id,

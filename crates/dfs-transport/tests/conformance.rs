@@ -841,6 +841,32 @@ async fn mitm_relay<T: Net>() {
     let _ = sender.await;
 }
 
+async fn drop_without_close_tears_down<T: Net>() {
+    let net = T::fresh();
+    let (a, mut a_ev) = node(&net, config()).await;
+    let (b, mut b_ev) = node(&net, config()).await;
+    let a_addr = a.local_addr();
+    let a_id = a.node_id();
+    let peer = b.connect(&a_addr).await.unwrap();
+    wait_for(&mut a_ev, "PeerConnected", |e| {
+        matches!(e, Event::PeerConnected(_)).then_some(())
+    })
+    .await;
+    drop(a);
+    // The remote notices, a's events end, and a's address no longer answers.
+    let reason = disconnected(&mut b_ev, a_id).await;
+    assert!(reason.is_some());
+    within("a's events to end", async {
+        while a_ev.next().await.is_some() {}
+    })
+    .await;
+    assert!(!peer.is_connected());
+    within("a refused dial", async {
+        assert!(b.connect(&a_addr).await.is_err());
+    })
+    .await;
+}
+
 macro_rules! conformance {
     ($module:ident, $t:ty) => {
         mod $module {
@@ -896,6 +922,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn mitm_relay() {
                 super::mitm_relay::<$t>().await;
+            }
+            #[tokio::test]
+            async fn drop_without_close_tears_down() {
+                super::drop_without_close_tears_down::<$t>().await;
             }
             #[tokio::test]
             async fn random_ids_differ() {
