@@ -96,7 +96,7 @@ fn config(
         .bootstrap(bootstrap.iter().cloned())
         .fsync(false)
         .request_timeout(Duration::from_secs(5))
-        .replication_timeout(Duration::from_secs(60))
+        .replication_timeout(Duration::from_secs(600))
 }
 
 fn init_tracing() {
