@@ -14,7 +14,10 @@ use dfs_transport::NodeId;
 pub enum ServerError {
     /// Neither this node nor any connected peer holds the file. (A node with another data
     /// key cannot even address a file: its name maps to a different opaque id.)
-    #[error("file {name:?} not found on this node or any connected peer")]
+    #[error(
+        "file {name:?} not found on this node or any connected peer \
+         (files stored under another data key cannot be addressed with this one)"
+    )]
     NotFound {
         /// The file name.
         name: String,
