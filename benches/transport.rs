@@ -54,9 +54,15 @@ async fn drain<R: AsyncRead + Unpin>(mut r: R) -> u64 {
     }
 }
 
-async fn endpoints() -> (Endpoint<TcpTransport>, Endpoint<TcpTransport>, Events, Peer) {
+async fn endpoints(
+    data_frame_len: usize,
+) -> (Endpoint<TcpTransport>, Endpoint<TcpTransport>, Events, Peer) {
     let secret = NetworkSecret::generate();
-    let config = || EndpointConfig::new(NodeId::random()).secret(Some(secret.clone()));
+    let config = || {
+        EndpointConfig::new(NodeId::random())
+            .secret(Some(secret.clone()))
+            .data_frame_len(data_frame_len)
+    };
     let (a, _a_events) = Endpoint::bind(TcpTransport::new(), "127.0.0.1:0", config())
         .await
         .expect("bind a");
@@ -131,19 +137,69 @@ fn body_1gib(c: &mut Criterion) {
         })
     });
 
-    let (_a, _b, mut events, peer) = rt.block_on(endpoints());
-    g.bench_function("endpoint_body_integrity", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    assert_eq!(endpoint_body(&peer, &mut events).await, BODY);
-                }
-                start.elapsed()
+    for (name, frame) in [
+        ("endpoint_body_integrity", 256 * 1024),
+        ("endpoint_body_integrity_1mib_frames", 1 << 20),
+    ] {
+        let (_a, _b, mut events, peer) = rt.block_on(endpoints(frame));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        assert_eq!(endpoint_body(&peer, &mut events).await, BODY);
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
+        });
+    }
     g.finish();
+
+    // CPU cost next to wall time: on a loaded machine the ratio of CPU seconds is the steadier
+    // figure. Three transfers of each, process user+system time.
+    let (_a, _b, mut events, peer) = rt.block_on(endpoints(256 * 1024));
+    let mut report = Vec::new();
+    for name in ["plain_tokio_tcp_copy", "endpoint_body_integrity"] {
+        let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+        rt.block_on(async {
+            for _ in 0..3 {
+                let got = if name == "plain_tokio_tcp_copy" {
+                    plain_tcp_copy(&listener, addr).await
+                } else {
+                    endpoint_body(&peer, &mut events).await
+                };
+                assert_eq!(got, BODY);
+            }
+        });
+        report.push((name, cpu_seconds() - cpu0, wall0.elapsed().as_secs_f64()));
+    }
+    println!("transport_1gib CPU cost (3 x 1 GiB each, user+system of the whole process):");
+    for (name, cpu, wall) in report {
+        println!(
+            "  {name:<26} {:.2} CPU-s/GiB, {:.2} wall-s/GiB",
+            cpu / 3.0,
+            wall / 3.0
+        );
+    }
+}
+
+/// User + system CPU seconds of this process so far (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Linux reports clock ticks of 1/100 s on every mainstream configuration.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// One request/response on an open substream.
@@ -263,7 +319,7 @@ fn round_trips(c: &mut Criterion) {
         })
     });
 
-    let (_a, _b, mut events, peer) = rt.block_on(endpoints());
+    let (_a, _b, mut events, peer) = rt.block_on(endpoints(256 * 1024));
     let (mut client, _s) = rt.block_on(substream_pair(&peer, &mut events));
     g.bench_function("substream_request_response", |b| {
         b.iter_custom(|iters| {
