@@ -173,7 +173,7 @@ impl Substream {
         let result = self.recv_body_start().await;
         match result {
             Ok(len) => {
-                let deadline = Box::pin(tokio::time::sleep(self.timeout));
+                let deadline = Box::pin(tokio::time::sleep_until(Instant::now() + self.timeout));
                 Ok(BodyReader {
                     stream: self,
                     len,
