@@ -400,7 +400,7 @@ impl<P: PathTransform> Store<P> {
         let (_, path) = self.locate(key)?;
         match fs::metadata(&path) {
             Ok(meta) => Ok(meta.is_file()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) if is_absent(&e) => Ok(false),
             Err(e) => Err(StoreError::io("stat", path, e)),
         }
     }
@@ -439,12 +439,12 @@ impl<P: PathTransform> Store<P> {
         match fs::metadata(&path) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => return Ok(false),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) if is_absent(&e) => return Ok(false),
             Err(e) => return Err(StoreError::io("stat", path, e)),
         }
         match fs::remove_file(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) if is_absent(&e) => return Ok(false),
             Err(e) => return Err(StoreError::io("remove", path, e)),
         }
         // Prune now-empty directories up to (not including) the objects directory.
@@ -653,6 +653,12 @@ impl<P: PathTransform> Store<P> {
         }
         Ok(())
     }
+}
+
+/// "No such object": the file is missing, or a path component is a file (`PlainPath`
+/// key `a/b` when `a` is an object).
+fn is_absent(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
 }
 
 /// Whether a process with this id is running (staging files of live processes are kept).
@@ -907,7 +913,7 @@ fn stream_hashed<W: Write>(
 fn open_object(path: &Path, key: Option<&str>) -> Result<(BufReader<File>, Header)> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
+        Err(e) if is_absent(&e) => {
             return Err(match key {
                 Some(key) => StoreError::NotFound {
                     key: key.to_owned(),

@@ -322,6 +322,10 @@ fn plain_path_conflicts_are_errors_not_losses() {
     assert!(store.write("d", &b"over a dir"[..]).is_err());
     assert_eq!(read_all(&store, "a"), b"file");
     assert_eq!(read_all(&store, "d/e"), b"deep");
+    // Looking below a file is "not found", not an I/O error.
+    assert!(!store.has("a/b").unwrap());
+    assert!(store.read("a/b").unwrap_err().is_not_found());
+    assert!(!store.delete("a/b").unwrap());
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
 }
 
