@@ -339,6 +339,31 @@ impl FrameSealer {
         Ok((header, *t.as_bytes()))
     }
 
+    /// Reserve the next sequence number for a frame whose tag is computed later, possibly on
+    /// another thread ([`PendingFrame::tag`]); frames must still go out in reservation order.
+    ///
+    /// # Errors
+    /// As [`FrameSealer::seal`].
+    pub fn reserve(&mut self, kind: FrameKind, payload_len: usize) -> Result<PendingFrame> {
+        let len = u32::try_from(1 + payload_len + TAG_LEN).map_err(|_| {
+            TransportError::FrameTooLarge {
+                len: payload_len as u64,
+                max: u32::MAX as usize - 1 - TAG_LEN,
+            }
+        })?;
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&len.to_be_bytes());
+        header[4] = kind as u8;
+        let pending = PendingFrame {
+            key: self.key,
+            seq: self.seq,
+            header,
+            payload_len,
+        };
+        self.seq += 1;
+        Ok(pending)
+    }
+
     /// Seal a frame into a buffer (convenient for tests and small frames).
     ///
     /// # Errors
@@ -350,6 +375,44 @@ impl FrameSealer {
         dst.put_slice(payload);
         dst.put_slice(&tag);
         Ok(())
+    }
+}
+
+/// A frame whose sequence number is reserved and whose tag is still to be computed.
+#[derive(Clone)]
+pub struct PendingFrame {
+    key: [u8; 32],
+    seq: u64,
+    header: [u8; HEADER_LEN],
+    payload_len: usize,
+}
+
+impl std::fmt::Debug for PendingFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFrame")
+            .field("seq", &self.seq)
+            .field("payload_len", &self.payload_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingFrame {
+    /// The frame's header.
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        self.header
+    }
+
+    /// The frame's tag over `payload`, which must be as long as reserved.
+    ///
+    /// # Panics
+    /// If `payload` has another length than the one reserved (a caller bug).
+    pub fn tag(&self, payload: &[u8]) -> [u8; TAG_LEN] {
+        assert_eq!(
+            payload.len(),
+            self.payload_len,
+            "payload length changed after reserve"
+        );
+        *tag(&self.key, self.header[4], self.seq, payload).as_bytes()
     }
 }
 
