@@ -196,3 +196,15 @@ fn ciphertexts_differ_each_time() {
     cipher.encrypt(&b"same"[..], &mut b).unwrap();
     assert_ne!(a, b);
 }
+
+#[test]
+fn ciphers_and_adapters_are_send_and_sync() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    fn sendable<T: Send + Sync>() {}
+    shareable::<Aes256Ctr>();
+    shareable::<Aes256CtrBlake3>();
+    shareable::<Key>();
+    sendable::<dfs_crypto::StreamReader<std::fs::File>>();
+    sendable::<dfs_crypto::StreamWriter<std::fs::File>>();
+    sendable::<dfs_crypto::CryptoError>();
+}
