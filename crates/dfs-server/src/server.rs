@@ -1,6 +1,6 @@
 //! The file server: local store, replication, fetch, membership.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -44,6 +44,8 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How many times a node learned through peer exchange is dialled.
 const LEARNED_ATTEMPTS: u32 = 6;
+/// How often the membership repair loop looks for known but unconnected nodes.
+const REPAIR_EVERY: Duration = Duration::from_secs(1);
 
 /// A peer-to-peer encrypted file server node.
 ///
@@ -163,6 +165,9 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     closing: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
     dialing: Mutex<HashSet<String>>,
+    /// Every node heard of (connected, or named by a peer), with its address. The repair
+    /// loop redials the ones not connected; an address that keeps failing is forgotten.
+    known: Mutex<HashMap<NodeId, String>>,
 }
 
 impl<T: Transport, P: PathTransform, C: Cipher> Drop for Inner<T, P, C> {
@@ -246,12 +251,15 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             closing: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
             dialing: Mutex::new(HashSet::new()),
+            known: Mutex::new(HashMap::new()),
             config,
         });
         info!(node = %node_id, addr = %inner.endpoint.local_addr(), "file server started");
 
         let driver = tokio::spawn(drive(Arc::downgrade(&inner), events, inner.dropped.clone()));
         inner.add_background(driver);
+        let repairer = tokio::spawn(repair(Arc::downgrade(&inner), inner.cancel.clone()));
+        inner.add_background(repairer);
 
         // One attempt at every bootstrap address now (so a reachable bootstrap node is
         // connected when `start` returns); failures keep retrying in the background.
@@ -263,14 +271,17 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         for (addr, result) in first {
             if let Err(e) = result {
                 debug!(%addr, error = %e, "bootstrap attempt failed, retrying with backoff");
-                let task = tokio::spawn(join(
+                let joining = join(
                     Arc::downgrade(&inner),
                     addr,
                     None,
                     inner.config.bootstrap_attempts.saturating_sub(1),
                     true,
                     inner.cancel.clone(),
-                ));
+                );
+                let task = tokio::spawn(async move {
+                    joining.await;
+                });
                 inner.add_background(task);
             }
         }
@@ -1136,6 +1147,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     fn on_connected(self: &Arc<Self>, peer: Peer) {
         let id = peer.id();
         info!(node = %self.node_id, peer = %id, addr = %peer.addr(), "peer joined");
+        lock(&self.known).insert(id, peer.addr().to_owned());
         self.emit(ServerEvent::PeerJoined {
             id,
             addr: peer.addr().to_owned(),
@@ -1161,16 +1173,52 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 addr: peer.addr().to_owned(),
             }],
         });
+        let this = Arc::clone(self);
         self.tracker.spawn(async move {
             if let Err(e) = peer.send(&hello).await {
                 debug!(peer = %id, error = %e, "hello failed");
+                this.drop_dead(id).await;
             }
             for other in others {
                 if let Err(e) = other.send(&news).await {
                     debug!(peer = %other.id(), error = %e, "peer announcement failed");
+                    this.drop_dead(other.id()).await;
                 }
             }
         });
+    }
+
+    /// A send to `id` failed: drop the connection so the departure is reported and the
+    /// repair loop dials the node again.
+    async fn drop_dead(&self, id: NodeId) {
+        if self.endpoint.disconnect(&id).await {
+            debug!(peer = %id, "dropped a dead connection");
+        }
+    }
+
+    /// Tells every connected peer every node this one is connected to (membership
+    /// anti-entropy; also how a dead connection is found: its send fails).
+    fn gossip(self: &Arc<Self>) {
+        let peers = self.endpoint.peers();
+        let list: Vec<PeerAddr> = peers
+            .iter()
+            .map(|p| PeerAddr {
+                id: p.id(),
+                addr: p.addr().to_owned(),
+            })
+            .collect();
+        for peer in peers {
+            let message = Envelope::new(Message::Peers {
+                peers: list.iter().filter(|p| p.id != peer.id()).cloned().collect(),
+            });
+            let this = Arc::clone(self);
+            self.tracker.spawn(async move {
+                if let Err(e) = peer.send(&message).await {
+                    debug!(peer = %peer.id(), error = %e, "gossip failed");
+                    this.drop_dead(peer.id()).await;
+                }
+            });
+        }
     }
 
     fn on_peer_list(self: &Arc<Self>, peers: Vec<PeerAddr>) {
@@ -1178,12 +1226,15 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             if p.id == self.node_id || self.endpoint.peer(&p.id).is_some_and(|x| x.is_connected()) {
                 continue;
             }
+            lock(&self.known)
+                .entry(p.id)
+                .or_insert_with(|| p.addr.clone());
             if !lock(&self.dialing).insert(p.addr.clone()) {
                 continue;
             }
             let this = Arc::clone(self);
             let task = tokio::spawn(async move {
-                join(
+                let joined = join(
                     Arc::downgrade(&this),
                     p.addr.clone(),
                     Some(p.id),
@@ -1192,6 +1243,12 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                     this.cancel.clone(),
                 )
                 .await;
+                if !joined {
+                    let mut known = lock(&this.known);
+                    if known.get(&p.id) == Some(&p.addr) {
+                        known.remove(&p.id);
+                    }
+                }
                 lock(&this.dialing).remove(&p.addr);
             });
             self.add_background(task);
@@ -1246,6 +1303,39 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
     }
 }
 
+/// Redials known nodes that are not connected (a connection lost in a simultaneous-dial
+/// race, a peer that restarted), until shutdown.
+async fn repair<T: Transport, P: PathTransform, C: Cipher>(
+    inner: Weak<Inner<T, P, C>>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(REPAIR_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        inner.gossip();
+        let missing: Vec<PeerAddr> = lock(&inner.known)
+            .iter()
+            .filter(|(id, _)| !inner.endpoint.peer(id).is_some_and(|p| p.is_connected()))
+            .map(|(id, addr)| PeerAddr {
+                id: *id,
+                addr: addr.clone(),
+            })
+            .collect();
+        if !missing.is_empty() {
+            debug!(count = missing.len(), "redialling known peers");
+            inner.on_peer_list(missing);
+        }
+    }
+}
+
 /// Dials `addr` until connected, at most `attempts` times, with exponential backoff between
 /// attempts (the first one waits first when `wait_first`). Stops early when the node `id`
 /// is connected some other way.
@@ -1256,37 +1346,38 @@ async fn join<T: Transport, P: PathTransform, C: Cipher>(
     attempts: u32,
     wait_first: bool,
     cancel: CancellationToken,
-) {
+) -> bool {
     let mut delay = BACKOFF_START;
     for attempt in 0..attempts {
         if wait_first || attempt > 0 {
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => return false,
                 () = tokio::time::sleep(delay) => {} // backoff between connection attempts
             }
             delay = (delay * 2).min(BACKOFF_MAX);
         }
         let Some(endpoint) = inner.upgrade().map(|i| i.endpoint.clone()) else {
-            return;
+            return false;
         };
         if let Some(id) = id {
             if endpoint.peer(&id).is_some_and(|p| p.is_connected()) {
-                return;
+                return true;
             }
         }
         let result = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => return false,
             r = endpoint.connect(&addr) => r,
         };
         match result {
             Ok(peer) => {
                 debug!(%addr, peer = %peer.id(), "connected");
-                return;
+                return true;
             }
             Err(e) => debug!(%addr, attempt, error = %e, "connection attempt failed"),
         }
     }
     warn!(%addr, attempts, "giving up on peer address");
+    false
 }
 
 #[cfg(test)]
