@@ -1,7 +1,7 @@
 //! [`Endpoint`]: handshakes, one control connection per peer, events, substreams — written once
 //! over any [`Transport`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -360,11 +360,22 @@ struct ConnEntry {
     done: mpsc::Receiver<()>,
 }
 
+/// A node whose control connection the remote superseded, while the replacement (already
+/// registered by the remote) is on its way to us. The node stays connected meanwhile:
+/// messages sent to it wait in `tx` and go out on the replacement, in order.
+struct Handover {
+    addr: Arc<str>,
+    dialed: Option<Arc<str>>,
+    remote_max: usize,
+    tx: mpsc::Sender<Cmd>,
+    rx: mpsc::Receiver<Cmd>,
+}
+
 #[derive(Default)]
 struct Table {
     peers: HashMap<NodeId, ConnEntry>,
     /// Nodes whose connection was superseded, waiting for the replacement to register.
-    superseded: HashSet<NodeId>,
+    superseded: HashMap<NodeId, Handover>,
     closed: bool,
 }
 
@@ -554,17 +565,27 @@ impl<T: Transport> Endpoint<T> {
 
     /// The connected node with this id.
     pub fn peer(&self, id: &NodeId) -> Option<Peer> {
-        let addr = Arc::clone(&lock(&self.shared.table).peers.get(id)?.addr);
+        let addr = {
+            let table = lock(&self.shared.table);
+            match table.peers.get(id) {
+                Some(e) => Arc::clone(&e.addr),
+                None => Arc::clone(&table.superseded.get(id)?.addr),
+            }
+        };
         Some(self.shared.peer_handle(*id, addr))
     }
 
     /// All connected nodes.
     pub fn peers(&self) -> Vec<Peer> {
-        let list: Vec<(NodeId, Arc<str>)> = lock(&self.shared.table)
-            .peers
-            .iter()
-            .map(|(id, e)| (*id, Arc::clone(&e.addr)))
-            .collect();
+        let list: Vec<(NodeId, Arc<str>)> = {
+            let table = lock(&self.shared.table);
+            let live = table.peers.iter().map(|(id, e)| (*id, Arc::clone(&e.addr)));
+            let handed_over = table
+                .superseded
+                .iter()
+                .map(|(id, h)| (*id, Arc::clone(&h.addr)));
+            live.chain(handed_over).collect()
+        };
         list.into_iter()
             .map(|(id, addr)| self.shared.peer_handle(id, addr))
             .collect()
@@ -575,11 +596,18 @@ impl<T: Transport> Endpoint<T> {
     ///
     /// Use it to drop a misbehaving peer, e.g. one whose messages do not decode.
     pub async fn disconnect(&self, id: &NodeId) -> bool {
-        let entry = lock(&self.shared.table).peers.remove(id);
-        let Some(entry) = entry else {
-            return false;
+        let (entry, handover) = {
+            let mut table = lock(&self.shared.table);
+            match table.peers.remove(id) {
+                Some(entry) => (Some(entry), None),
+                None => (None, table.superseded.remove(id)),
+            }
         };
-        let _ = entry.tx.send(Cmd::Close(CLOSE_DONE)).await;
+        if let Some(entry) = entry {
+            let _ = entry.tx.send(Cmd::Close(CLOSE_DONE)).await;
+        } else if handover.is_none() {
+            return false;
+        }
         self.shared
             .emit(Event::PeerDisconnected {
                 id: *id,
@@ -597,14 +625,14 @@ impl<T: Transport> Endpoint<T> {
     pub async fn close(&self) {
         let shared = &self.shared;
         shared.shutdown.cancel();
-        let entries: Vec<(NodeId, ConnEntry)> = {
+        let (entries, handed_over): (Vec<(NodeId, ConnEntry)>, Vec<NodeId>) = {
             let mut table = lock(&shared.table);
             table.closed = true;
-            table.superseded.clear();
-            table.peers.drain().collect()
+            let handed_over = table.superseded.drain().map(|(id, _)| id).collect();
+            (table.peers.drain().collect(), handed_over)
         };
         let deadline = tokio::time::Instant::now() + shared.config.close_timeout;
-        let mut ids = Vec::with_capacity(entries.len());
+        let mut ids = handed_over;
         let mut waiting = Vec::with_capacity(entries.len());
         for (id, entry) in entries {
             ids.push(id);
@@ -667,11 +695,20 @@ impl<T: Transport> Shared<T> {
     }
 
     fn peer_by_addr(self: &Arc<Self>, addr: &str) -> Option<Peer> {
-        let found = lock(&self.table)
-            .peers
-            .iter()
-            .find(|(_, e)| &*e.addr == addr || e.dialed.as_deref() == Some(addr))
-            .map(|(id, e)| (*id, Arc::clone(&e.addr)))?;
+        let found = {
+            let table = lock(&self.table);
+            let live = table
+                .peers
+                .iter()
+                .map(|(id, e)| (id, &e.addr, e.dialed.as_ref()));
+            let handed_over = table
+                .superseded
+                .iter()
+                .map(|(id, h)| (id, &h.addr, h.dialed.as_ref()));
+            live.chain(handed_over)
+                .find(|(_, a, dialed)| &***a == addr || dialed.map(|d| &**d) == Some(addr))
+                .map(|(id, a, _)| (*id, Arc::clone(a)))?
+        };
         Some(self.peer_handle(found.0, found.1))
     }
 
@@ -817,7 +854,9 @@ impl<T: Transport> Shared<T> {
             cancel: cancel.clone(),
             done: done_rx,
         };
-        let (decision, announce) = self.register(id, entry);
+        let (decision, announce, handover) = self.register(id, entry);
+        // After a handover, this connection's writer sends what was queued meanwhile.
+        let rx = handover.unwrap_or(rx);
         match decision {
             Registered::Kept | Registered::Closed => {
                 if !we_dialed {
@@ -895,17 +934,30 @@ impl<T: Transport> Shared<T> {
 
     /// Decide whether a new control connection to `id` is kept (see `ARCHITECTURE.md`):
     /// the connection dialled by the smaller node id is preferred; between two connections
-    /// dialled by the same side, the newer wins. Returns whether to announce the peer.
-    fn register(&self, id: NodeId, entry: ConnEntry) -> (Registered, bool) {
+    /// dialled by the same side, the newer wins. Returns whether to announce the peer, and
+    /// the queue of a handover this connection completes (its writer must read that one).
+    fn register(
+        &self,
+        id: NodeId,
+        mut entry: ConnEntry,
+    ) -> (Registered, bool, Option<mpsc::Receiver<Cmd>>) {
         let mut table = lock(&self.table);
         if table.closed {
-            return (Registered::Closed, false);
+            return (Registered::Closed, false, None);
         }
-        let was_superseded = table.superseded.remove(&id);
+        let mut handover = table.superseded.remove(&id);
+        let was_superseded = handover.is_some();
         let decision = match table.peers.get(&id) {
             None => {
+                // The node stayed connected through the handover: keep its queue.
+                let queue = handover.take().map(|h| {
+                    entry.tx = h.tx;
+                    h.rx
+                });
                 table.peers.insert(id, entry);
-                Registered::New
+                drop(table);
+                self.registered.notify_waiters();
+                return (Registered::New, !was_superseded, queue);
             }
             Some(old) => {
                 let local_is_smaller = self.config.node_id < id;
@@ -923,7 +975,7 @@ impl<T: Transport> Shared<T> {
         drop(table);
         self.registered.notify_waiters();
         let announce = matches!(decision, Registered::New) && !was_superseded;
-        (decision, announce)
+        (decision, announce, None)
     }
 
     /// A control connection's reader ended.
@@ -931,10 +983,21 @@ impl<T: Transport> Shared<T> {
         let current = {
             let mut table = lock(&self.table);
             if table.peers.get(&id).is_some_and(|e| e.conn_id == conn_id) {
-                if matches!(result, Ok(CLOSE_SUPERSEDED)) {
-                    table.superseded.insert(id);
+                let entry = table.peers.remove(&id);
+                if let (Ok(CLOSE_SUPERSEDED), Some(e)) = (&result, &entry) {
+                    // The node stays connected (see `Handover`) until the replacement
+                    // registers or the handshake timeout passes.
+                    let (tx, rx) = mpsc::channel(self.config.send_queue);
+                    let handover = Handover {
+                        addr: Arc::clone(&e.addr),
+                        dialed: e.dialed.clone(),
+                        remote_max: e.remote_max,
+                        tx,
+                        rx,
+                    };
+                    table.superseded.insert(id, handover);
                 }
-                table.peers.remove(&id)
+                entry
             } else {
                 None
             }
@@ -949,14 +1012,15 @@ impl<T: Transport> Shared<T> {
                 let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
                 loop {
                     let notified = self.registered.notified();
-                    if !lock(&self.table).superseded.contains(&id) {
+                    if !lock(&self.table).superseded.contains_key(&id) {
                         return;
                     }
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         break;
                     }
                 }
-                if lock(&self.table).superseded.remove(&id) {
+                let handover = lock(&self.table).superseded.remove(&id);
+                if handover.is_some() {
                     self.emit(Event::PeerDisconnected { id, reason: None })
                         .await;
                 }
@@ -1055,10 +1119,14 @@ impl<T: Transport> Shared<T> {
 
 impl<T: Transport> PeerHost for Shared<T> {
     fn sender(&self, id: &NodeId) -> Option<(mpsc::Sender<Cmd>, usize)> {
-        lock(&self.table)
-            .peers
-            .get(id)
-            .map(|e| (e.tx.clone(), e.remote_max))
+        let table = lock(&self.table);
+        match table.peers.get(id) {
+            Some(e) => Some((e.tx.clone(), e.remote_max)),
+            None => table
+                .superseded
+                .get(id)
+                .map(|h| (h.tx.clone(), h.remote_max)),
+        }
     }
 
     fn open(
