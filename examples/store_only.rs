@@ -24,7 +24,9 @@ struct Counter {
 
 impl Read for Counter {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         for b in &mut buf[..n] {
             *b = self.next;
             self.next = self.next.wrapping_add(1);
@@ -41,13 +43,21 @@ fn main() -> anyhow::Result<()> {
         None => 64,
     };
     let temp = tempfile::tempdir()?;
-    let root = args.next().map_or_else(|| temp.path().to_owned(), Into::into);
+    let root = args
+        .next()
+        .map_or_else(|| temp.path().to_owned(), Into::into);
     let size = mib << 20;
 
     // Default layout: BLAKE3 of the key, two levels of 2-hex-digit directories.
     let store = Store::open(&root)?;
     let started = Instant::now();
-    let written = store.write("videos/holiday.mp4", Counter { next: 0, left: size })?;
+    let written = store.write(
+        "videos/holiday.mp4",
+        Counter {
+            next: 0,
+            left: size,
+        },
+    )?;
     let write_time = started.elapsed();
 
     let started = Instant::now();
@@ -87,13 +97,19 @@ fn main() -> anyhow::Result<()> {
 
     // A whole-store scrub re-hashes every object.
     let report = store.scrub();
-    println!("scrub: {} objects checked, {} bad", report.checked, report.bad.len());
+    println!(
+        "scrub: {} objects checked, {} bad",
+        report.checked,
+        report.bad.len()
+    );
 
     // Encrypted, still streaming both ways.
     let cipher = Aes256CtrBlake3::new(&Key::generate()?);
     store.write_encrypted("secret", &b"the cake is a lie"[..], &cipher)?;
     let mut plain = String::new();
-    store.read_decrypted("secret", &cipher)?.read_to_string(&mut plain)?;
+    store
+        .read_decrypted("secret", &cipher)?
+        .read_to_string(&mut plain)?;
     println!("decrypted: {plain:?}");
 
     // Deleting removes that object only.
