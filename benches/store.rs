@@ -57,7 +57,7 @@ fn median_of_last(id: &str, n: usize) -> Option<f64> {
     let mut last: Vec<f64> = all[all.len().saturating_sub(n)..].to_vec();
     last.sort_by(f64::total_cmp);
     let mid = last.len() / 2;
-    Some(if last.len() % 2 == 0 {
+    Some(if last.len().is_multiple_of(2) {
         (last[mid - 1] + last[mid]) / 2.0
     } else {
         last[mid]
@@ -159,7 +159,7 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
     let size = mib << 20;
-    let name = if mib % 1024 == 0 {
+    let name = if mib.is_multiple_of(1024) {
         format!("store_{}GiB", mib / 1024)
     } else {
         format!("store_{mib}MiB")
@@ -351,7 +351,7 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
 
 fn summary(big_size: u64) {
     let mib = big_size >> 20;
-    let name = if mib % 1024 == 0 {
+    let name = if mib.is_multiple_of(1024) {
         format!("store_{}GiB", mib / 1024)
     } else {
         format!("store_{mib}MiB")

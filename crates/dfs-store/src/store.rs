@@ -460,10 +460,10 @@ impl<P: PathTransform> Store<P> {
             dir = d.parent();
             last_changed = dir.map(Path::to_path_buf);
         }
-        if self.durability == Durability::Fsync {
-            if let Some(d) = last_changed {
-                sync_dir(&d)?;
-            }
+        if self.durability == Durability::Fsync
+            && let Some(d) = last_changed
+        {
+            sync_dir(&d)?;
         }
         Ok(true)
     }
@@ -970,14 +970,14 @@ fn open_object(path: &Path, key: Option<&str>) -> Result<(BufReader<File>, Heade
             ),
         ));
     }
-    if let Some(key) = key {
-        if header.key != key {
-            return Err(StoreError::corrupt(
-                path,
-                Some(key),
-                format!("file holds key {:?}", header.key),
-            ));
-        }
+    if let Some(key) = key
+        && header.key != key
+    {
+        return Err(StoreError::corrupt(
+            path,
+            Some(key),
+            format!("file holds key {:?}", header.key),
+        ));
     }
     Ok((reader, header))
 }

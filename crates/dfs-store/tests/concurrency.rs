@@ -126,7 +126,7 @@ fn writes_racing_deletes_and_clear_never_fail_spuriously() {
             let mut n = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 let _ = store.delete(&format!("a/b/k{}", n % 4)).unwrap();
-                if n % 50 == 0 {
+                if n.is_multiple_of(50) {
                     store.clear().unwrap();
                 }
                 n += 1;

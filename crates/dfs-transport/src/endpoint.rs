@@ -788,10 +788,8 @@ impl<T: Transport> Shared<T> {
                 // Refused as a duplicate: the remote keeps a connection it prefers, which is
                 // registered here too, or is about to be.
                 let duplicate = matches!(&e, TransportError::Rejected { reason } if reason.contains("another connection"));
-                if duplicate {
-                    if let Some(p) = self.wait_for_peer(&id).await {
-                        return Ok(p);
-                    }
+                if duplicate && let Some(p) = self.wait_for_peer(&id).await {
+                    return Ok(p);
                 }
                 debug!(%addr, error = %e, "dial refused");
                 return Err(e);

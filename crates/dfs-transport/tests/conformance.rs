@@ -55,10 +55,10 @@ impl AsyncRead for Generated {
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Some(f) = self.fail_at {
-            if self.pos >= f {
-                return Poll::Ready(Err(io::Error::other("disk on fire")));
-            }
+        if let Some(f) = self.fail_at
+            && self.pos >= f
+        {
+            return Poll::Ready(Err(io::Error::other("disk on fire")));
         }
         let end = self.fail_at.unwrap_or(self.len).min(self.len);
         let p = pattern();

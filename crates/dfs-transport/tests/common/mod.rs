@@ -267,10 +267,11 @@ where
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if let Some(f) = flip {
-                if f >= pos && f < pos + n as u64 {
-                    buf[(f - pos) as usize] ^= 0x01;
-                }
+            if let Some(f) = flip
+                && f >= pos
+                && f < pos + n as u64
+            {
+                buf[(f - pos) as usize] ^= 0x01;
             }
             pos += n as u64;
             if bw.write_all(&buf[..n]).await.is_err() {
