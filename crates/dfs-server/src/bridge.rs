@@ -85,13 +85,13 @@ impl Read for ChannelReader {
             match self.rx.blocking_recv() {
                 Some(Ok(Some(chunk))) => {
                     self.seen += chunk.len() as u64;
-                    if let Some((size, _)) = self.expect {
-                        if self.seen > size {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("more than the announced {size} bytes"),
-                            ));
-                        }
+                    if let Some((size, _)) = self.expect
+                        && self.seen > size
+                    {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("more than the announced {size} bytes"),
+                        ));
                     }
                     if let Some(h) = self.hasher.as_mut() {
                         h.update(&chunk);

@@ -10,6 +10,7 @@ mod id;
 mod names;
 mod object;
 mod server;
+mod verify;
 pub mod wire;
 
 pub use config::{Config, ConfigBuilder, Replication, Scope};

@@ -34,6 +34,7 @@ use crate::event::ServerEvent;
 use crate::id::{self, ObjectId};
 use crate::names::NameIndex;
 use crate::object::{self, HeaderCheck};
+use crate::verify::Verified;
 use crate::wire::{Envelope, Message, PROTOCOL_VERSION, PeerAddr};
 
 /// How long a serving node keeps an announced body ready for a requester that has not yet
@@ -176,11 +177,11 @@ impl<T: Transport, P: PathTransform, C: Cipher> Drop for Inner<T, P, C> {
         // the endpoint (in the background, when a runtime is still around).
         self.cancel.cancel();
         self.dropped.cancel();
-        if !self.closing.load(Ordering::SeqCst) {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let endpoint = self.endpoint.clone();
-                handle.spawn(async move { endpoint.close().await });
-            }
+        if !self.closing.load(Ordering::SeqCst)
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let endpoint = self.endpoint.clone();
+            handle.spawn(async move { endpoint.close().await });
         }
     }
 }
@@ -490,10 +491,10 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         inner.dropped.cancel();
         let tasks = std::mem::take(&mut *lock(&inner.background));
         for task in tasks {
-            if let Err(e) = task.await {
-                if e.is_panic() {
-                    warn!(error = %e, "background task panicked");
-                }
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                warn!(error = %e, "background task panicked");
             }
         }
         info!(node = %inner.node_id, "file server stopped");
@@ -869,6 +870,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let store = Arc::clone(&self.store);
         let names = self.names.clone();
         let fingerprint = self.fingerprint;
+        let cipher = Arc::clone(&self.cipher);
         let key = object.to_hex();
         let owned_name = name.to_owned();
         let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
@@ -889,6 +891,13 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                     });
                 }
             }
+            // The cipher authenticates the ciphertext as it streams in: a copy it rejects
+            // fails the store's read at the end, so it is never committed.
+            let src = Verified::new(src, cipher).map_err(|source| ServerError::Io {
+                op: "start verifier",
+                path: key.clone().into(),
+                source,
+            })?;
             let n = store.write(&key, io::Cursor::new(head).chain(src))?;
             names.put(&object, &owned_name)?;
             Ok(n)
@@ -1359,10 +1368,10 @@ async fn join<T: Transport, P: PathTransform, C: Cipher>(
         let Some(endpoint) = inner.upgrade().map(|i| i.endpoint.clone()) else {
             return false;
         };
-        if let Some(id) = id {
-            if endpoint.peer(&id).is_some_and(|p| p.is_connected()) {
-                return true;
-            }
+        if let Some(id) = id
+            && endpoint.peer(&id).is_some_and(|p| p.is_connected())
+        {
+            return true;
         }
         let result = tokio::select! {
             () = cancel.cancelled() => return false,

@@ -264,6 +264,7 @@ both_transports!(
     concurrent_stores_and_gets,
     peer_killed_mid_transfer,
     corrupting_peer,
+    lying_peer,
     wrong_network_secret,
     different_data_key,
     delete_everywhere_and_replication_policies,
@@ -466,13 +467,23 @@ async fn concurrent_stores_and_gets<N: Net>(net: N) {
     }
 }
 
-/// A rogue node speaking the wire protocol: it offers every requested object, announces
-/// `size` bytes, sends half of them and dies (closes its endpoint).
+/// What a rogue node serves after offering an object.
+#[derive(Clone)]
+enum RogueBody {
+    /// Announces this many bytes, sends half of them and dies (closes its endpoint).
+    DiesHalfway(u64),
+    /// Sends these bytes whole, announced with their true length and BLAKE3 hash: a liar
+    /// that passes every check but the cipher's.
+    Lies(Arc<Vec<u8>>),
+}
+
+/// A rogue node speaking the wire protocol: it offers every requested object and serves
+/// `body`.
 async fn spawn_rogue<T: Transport>(
     transport: T,
     listen: &str,
     victim: &str,
-    size: u64,
+    body: RogueBody,
 ) -> (NodeId, Arc<AtomicUsize>) {
     let id = NodeId::random();
     let (endpoint, mut events) = Endpoint::bind(transport, listen, EndpointConfig::new(id))
@@ -488,6 +499,7 @@ async fn spawn_rogue<T: Transport>(
             };
             let endpoint = endpoint.clone();
             let counter = Arc::clone(&counter);
+            let body = body.clone();
             tokio::spawn(async move {
                 let Ok(Some(Envelope {
                     message: Message::Get { .. },
@@ -496,10 +508,11 @@ async fn spawn_rogue<T: Transport>(
                 else {
                     return;
                 };
-                let offer = Envelope::new(Message::Found {
-                    size,
-                    hash: [7; 32],
-                });
+                let (size, hash) = match &body {
+                    RogueBody::DiesHalfway(size) => (*size, [7; 32]),
+                    RogueBody::Lies(bytes) => (bytes.len() as u64, *blake3::hash(bytes).as_bytes()),
+                };
+                let offer = Envelope::new(Message::Found { size, hash });
                 stream.send(&offer).await.unwrap();
                 let Ok(Some(Envelope {
                     message: Message::Proceed,
@@ -509,10 +522,18 @@ async fn spawn_rogue<T: Transport>(
                     return;
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
-                let half = vec![0xA5u8; (size / 2) as usize];
-                let dying = (&half[..]).chain(Failing);
-                let _ = stream.send_body(size, dying).await;
-                endpoint.close().await;
+                match body {
+                    RogueBody::DiesHalfway(size) => {
+                        let half = vec![0xA5u8; (size / 2) as usize];
+                        let dying = (&half[..]).chain(Failing);
+                        let _ = stream.send_body(size, dying).await;
+                        endpoint.close().await;
+                    }
+                    RogueBody::Lies(bytes) => {
+                        let _ = stream.send_body(size, &bytes[..]).await;
+                        let _ = stream.finish().await;
+                    }
+                }
             });
         }
     });
@@ -556,8 +577,13 @@ async fn peer_killed_mid_transfer<N: Net>(net: N) {
     assert!(!getter.has("big.bin").await.unwrap());
 
     // Part 1: only the rogue claims "ghost.bin": the get fails, nothing is committed.
-    let (rogue, served) =
-        spawn_rogue(net.transport(), net.listen(), &getter.local_addr(), 1 << 20).await;
+    let (rogue, served) = spawn_rogue(
+        net.transport(),
+        net.listen(),
+        &getter.local_addr(),
+        RogueBody::DiesHalfway(1 << 20),
+    )
+    .await;
     wait_until(&getter, "rogue connected", || {
         getter.peers().iter().any(|p| p.id == rogue)
     })
@@ -573,7 +599,7 @@ async fn peer_killed_mid_transfer<N: Net>(net: N) {
         net.transport(),
         net.listen(),
         &getter.local_addr(),
-        receipt.stored_size,
+        RogueBody::DiesHalfway(receipt.stored_size),
     )
     .await;
     wait_until(&getter, "second rogue connected", || {
@@ -618,6 +644,51 @@ async fn corrupting_peer<N: Net>(net: N) {
     for node in [a, b, c, late] {
         node.shutdown().await.unwrap();
     }
+}
+
+/// A peer serving a tampered copy under a hash it computed itself passes the transfer
+/// checks; the cipher's authentication still refuses it before anything is committed.
+async fn lying_peer<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let holder = FileServer::start(
+        config(&net, d[0].path(), &key, &[])
+            .replication(Replication::None)
+            .build(),
+        net.transport(),
+    )
+    .await
+    .unwrap();
+    let data = pattern(11, 300 * 1024);
+    let receipt = holder.store_bytes("memo.txt", &data).await.unwrap();
+    holder.shutdown().await.unwrap();
+
+    // The genuine object as the holder stored it, with one ciphertext byte flipped.
+    let store = dfs_store::Store::open(d[0].path().join("store")).unwrap();
+    let mut object = Vec::new();
+    let mut reader = store.read(&receipt.object.to_hex()).unwrap();
+    std::io::Read::read_to_end(&mut reader, &mut object).unwrap();
+    let mid = object.len() / 2;
+    object[mid] ^= 0x01;
+
+    let getter = start(&net, d[1].path(), &key, &[]).await;
+    let (rogue, served) = spawn_rogue(
+        net.transport(),
+        net.listen(),
+        &getter.local_addr(),
+        RogueBody::Lies(Arc::new(object)),
+    )
+    .await;
+    wait_until(&getter, "rogue connected", || {
+        getter.peers().iter().any(|p| p.id == rogue)
+    })
+    .await;
+    let err = getter.get_bytes("memo.txt").await.unwrap_err();
+    assert!(matches!(err, ServerError::FetchFailed { .. }), "{err}");
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+    assert!(!getter.has("memo.txt").await.unwrap());
+    assert!(getter.list().await.unwrap().is_empty(), "nothing committed");
+    getter.shutdown().await.unwrap();
 }
 
 /// Nodes with another (or no) network secret cannot connect.
