@@ -92,53 +92,82 @@ pub(crate) fn key_fingerprint(key: &Key) -> [u8; 16] {
 /// Reads `<root>/node.id`, or creates it with a fresh random id.
 pub(crate) fn load_or_create_node_id(root: &Path) -> Result<NodeId> {
     let path = root.join("node.id");
-    match fs::read_to_string(&path) {
-        Ok(text) => {
+    load_or_create(
+        &path,
+        |text| {
             let id = ObjectId::from_hex(text.trim()).ok_or_else(|| ServerError::BadRootFile {
                 path: path.clone(),
                 reason: "expected 64 hex digits".to_owned(),
             })?;
             Ok(NodeId(id.0))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        },
+        || {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes).map_err(|e| ServerError::Random {
                 reason: e.to_string(),
             })?;
-            write_new_file(&path, &hex(&bytes))?;
-            Ok(NodeId(bytes))
-        }
-        Err(source) => Err(ServerError::Io {
-            op: "read",
-            path,
-            source,
-        }),
-    }
+            Ok((NodeId(bytes), zeroize::Zeroizing::new(hex(&bytes))))
+        },
+    )
 }
 
 /// Reads `<root>/data.key`, or generates it.
 pub(crate) fn load_or_create_data_key(root: &Path) -> Result<Key> {
     let path = root.join("data.key");
-    match fs::read_to_string(&path) {
-        Ok(text) => Key::from_hex(&text).map_err(|e| ServerError::BadRootFile {
-            path: path.clone(),
-            reason: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    load_or_create(
+        &path,
+        |text| {
+            Key::from_hex(text).map_err(|e| ServerError::BadRootFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
+        },
+        || {
             let key = Key::generate()?;
             let text = zeroize::Zeroizing::new(key.to_hex());
-            write_new_file(&path, &text)?;
-            Ok(key)
+            Ok((key, text))
+        },
+    )
+}
+
+/// Parses the file at `path`, or creates it from `create`. Creation never replaces a file:
+/// when two nodes race to create it, the loser reads and uses the winner's value (so no
+/// node runs with a value that is not on disk).
+fn load_or_create<T>(
+    path: &Path,
+    parse: impl Fn(&str) -> Result<T>,
+    create: impl FnOnce() -> Result<(T, zeroize::Zeroizing<String>)>,
+) -> Result<T> {
+    let read = |path: &Path| fs::read_to_string(path);
+    match read(path) {
+        Ok(text) => parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (value, text) = create()?;
+            match write_new_file(path, &text) {
+                Ok(()) => Ok(value),
+                Err(ServerError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    let text = read(path).map_err(|source| ServerError::Io {
+                        op: "read",
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                    parse(&text)
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(source) => Err(ServerError::Io {
             op: "read",
-            path,
+            path: path.to_path_buf(),
             source,
         }),
     }
 }
 
-/// Writes a small file atomically (temp file, fsync, rename), private to the user on Unix.
+/// Writes a new small file atomically (temp file, fsync, link into place without replacing
+/// an existing file: `AlreadyExists` then), private to the user on Unix.
 fn write_new_file(path: &Path, text: &str) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let io_err = |op: &'static str, source| ServerError::Io {
@@ -157,6 +186,43 @@ fn write_new_file(path: &Path, text: &str) -> Result<()> {
     tmp.write_all(text.as_bytes())
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| io_err("write", e))?;
-    tmp.persist(path).map_err(|e| io_err("rename", e.error))?;
+    tmp.persist_noclobber(path)
+        .map_err(|e| io_err("rename", e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_loses_the_creation_race_uses_the_winners_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.key");
+        let winner = Key::generate().unwrap();
+        let loaded = load_or_create(
+            &path,
+            |text| Ok(Key::from_hex(text).unwrap()),
+            || {
+                // Another node creates the file between our read and our write.
+                write_new_file(&path, &winner.to_hex())?;
+                let ours = Key::generate()?;
+                let text = zeroize::Zeroizing::new(ours.to_hex());
+                Ok((ours, text))
+            },
+        )
+        .unwrap();
+        assert_eq!(loaded, winner);
+        let on_disk = fs::read_to_string(&path).unwrap();
+        assert_eq!(Key::from_hex(&on_disk).unwrap(), winner);
+    }
+
+    #[test]
+    fn keys_and_ids_persist_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_or_create_data_key(dir.path()).unwrap();
+        let id = load_or_create_node_id(dir.path()).unwrap();
+        assert_eq!(load_or_create_data_key(dir.path()).unwrap(), key);
+        assert_eq!(load_or_create_node_id(dir.path()).unwrap(), id);
+    }
 }
