@@ -414,7 +414,14 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         tokio::task::spawn_blocking(move || -> Result<Vec<FileInfo>> {
             let mut out = Vec::new();
             for meta in store.objects() {
-                let meta = meta?;
+                // One damaged file must not hide the others (`scrub` reports it).
+                let meta = match meta {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        warn!(error = %e, "skipping unreadable object in list");
+                        continue;
+                    }
+                };
                 out.push(FileInfo {
                     name: names.get(meta.key()),
                     id: meta.key().to_owned(),

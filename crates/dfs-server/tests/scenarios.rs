@@ -965,3 +965,23 @@ async fn shutdown_drains_in_flight_store<N: Net>(net: N) {
     assert!(matches!(err, ServerError::ShuttingDown), "{err}");
     b.shutdown().await.unwrap();
 }
+
+/// A damaged or foreign file in the store does not hide the good objects from `list`.
+#[tokio::test]
+async fn list_skips_damaged_objects() {
+    let net = Mem(MemoryTransport::new());
+    let key = Key::generate().unwrap();
+    let d = dirs(1);
+    let node = start(&net, d[0].path(), &key, &[]).await;
+    node.store_bytes("good.txt", b"fine").await.unwrap();
+    node.store_bytes("bad.txt", b"doomed").await.unwrap();
+    let bad = dfs_store::Store::open(d[0].path().join("store"))
+        .unwrap()
+        .path_of(&node.object_id("bad.txt").to_hex())
+        .unwrap();
+    std::fs::write(&bad, b"not an object").unwrap();
+    let listed = node.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name.as_deref(), Some("good.txt"));
+    node.shutdown().await.unwrap();
+}

@@ -1340,11 +1340,17 @@ impl Iterator for Objects {
     type Item = Result<ObjectMeta>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let path = match self.walker.next()? {
-            Ok(path) => path,
-            Err(e) => return Some(Err(e)),
-        };
-        Some(open_object(&path, None).map(|(_, header)| ObjectMeta::from_header(header, path)))
+        loop {
+            let path = match self.walker.next()? {
+                Ok(path) => path,
+                Err(e) => return Some(Err(e)),
+            };
+            return match open_object(&path, None) {
+                // Deleted since the directory was read: not an object any more.
+                Err(StoreError::Io { ref source, .. }) if is_absent(source) => continue,
+                opened => Some(opened.map(|(_, header)| ObjectMeta::from_header(header, path))),
+            };
+        }
     }
 }
 
