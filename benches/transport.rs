@@ -138,8 +138,8 @@ fn body_1gib(c: &mut Criterion) {
     });
 
     for (name, frame) in [
-        ("endpoint_body_integrity", 256 * 1024),
-        ("endpoint_body_integrity_1mib_frames", 1 << 20),
+        ("endpoint_body_integrity", 1 << 20),
+        ("endpoint_body_integrity_256kib_frames", 256 * 1024),
     ] {
         let (_a, _b, mut events, peer) = rt.block_on(endpoints(frame));
         g.bench_function(name, |b| {
