@@ -37,6 +37,8 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     init_tracing();
     let data = args.data.clone();
     prepare_data_dir(&data)?;
+    // Held until this function returns: one `dfs serve` per data directory.
+    let _lock = lock_data_dir(&data)?;
     let socket = control::socket_path(&data);
     claim_socket(&socket).await?;
     let key = args
@@ -174,6 +176,35 @@ fn prepare_data_dir(data: &Path) -> Result<()> {
             context: format!("cannot create the data directory {}", data.display()),
             source,
         })
+}
+
+/// Takes an exclusive lock on `<data>/serve.lock` (released by the OS when the process
+/// ends, even by `kill -9`), so that two nodes never share a data directory or remove each
+/// other's control socket.
+fn lock_data_dir(data: &Path) -> Result<std::fs::File> {
+    let path = data.join("serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::Io {
+            context: format!("cannot open the lock file {}", path.display()),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Usage {
+            message: format!(
+                "another dfs serve is already running on this data directory ({})",
+                data.display()
+            ),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::Io {
+            context: format!("cannot lock {}", path.display()),
+            source,
+        }),
+    }
 }
 
 /// Fails if a live node already owns `socket`; removes a stale socket left by a crash.

@@ -94,6 +94,33 @@ fn a_node_with_the_wrong_network_secret_cannot_join_and_says_so() {
 }
 
 #[test]
+fn a_second_node_on_the_same_data_directory_is_refused_and_the_first_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    let a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--no-fsync"]);
+    let (status, log) = serve_expect_failure(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        a.data_arg(),
+        "--key-file",
+        keys.key.to_str().unwrap(),
+        "--secret-file",
+        keys.secret.to_str().unwrap(),
+    ]);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("already running on this data directory"),
+        "{log}"
+    );
+    // The first node's control socket survived the attempt.
+    let f = tmp.path().join("f");
+    let hash = write_pattern_file(&f, 4, 10_000);
+    a.ok(&["put", f.to_str().unwrap()]);
+    assert_eq!(get_hash(&a, "f", tmp.path()), hash);
+}
+
+#[test]
 fn garbage_and_half_handshakes_leave_the_node_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let keys = keygen(tmp.path(), "net");
