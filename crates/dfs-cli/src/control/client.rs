@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::{
     CHUNK_LEN, Channel, FileEntry, NodeStatus, PROTOCOL_VERSION, PeerEntry, Request, Response,
-    StoredInfo, socket_path,
+    StoredInfo, fill, socket_path,
 };
 use crate::{Error, Result};
 
@@ -265,17 +265,4 @@ fn closed(when: &str) -> Error {
     Error::Protocol {
         reason: format!("the node closed the control connection {when}"),
     }
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-async fn fill<R: AsyncRead + Unpin>(body: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let mut total = 0;
-    while buf.len() < buf.capacity() {
-        let n = body.read_buf(buf).await?;
-        if n == 0 {
-            break;
-        }
-        total += n;
-    }
-    Ok(total)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::{SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio_util::io::StreamReader;
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     CHUNK_LEN, Channel, FileEntry, NodeStatus, PROTOCOL_VERSION, PeerEntry, RemoteError,
-    RemoteErrorKind, Request, Response, StoredInfo,
+    RemoteErrorKind, Request, Response, StoredInfo, fill,
 };
 
 /// The body of an upload as the backend sees it: plaintext bytes that end (EOF) only after the
@@ -487,17 +487,4 @@ fn read_error(name: &str, err: &io::Error) -> RemoteError {
         RemoteErrorKind::Other,
         format!("reading {name:?} failed: {err}"),
     )
-}
-
-/// Reads until `buf` is full or the body ends; returns the bytes read.
-async fn fill<R: AsyncRead + Unpin>(body: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-    let mut total = 0;
-    while buf.len() < buf.capacity() {
-        let n = body.read_buf(buf).await?;
-        if n == 0 {
-            break;
-        }
-        total += n;
-    }
-    Ok(total)
 }

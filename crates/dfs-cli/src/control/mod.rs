@@ -303,5 +303,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     }
 }
 
+/// Reads until `buf` is full or `body` ends (the chunking of streamed bodies, both ways);
+/// returns the bytes read.
+async fn fill<R: AsyncRead + Unpin>(body: &mut R, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut total = 0;
+    while buf.len() < buf.capacity() {
+        let n = body.read_buf(buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests;
