@@ -398,7 +398,7 @@ struct Shared<T: Transport> {
     events: Mutex<Option<mpsc::Sender<Event>>>,
     shutdown: CancellationToken,
     next_conn: AtomicU64,
-    dial_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    dial_locks: DialLocks,
 }
 
 /// An authenticated endpoint: listens, dials, keeps one control connection per remote node,
@@ -548,21 +548,12 @@ impl<T: Transport> Endpoint<T> {
         if let Some(p) = shared.peer_by_addr(addr) {
             return Ok(p);
         }
-        let dial_lock = Arc::clone(lock(&shared.dial_locks).entry(addr.to_owned()).or_default());
-        let result = {
-            let _guard = dial_lock.lock().await;
-            match shared.peer_by_addr(addr) {
-                Some(p) => Ok(p),
-                None => Arc::clone(shared).dial_control(addr).await,
-            }
-        };
-        {
-            let mut locks = lock(&shared.dial_locks);
-            if Arc::strong_count(&dial_lock) == 2 {
-                locks.remove(addr);
-            }
+        let slot = DialSlot::take(&shared.dial_locks, addr);
+        let _serialised = slot.lock.lock().await;
+        match shared.peer_by_addr(addr) {
+            Some(p) => Ok(p),
+            None => Arc::clone(shared).dial_control(addr).await,
         }
-        result
     }
 
     /// The connected node with this id.
@@ -1117,6 +1108,33 @@ impl<T: Transport> Shared<T> {
     }
 }
 
+type DialLocks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// One `connect` call's share of the per-address dial lock. The map entry goes when its last
+/// user is done, also when a `connect` future is dropped mid-dial (a timeout or a `select!`).
+struct DialSlot<'a> {
+    locks: &'a DialLocks,
+    addr: &'a str,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> DialSlot<'a> {
+    fn take(locks: &'a DialLocks, addr: &'a str) -> Self {
+        let lock = Arc::clone(lock(locks).entry(addr.to_owned()).or_default());
+        DialSlot { locks, addr, lock }
+    }
+}
+
+impl Drop for DialSlot<'_> {
+    fn drop(&mut self) {
+        let mut locks = lock(self.locks);
+        // Only the map's reference and ours are left: nobody else dials this address.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(self.addr);
+        }
+    }
+}
+
 impl<T: Transport> PeerHost for Shared<T> {
     fn sender(&self, id: &NodeId) -> Option<(mpsc::Sender<Cmd>, usize)> {
         let table = lock(&self.table);
@@ -1299,4 +1317,36 @@ async fn run_reader<T: Transport>(
         cancel.cancel();
     }
     shared.connection_ended(peer.id, conn_id, result).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryTransport;
+
+    #[tokio::test]
+    async fn a_cancelled_connect_leaves_no_dial_lock_behind() {
+        let net = MemoryTransport::new();
+        // Accepts connections but never answers the handshake.
+        let mut silent = net.listen("mem:0").await.unwrap();
+        let silent_addr = silent.local_addr();
+        let _accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let (endpoint, _events) =
+            Endpoint::bind(net, "mem:0", EndpointConfig::new(NodeId::random()))
+                .await
+                .unwrap();
+        let dial = endpoint.connect(&silent_addr);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), dial)
+                .await
+                .is_err(),
+            "the handshake cannot complete"
+        );
+        assert!(lock(&endpoint.shared.dial_locks).is_empty());
+    }
 }
