@@ -732,11 +732,7 @@ impl<T: Transport> Shared<T> {
 
     /// Dial, handshake and read the welcome: the connection, or why the remote refused it
     /// (with its node id).
-    async fn dial_established(
-        &self,
-        addr: &str,
-        kind: ConnKind,
-    ) -> Result<std::result::Result<Established, (NodeId, TransportError)>> {
+    async fn dial_established(&self, addr: &str, kind: ConnKind) -> Result<Welcome> {
         let local = self.local();
         self.with_timeout("dialling and handshaking", async {
             let stream = self.transport.dial(addr).await?;
@@ -756,19 +752,11 @@ impl<T: Transport> Shared<T> {
                 return Err(TransportError::protocol("expected a welcome frame"));
             }
             Ok(match welcome.payload[0] {
-                WELCOME_OK => Ok(est),
-                WELCOME_DUPLICATE => Err((
-                    id,
-                    TransportError::Rejected {
-                        reason: "the remote keeps another connection with us".to_owned(),
-                    },
-                )),
-                _ => Err((
-                    id,
-                    TransportError::Rejected {
-                        reason: String::from_utf8_lossy(&welcome.payload[1..]).into_owned(),
-                    },
-                )),
+                WELCOME_OK => Welcome::Accepted(Box::new(est)),
+                WELCOME_DUPLICATE => Welcome::Duplicate(id),
+                _ => Welcome::Refused(TransportError::Rejected {
+                    reason: String::from_utf8_lossy(&welcome.payload[1..]).into_owned(),
+                }),
             })
         })
         .await
@@ -776,14 +764,18 @@ impl<T: Transport> Shared<T> {
 
     async fn dial_control(self: Arc<Self>, addr: &str) -> Result<Peer> {
         let est = match self.dial_established(addr, ConnKind::Control).await {
-            Ok(Ok(est)) => est,
-            Ok(Err((id, e))) => {
-                // Refused as a duplicate: the remote keeps a connection it prefers, which is
-                // registered here too, or is about to be.
-                let duplicate = matches!(&e, TransportError::Rejected { reason } if reason.contains("another connection"));
-                if duplicate && let Some(p) = self.wait_for_peer(&id).await {
+            Ok(Welcome::Accepted(est)) => *est,
+            Ok(Welcome::Duplicate(id)) => {
+                // The remote keeps a connection it prefers, which is registered here too, or
+                // is about to be.
+                if let Some(p) = self.wait_for_peer(&id).await {
                     return Ok(p);
                 }
+                let e = duplicate_rejection();
+                debug!(%addr, error = %e, "dial refused");
+                return Err(e);
+            }
+            Ok(Welcome::Refused(e)) => {
                 debug!(%addr, error = %e, "dial refused");
                 return Err(e);
             }
@@ -1108,6 +1100,22 @@ impl<T: Transport> Shared<T> {
     }
 }
 
+/// How the remote answered a dial once the handshake was done.
+enum Welcome {
+    /// The connection is accepted.
+    Accepted(Box<Established>),
+    /// The remote keeps another control connection with this node (the tie-break).
+    Duplicate(NodeId),
+    /// The remote refused the connection, for the reason given.
+    Refused(TransportError),
+}
+
+fn duplicate_rejection() -> TransportError {
+    TransportError::Rejected {
+        reason: "the remote keeps another connection with us".to_owned(),
+    }
+}
+
 type DialLocks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
 /// One `connect` call's share of the per-address dial lock. The map entry goes when its last
@@ -1156,10 +1164,11 @@ impl<T: Transport> PeerHost for Shared<T> {
             if self.shutdown.is_cancelled() {
                 return Err(TransportError::Closed);
             }
-            let est = self
-                .dial_established(&addr, ConnKind::Substream)
-                .await?
-                .map_err(|(_, e)| e)?;
+            let est = match self.dial_established(&addr, ConnKind::Substream).await? {
+                Welcome::Accepted(est) => *est,
+                Welcome::Duplicate(_) => return Err(duplicate_rejection()),
+                Welcome::Refused(e) => return Err(e),
+            };
             if est.remote.node_id != id {
                 return Err(TransportError::WrongPeer {
                     expected: id,
