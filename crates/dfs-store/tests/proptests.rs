@@ -1,6 +1,8 @@
 //! Property tests: HashPath round-trips any key; PlainPath never escapes the root.
 #![allow(clippy::unwrap_used)] // tests and their helpers panic on failure
 
+mod common;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Component, Path};
@@ -14,23 +16,6 @@ fn fast_store<P: PathTransform>(root: &Path, transform: P) -> Store<P> {
         .durability(Durability::None)
         .open()
         .expect("open store")
-}
-
-/// Every file under `dir`, recursively.
-fn all_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).expect("read_dir") {
-            let e = e.expect("entry");
-            if e.file_type().expect("type").is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 /// Building blocks for adversarial keys.
@@ -117,7 +102,7 @@ proptest! {
         let outside: Vec<_> = fs::read_dir(outer.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         prop_assert_eq!(outside, vec![std::ffi::OsString::from("root")]);
         // ...and everything inside is under objects/ (tmp is empty).
-        for f in all_files(&root) {
+        for f in common::files_under(&root) {
             prop_assert!(f.starts_with(root.join("objects")), "{:?}", f);
         }
     }

@@ -1,9 +1,10 @@
 //! One test (or more) per verb.
 #![allow(clippy::unwrap_used)] // tests and their helpers panic on failure
 
+mod common;
+
 use std::fs;
 use std::io::{self, Read};
-use std::path::Path;
 
 use dfs_store::{Durability, HashPath, PathKey, PathTransform, PlainPath, Store, StoreError};
 
@@ -14,22 +15,6 @@ fn read_all(store: &Store<impl PathTransform>, key: &str) -> Vec<u8> {
         .expect("open")
         .read_to_end(&mut out)
         .expect("read");
-    out
-}
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).expect("read_dir") {
-            let e = e.expect("entry");
-            if e.file_type().expect("type").is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
     out
 }
 
@@ -240,7 +225,7 @@ fn invalid_keys_write_nothing() {
         assert!(store.has(key).is_err());
         assert!(store.delete(key).is_err());
     }
-    assert!(files_under(&dir.path().join("root")).is_empty());
+    assert!(common::files_under(&dir.path().join("root")).is_empty());
     // Hash layout: only empty and over-long keys are refused.
     let hashed = Store::open(dir.path().join("hashed")).unwrap();
     assert!(hashed.write("", &b""[..]).is_err());
@@ -282,7 +267,7 @@ fn user_transforms_are_revalidated() {
         .unwrap();
         assert!(store.write("k", &b"x"[..]).is_err());
     }
-    assert!(files_under(&dir.path().join("root")).is_empty());
+    assert!(common::files_under(&dir.path().join("root")).is_empty());
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
