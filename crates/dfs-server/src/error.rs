@@ -33,8 +33,9 @@ pub enum ServerError {
     /// Fewer peers than required acknowledged a durable copy in time. The local copy is
     /// stored and durable.
     #[error(
-        "file {name:?} stored locally but only {} of {wanted} replicas acknowledged",
-        acked.len()
+        "file {name:?} stored locally but only {} of {wanted} replicas acknowledged{}",
+        acked.len(),
+        failure_list(failed)
     )]
     ReplicationIncomplete {
         /// The file name.
@@ -43,6 +44,8 @@ pub enum ServerError {
         wanted: usize,
         /// The peers that did acknowledge.
         acked: Vec<NodeId>,
+        /// The peers that were tried and failed, with the last reason of each.
+        failed: Vec<(NodeId, String)>,
     },
 
     /// Some connected peers did not confirm a network-wide delete. The local copy is gone.
@@ -165,3 +168,11 @@ impl From<tokio::task::JoinError> for ServerError {
 
 /// `Result` with [`ServerError`].
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// `; peer X: reason; ...` for an error message, or nothing.
+fn failure_list(failed: &[(NodeId, String)]) -> String {
+    failed
+        .iter()
+        .map(|(peer, reason)| format!("; peer {peer}: {reason}"))
+        .collect()
+}

@@ -45,6 +45,9 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How many times a node learned through peer exchange is dialled.
 const LEARNED_ATTEMPTS: u32 = 6;
+/// Attempts to replicate to one peer before it counts as failed (when no other candidate
+/// is left to try instead).
+const REPLICA_ATTEMPTS: u32 = 3;
 /// How often the membership repair loop looks for known but unconnected nodes.
 const REPAIR_EVERY: Duration = Duration::from_secs(1);
 
@@ -613,10 +616,11 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let mut candidates = peers.into_iter();
         let mut running = FuturesUnordered::new();
         for peer in candidates.by_ref().take(wanted) {
-            running.push(self.replicate_one(peer, object));
+            running.push(self.replicate_one(peer, object, 1));
         }
         let deadline = Instant::now() + self.config.replication_timeout;
         let mut acked = Vec::new();
+        let mut failed: Vec<(NodeId, String)> = Vec::new();
         while acked.len() < wanted {
             match tokio::time::timeout_at(deadline, running.next()).await {
                 Err(_) => {
@@ -624,18 +628,26 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                     break;
                 }
                 Ok(None) => break,
-                Ok(Some((peer, Ok(())))) => {
+                Ok(Some((peer, _, Ok(())))) => {
+                    let peer = peer.id();
                     debug!(%name, %peer, "replica acknowledged");
+                    failed.retain(|(id, _)| *id != peer);
                     acked.push(peer);
                     self.emit(ServerEvent::Replicated {
                         name: name.to_owned(),
                         peer,
                     });
                 }
-                Ok(Some((peer, Err(e)))) => {
-                    warn!(%name, %peer, error = %e, "replication to peer failed");
+                Ok(Some((peer, attempt, Err(e)))) => {
+                    warn!(%name, peer = %peer.id(), attempt, error = %e, "replication to peer failed");
+                    failed.retain(|(id, _)| *id != peer.id());
+                    failed.push((peer.id(), e.to_string()));
+                    // An untried candidate first; else the same peer again after a backoff
+                    // (a connection lost in a reconnect race, a busy peer), while time is left.
                     if let Some(next) = candidates.next() {
-                        running.push(self.replicate_one(next, object));
+                        running.push(self.replicate_one(next, object, 1));
+                    } else if attempt < REPLICA_ATTEMPTS && peer.is_connected() {
+                        running.push(self.replicate_one(peer, object, attempt + 1));
                     }
                 }
             }
@@ -645,19 +657,31 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 name: name.to_owned(),
                 wanted,
                 acked,
+                failed,
             });
         }
         Ok(acked)
     }
 
     /// Sends the local object to one peer and waits for its durable-write ack.
+    /// Attempt number `attempt` (from 1) waits a backoff first.
     fn replicate_one(
         self: &Arc<Self>,
         peer: Peer,
         object: ObjectId,
-    ) -> impl Future<Output = (NodeId, Result<()>)> + Send + 'static {
+        attempt: u32,
+    ) -> impl Future<Output = (Peer, u32, Result<()>)> + Send + 'static {
         let this = Arc::clone(self);
         async move {
+            if attempt > 1 {
+                let backoff = BACKOFF_START * 2u32.pow(attempt - 2);
+                tokio::select! {
+                    () = this.cancel.cancelled() => {
+                        return (peer, attempt, Err(ServerError::ShuttingDown));
+                    }
+                    () = tokio::time::sleep(backoff) => {} // backoff before a retry
+                }
+            }
             let id = peer.id();
             let result = async {
                 let (size, hash, body) = this.open_stored(object).await?;
@@ -688,7 +712,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 }
             }
             .await;
-            (id, result)
+            (peer, attempt, result)
         }
     }
 

@@ -265,6 +265,7 @@ both_transports!(
     peer_killed_mid_transfer,
     corrupting_peer,
     lying_peer,
+    replication_retries_and_reports_failing_peers,
     wrong_network_secret,
     different_data_key,
     delete_everywhere_and_replication_policies,
@@ -540,6 +541,56 @@ async fn spawn_rogue<T: Transport>(
     (id, served)
 }
 
+/// A replica peer speaking the wire protocol: it takes every `Put` body whole and answers
+/// with an error for its first `refusals` attempts, then `Stored`. Counts the attempts.
+async fn spawn_flaky_replica<T: Transport>(
+    transport: T,
+    listen: &str,
+    victim: &str,
+    refusals: usize,
+) -> (NodeId, Arc<AtomicUsize>) {
+    let id = NodeId::random();
+    let (endpoint, mut events) = Endpoint::bind(transport, listen, EndpointConfig::new(id))
+        .await
+        .unwrap();
+    endpoint.connect(victim).await.unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&attempts);
+    tokio::spawn(async move {
+        let _endpoint = endpoint;
+        while let Some(event) = events.next().await {
+            let Event::Stream { mut stream, .. } = event else {
+                continue;
+            };
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let Ok(Some(Envelope {
+                    message: Message::Put { .. },
+                    ..
+                })) = stream.recv::<Envelope>().await
+                else {
+                    return;
+                };
+                let mut body = stream.recv_body().await.unwrap();
+                let mut sink = Vec::new();
+                body.read_to_end(&mut sink).await.unwrap();
+                let mut stream = body.into_substream().unwrap();
+                let attempt = counter.fetch_add(1, Ordering::SeqCst);
+                let reply = if attempt < refusals {
+                    Message::Error {
+                        message: format!("busy (attempt {})", attempt + 1),
+                    }
+                } else {
+                    Message::Stored
+                };
+                stream.send(&Envelope::new(reply)).await.unwrap();
+                let _ = stream.finish().await;
+            });
+        }
+    });
+    (id, attempts)
+}
+
 /// A reader that fails: the rogue's body source dies.
 struct Failing;
 
@@ -689,6 +740,57 @@ async fn lying_peer<N: Net>(net: N) {
     assert!(!getter.has("memo.txt").await.unwrap());
     assert!(getter.list().await.unwrap().is_empty(), "nothing committed");
     getter.shutdown().await.unwrap();
+}
+
+/// A peer that fails a replica is retried when no other candidate is left; one that keeps
+/// failing is named, with its reason, in `ReplicationIncomplete`, and the local copy stays.
+async fn replication_retries_and_reports_failing_peers<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(1);
+    let origin = start(&net, d[0].path(), &key, &[]).await;
+    let (once, once_attempts) =
+        spawn_flaky_replica(net.transport(), net.listen(), &origin.local_addr(), 1).await;
+    wait_until(&origin, "flaky replica connected", || {
+        origin.peers().len() == 1
+    })
+    .await;
+    let receipt = origin
+        .store_bytes("retried", b"second time lucky")
+        .await
+        .unwrap();
+    assert_eq!(receipt.replicas, vec![once]);
+    assert_eq!(once_attempts.load(Ordering::SeqCst), 2);
+
+    let (never, never_attempts) = spawn_flaky_replica(
+        net.transport(),
+        net.listen(),
+        &origin.local_addr(),
+        usize::MAX,
+    )
+    .await;
+    wait_until(&origin, "refusing replica connected", || {
+        origin.peers().len() == 2
+    })
+    .await;
+    let err = origin.store_bytes("refused", b"abc").await.unwrap_err();
+    match &err {
+        ServerError::ReplicationIncomplete {
+            wanted: 2,
+            acked,
+            failed,
+            ..
+        } => {
+            assert_eq!(acked, &vec![once]);
+            assert_eq!(failed.len(), 1, "{err}");
+            assert_eq!(failed[0].0, never);
+            assert!(failed[0].1.contains("busy (attempt 3)"), "{err}");
+        }
+        other => panic!("expected ReplicationIncomplete, got {other}"),
+    }
+    assert!(err.to_string().contains("busy (attempt 3)"), "{err}");
+    assert_eq!(never_attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(origin.get_bytes("refused").await.unwrap(), b"abc");
+    origin.shutdown().await.unwrap();
 }
 
 /// Nodes with another (or no) network secret cannot connect.
