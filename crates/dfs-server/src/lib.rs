@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod event;
 mod id;
+mod locks;
 mod names;
 mod object;
 mod server;

@@ -32,6 +32,7 @@ use crate::config::{Config, Replication, Scope};
 use crate::error::{Result, ServerError};
 use crate::event::ServerEvent;
 use crate::id::{self, ObjectId};
+use crate::locks::ObjectLocks;
 use crate::names::NameIndex;
 use crate::object::{self, HeaderCheck};
 use crate::verify::Verified;
@@ -172,6 +173,8 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     /// Every node heard of (connected, or named by a peer), with its address. The repair
     /// loop redials the ones not connected; an address that keeps failing is forgotten.
     known: Mutex<HashMap<NodeId, String>>,
+    /// Orders local writes, fetch commits, incoming replicas and deletes of one object.
+    objects: ObjectLocks,
 }
 
 impl<T: Transport, P: PathTransform, C: Cipher> Drop for Inner<T, P, C> {
@@ -256,6 +259,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             background: Mutex::new(Vec::new()),
             dialing: Mutex::new(HashSet::new()),
             known: Mutex::new(HashMap::new()),
+            objects: ObjectLocks::default(),
             config,
         });
         info!(node = %node_id, addr = %inner.endpoint.local_addr(), "file server started");
@@ -326,7 +330,10 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     ) -> Result<Receipt> {
         let _token = self.inner.begin()?;
         let object = self.object_id(name);
-        let (size, stored_size) = self.inner.write_local(name, object, data).await?;
+        let (size, stored_size) = {
+            let _object = self.inner.objects.lock(object).await;
+            self.inner.write_local(name, object, data).await?
+        };
         let _ = self.inner.events.send(ServerEvent::FileStored {
             name: name.to_owned(),
             object,
@@ -360,7 +367,12 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     pub async fn get(&self, name: &str) -> Result<FileReader> {
         let _token = self.inner.begin()?;
         let object = self.object_id(name);
-        if let Some(reader) = self.inner.open_local(name, object).await? {
+        if let Some(reader) = self.inner.open_local_or_damaged(name, object).await? {
+            return Ok(reader);
+        }
+        // One fetch per object at a time; a store or fetch that got here first wins.
+        let _object = self.inner.objects.lock(object).await;
+        if let Some(reader) = self.inner.open_local_or_damaged(name, object).await? {
             return Ok(reader);
         }
         self.inner.fetch(name, object).await?;
@@ -731,6 +743,23 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         Ok((size, hash, StreamReader::new(ChunkStream::new(rx))))
     }
 
+    /// [`open_local`](Self::open_local), but a local copy found damaged when opened
+    /// (store header, object header) counts as missing, so that the caller fetches a good
+    /// copy, whose commit replaces the damaged one.
+    async fn open_local_or_damaged(
+        &self,
+        name: &str,
+        object: ObjectId,
+    ) -> Result<Option<FileReader>> {
+        match self.open_local(name, object).await {
+            Err(e) if is_damage(&e) => {
+                warn!(%name, %object, error = %e, "local copy is damaged; fetching another");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     /// The local copy of `name` as a decrypting reader, if there is one.
     async fn open_local(&self, name: &str, object: ObjectId) -> Result<Option<FileReader>> {
         let key = object.to_hex();
@@ -953,6 +982,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         name: Option<String>,
         by: Option<NodeId>,
     ) -> Result<bool> {
+        let _object = self.objects.lock(object).await;
         let key = object.to_hex();
         let store = Arc::clone(&self.store);
         let names = self.names.clone();
@@ -1084,6 +1114,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 message: "body length differs from the announced size".to_owned(),
             });
         }
+        let _object = self.objects.lock(object).await;
         let (tx, rx) = bridge::channel();
         let store = Arc::clone(&self.store);
         let key = object.to_hex();
@@ -1293,6 +1324,16 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             });
             self.add_background(task);
         }
+    }
+}
+
+/// Whether `e` reports a damaged local object (as opposed to a missing one or an I/O
+/// failure).
+fn is_damage(e: &ServerError) -> bool {
+    match e {
+        ServerError::Store(e) => e.is_corrupt(),
+        ServerError::BadObject { .. } => true,
+        _ => false,
     }
 }
 

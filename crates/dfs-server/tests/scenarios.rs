@@ -265,6 +265,8 @@ both_transports!(
     peer_killed_mid_transfer,
     corrupting_peer,
     lying_peer,
+    fetch_never_overwrites_a_newer_store,
+    damaged_local_copy_is_fetched_again,
     replication_retries_and_reports_failing_peers,
     wrong_network_secret,
     different_data_key,
@@ -476,6 +478,13 @@ enum RogueBody {
     /// Sends these bytes whole, announced with their true length and BLAKE3 hash: a liar
     /// that passes every check but the cipher's.
     Lies(Arc<Vec<u8>>),
+    /// Sends these (genuine) bytes, but only once `release` is notified; notifies
+    /// `proceeded` when the requester said `Proceed`.
+    Gated {
+        bytes: Arc<Vec<u8>>,
+        proceeded: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Notify>,
+    },
 }
 
 /// A rogue node speaking the wire protocol: it offers every requested object and serves
@@ -511,7 +520,9 @@ async fn spawn_rogue<T: Transport>(
                 };
                 let (size, hash) = match &body {
                     RogueBody::DiesHalfway(size) => (*size, [7; 32]),
-                    RogueBody::Lies(bytes) => (bytes.len() as u64, *blake3::hash(bytes).as_bytes()),
+                    RogueBody::Lies(bytes) | RogueBody::Gated { bytes, .. } => {
+                        (bytes.len() as u64, *blake3::hash(bytes).as_bytes())
+                    }
                 };
                 let offer = Envelope::new(Message::Found { size, hash });
                 stream.send(&offer).await.unwrap();
@@ -531,6 +542,16 @@ async fn spawn_rogue<T: Transport>(
                         endpoint.close().await;
                     }
                     RogueBody::Lies(bytes) => {
+                        let _ = stream.send_body(size, &bytes[..]).await;
+                        let _ = stream.finish().await;
+                    }
+                    RogueBody::Gated {
+                        bytes,
+                        proceeded,
+                        release,
+                    } => {
+                        proceeded.notify_one();
+                        release.notified().await;
                         let _ = stream.send_body(size, &bytes[..]).await;
                         let _ = stream.finish().await;
                     }
@@ -740,6 +761,99 @@ async fn lying_peer<N: Net>(net: N) {
     assert!(!getter.has("memo.txt").await.unwrap());
     assert!(getter.list().await.unwrap().is_empty(), "nothing committed");
     getter.shutdown().await.unwrap();
+}
+
+/// The stored bytes of `name` on a node that stored it under `key` (the node is stopped).
+async fn stored_object<N: Net>(net: &N, dir: &Path, key: &Key, name: &str, data: &[u8]) -> Vec<u8> {
+    let holder = FileServer::start(
+        config(net, dir, key, &[])
+            .replication(Replication::None)
+            .build(),
+        net.transport(),
+    )
+    .await
+    .unwrap();
+    let receipt = holder.store_bytes(name, data).await.unwrap();
+    holder.shutdown().await.unwrap();
+    let store = dfs_store::Store::open(dir.join("store")).unwrap();
+    let mut object = Vec::new();
+    let mut reader = store.read(&receipt.object.to_hex()).unwrap();
+    std::io::Read::read_to_end(&mut reader, &mut object).unwrap();
+    object
+}
+
+/// A fetch that started before a local store of the same name must not commit its older
+/// copy over the newer one: the store waits for the fetch, and the newer version stays.
+async fn fetch_never_overwrites_a_newer_store<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let old = stored_object(&net, d[0].path(), &key, "doc", b"version 1").await;
+    let getter = FileServer::start(
+        config(&net, d[1].path(), &key, &[])
+            .replication(Replication::None)
+            .build(),
+        net.transport(),
+    )
+    .await
+    .unwrap();
+    let proceeded = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (rogue, _) = spawn_rogue(
+        net.transport(),
+        net.listen(),
+        &getter.local_addr(),
+        RogueBody::Gated {
+            bytes: Arc::new(old),
+            proceeded: Arc::clone(&proceeded),
+            release: Arc::clone(&release),
+        },
+    )
+    .await;
+    wait_until(&getter, "rogue connected", || {
+        getter.peers().iter().any(|p| p.id == rogue)
+    })
+    .await;
+    let fetching = {
+        let getter = getter.clone();
+        tokio::spawn(async move { getter.get_bytes("doc").await })
+    };
+    tokio::time::timeout(WAIT, proceeded.notified())
+        .await
+        .expect("the getter asked the rogue for the body");
+    let storing = {
+        let getter = getter.clone();
+        tokio::spawn(async move { getter.store_bytes("doc", b"version 2").await })
+    };
+    release.notify_one();
+    assert_eq!(fetching.await.unwrap().unwrap(), b"version 1");
+    storing.await.unwrap().unwrap();
+    assert_eq!(getter.get_bytes("doc").await.unwrap(), b"version 2");
+    getter.shutdown().await.unwrap();
+}
+
+/// A local copy whose header is damaged counts as missing for `get`: a good copy is
+/// fetched from a peer and replaces it.
+async fn damaged_local_copy_is_fetched_again<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let a = start(&net, d[0].path(), &key, &[]).await;
+    let b = start(&net, d[1].path(), &key, &[a.local_addr()]).await;
+    mesh(&[&a, &b]).await;
+    let data = pattern(5, 100_000);
+    let receipt = a.store_bytes("report.pdf", &data).await.unwrap();
+    assert_eq!(receipt.replicas, vec![b.node_id()]);
+    let path = dfs_store::Store::open(d[1].path().join("store"))
+        .unwrap()
+        .path_of(&receipt.object.to_hex())
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(b.get_bytes("report.pdf").await.unwrap(), data);
+    // The fetched copy replaced the damaged one: it reads even with the peer gone.
+    a.shutdown().await.unwrap();
+    assert_eq!(b.get_bytes("report.pdf").await.unwrap(), data);
+    b.shutdown().await.unwrap();
 }
 
 /// A peer that fails a replica is retried when no other candidate is left; one that keeps
