@@ -8,6 +8,7 @@ mod error;
 mod event;
 mod id;
 mod locks;
+mod membership;
 mod names;
 mod object;
 mod server;

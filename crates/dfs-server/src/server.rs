@@ -1,6 +1,5 @@
 //! The file server: local store, replication, fetch, membership.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -33,6 +32,7 @@ use crate::error::{Result, ServerError};
 use crate::event::ServerEvent;
 use crate::id::{self, ObjectId};
 use crate::locks::ObjectLocks;
+use crate::membership::{Learned, Membership};
 use crate::names::NameIndex;
 use crate::object::{self, HeaderCheck};
 use crate::verify::Verified;
@@ -169,10 +169,10 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     dropped: CancellationToken,
     closing: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
-    dialing: Mutex<HashSet<String>>,
-    /// Every node heard of (connected, or named by a peer), with its address. The repair
-    /// loop redials the ones not connected; an address that keeps failing is forgotten.
-    known: Mutex<HashMap<NodeId, String>>,
+    /// Every node heard of (connected, or named by a peer) and the dials in flight,
+    /// bounded. The repair loop redials the ones not connected; an address that keeps
+    /// failing is forgotten.
+    membership: Mutex<Membership>,
     /// Orders local writes, fetch commits, incoming replicas and deletes of one object.
     objects: ObjectLocks,
 }
@@ -257,8 +257,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             dropped: CancellationToken::new(),
             closing: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
-            dialing: Mutex::new(HashSet::new()),
-            known: Mutex::new(HashMap::new()),
+            membership: Mutex::new(Membership::default()),
             objects: ObjectLocks::default(),
             config,
         });
@@ -1218,7 +1217,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     fn on_connected(self: &Arc<Self>, peer: Peer) {
         let id = peer.id();
         info!(node = %self.node_id, peer = %id, addr = %peer.addr(), "peer joined");
-        lock(&self.known).insert(id, peer.addr().to_owned());
+        lock(&self.membership).connected(id, peer.addr());
         self.emit(ServerEvent::PeerJoined {
             id,
             addr: peer.addr().to_owned(),
@@ -1294,13 +1293,11 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
 
     fn on_peer_list(self: &Arc<Self>, peers: Vec<PeerAddr>) {
         for p in peers {
-            if p.id == self.node_id || self.endpoint.peer(&p.id).is_some_and(|x| x.is_connected()) {
+            let is_self = p.id == self.node_id;
+            if self.endpoint.peer(&p.id).is_some_and(|x| x.is_connected()) {
                 continue;
             }
-            lock(&self.known)
-                .entry(p.id)
-                .or_insert_with(|| p.addr.clone());
-            if !lock(&self.dialing).insert(p.addr.clone()) {
+            if lock(&self.membership).learn(&p, is_self) == Learned::Skip {
                 continue;
             }
             let this = Arc::clone(self);
@@ -1314,13 +1311,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                     this.cancel.clone(),
                 )
                 .await;
-                if !joined {
-                    let mut known = lock(&this.known);
-                    if known.get(&p.id) == Some(&p.addr) {
-                        known.remove(&p.id);
-                    }
-                }
-                lock(&this.dialing).remove(&p.addr);
+                lock(&this.membership).dial_ended(&p, joined);
             });
             self.add_background(task);
         }
@@ -1357,6 +1348,7 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
             Event::PeerConnected(peer) => inner.on_connected(peer),
             Event::PeerDisconnected { id, reason } => {
                 info!(node = %inner.node_id, peer = %id, reason = ?reason, "peer left");
+                lock(&inner.membership).disconnected(&id);
                 inner.emit(ServerEvent::PeerLeft { id });
             }
             Event::Message { .. } if inner.closing.load(Ordering::SeqCst) => {}
@@ -1402,13 +1394,10 @@ async fn repair<T: Transport, P: PathTransform, C: Cipher>(
             return;
         }
         inner.gossip();
-        let missing: Vec<PeerAddr> = lock(&inner.known)
-            .iter()
-            .filter(|(id, _)| !inner.endpoint.peer(id).is_some_and(|p| p.is_connected()))
-            .map(|(id, addr)| PeerAddr {
-                id: *id,
-                addr: addr.clone(),
-            })
+        let missing: Vec<PeerAddr> = lock(&inner.membership)
+            .missing()
+            .into_iter()
+            .filter(|p| !inner.endpoint.peer(&p.id).is_some_and(|p| p.is_connected()))
             .collect();
         if !missing.is_empty() {
             debug!(count = missing.len(), "redialling known peers");
@@ -1451,6 +1440,14 @@ async fn join<T: Transport, P: PathTransform, C: Cipher>(
         };
         match result {
             Ok(peer) => {
+                if let Some(id) = id
+                    && peer.id() != id
+                {
+                    // The address now belongs to another node (the one named restarted with
+                    // a new id, or the list was stale): keep that connection, stop dialling.
+                    debug!(%addr, expected = %id, got = %peer.id(), "another node answered");
+                    return false;
+                }
                 debug!(%addr, peer = %peer.id(), "connected");
                 return true;
             }
