@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
+use tokio_util::io::StreamReader;
 
 /// Bytes per chunk.
 pub(crate) const CHUNK: usize = 256 * 1024;
@@ -155,47 +156,81 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
-/// Reads `src` to its end on the calling (blocking) thread, sending chunks into `tx`, then
-/// the end marker. Stops quietly when the receiver is dropped.
-pub(crate) fn drain_blocking(mut src: impl Read, tx: &mpsc::Sender<Item>) {
+/// Streams a blocking reader as an async one. Each chunk is read on the blocking pool only
+/// once the channel has room for it, so a consumer that stops reading (an idle
+/// [`FileReader`](crate::FileReader), a slow peer) holds no thread, only the chunks in
+/// flight. Ends with the end marker, or the reader's error.
+pub(crate) fn async_reader<R: Read + Send + 'static>(src: R) -> StreamReader<ChunkStream, Bytes> {
+    let (tx, rx) = channel();
+    tokio::spawn(drain(src, tx));
+    StreamReader::new(ChunkStream::new(rx))
+}
+
+/// The producer task of [`async_reader`]. Stops quietly when the consumer goes away.
+async fn drain<R: Read + Send + 'static>(mut src: R, tx: mpsc::Sender<Item>) {
     loop {
-        let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        // Fill a whole chunk (or reach the end) to keep channel items large.
-        let result = loop {
-            match src.read(&mut buf[filled..]) {
-                Ok(0) => break Ok(true),
-                Ok(n) => {
-                    filled += n;
-                    if filled == buf.len() {
-                        break Ok(false);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+        let Ok(permit) = tx.reserve().await else {
+            return;
+        };
+        let (back, chunk, result) = match tokio::task::spawn_blocking(move || {
+            let (chunk, result) = read_chunk(&mut src);
+            (src, chunk, result)
+        })
+        .await
+        {
+            Ok(read) => read,
+            Err(e) => {
+                permit.send(Err(io::Error::other(format!("reader task failed: {e}"))));
+                return;
             }
         };
-        if filled > 0 {
-            buf.truncate(filled);
-            if tx.blocking_send(Ok(Some(Bytes::from(buf)))).is_err() {
+        src = back;
+        let last = match result {
+            Ok(false) => None,
+            Ok(true) => Some(Ok(None)),
+            Err(e) => Some(Err(e)),
+        };
+        match (chunk.is_empty(), last) {
+            (false, None) => permit.send(Ok(Some(chunk))),
+            (true, None) => drop(permit),
+            (true, Some(last)) => {
+                permit.send(last);
                 return;
             }
-        }
-        match result {
-            Ok(true) => {
-                let _ = tx.blocking_send(Ok(None));
-                return;
-            }
-            Ok(false) => {}
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
+            (false, Some(last)) => {
+                permit.send(Ok(Some(chunk)));
+                if let Ok(permit) = tx.reserve().await {
+                    permit.send(last);
+                }
                 return;
             }
         }
     }
 }
 
-/// The async side of [`drain_blocking`]: a stream of chunks for
+/// Reads up to one whole chunk (fewer only at the end or on an error, to keep channel items
+/// large). Returns the bytes read, and whether the end was reached or the error.
+fn read_chunk(src: &mut impl Read) -> (Bytes, io::Result<bool>) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut filled = 0;
+    let result = loop {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break Ok(true),
+            Ok(n) => {
+                filled += n;
+                if filled == buf.len() {
+                    break Ok(false);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    buf.truncate(filled);
+    (Bytes::from(buf), result)
+}
+
+/// The async side of a bridge channel: a stream of chunks for
 /// [`tokio_util::io::StreamReader`]. A channel closed without the end marker yields an error.
 #[derive(Debug)]
 pub(crate) struct ChunkStream {
@@ -301,16 +336,55 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn blocking_drain_round_trip() {
+    async fn async_reader_round_trip_and_errors() {
         let data: Vec<u8> = (0..CHUNK * 2 + 5).map(|i| (i * 7) as u8).collect();
-        let (tx, rx) = channel();
-        let src = data.clone();
-        tokio::task::spawn_blocking(move || drain_blocking(&src[..], &tx));
         let mut out = Vec::new();
-        StreamReader::new(ChunkStream::new(rx))
+        async_reader(io::Cursor::new(data.clone()))
             .read_to_end(&mut out)
             .await
             .unwrap();
         assert_eq!(out, data);
+
+        // A source failing after some bytes: the bytes, then its error (never a clean end).
+        let failing = Read::chain(io::Cursor::new(vec![1u8; CHUNK + 3]), Broken);
+        let mut out = Vec::new();
+        let err = async_reader(failing)
+            .read_to_end(&mut out)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Other);
+        assert_eq!(out.len(), CHUNK + 3);
+    }
+
+    struct Broken;
+
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("disk on fire"))
+        }
+    }
+
+    /// Readers nobody reads from hold no blocking thread: with a pool of one, other
+    /// blocking work still runs.
+    #[test]
+    fn idle_readers_hold_no_blocking_thread() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let idle: Vec<_> = (0..4)
+                .map(|_| async_reader(Read::take(io::repeat(7), 64 * CHUNK as u64)))
+                .collect();
+            let other = tokio::task::spawn_blocking(|| 42);
+            let got = tokio::time::timeout(Duration::from_secs(20), other)
+                .await
+                .expect("the blocking pool is not held by idle readers")
+                .unwrap();
+            assert_eq!(got, 42);
+            drop(idle);
+        });
     }
 }

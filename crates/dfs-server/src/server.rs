@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dfs_crypto::{Aes256CtrBlake3, Cipher, Key};
-use dfs_store::{Durability, HashPath, PathTransform, Store};
+use dfs_store::{Durability, HashPath, ObjectReader, PathTransform, Store};
 use dfs_transport::{
     BodyReader, Endpoint, EndpointConfig, Event, Events, NodeId, Peer, Substream, Transport,
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::io::StreamReader;
@@ -175,7 +175,14 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     membership: Mutex<Membership>,
     /// Orders local writes, fetch commits, incoming replicas and deletes of one object.
     objects: ObjectLocks,
+    /// Opens a stored object's plaintext with `cipher` (built where the cipher's reader is
+    /// known to be `Send`, so reads can move between blocking-pool threads).
+    decryptor: Decryptor,
 }
+
+/// Stored object -> (plaintext reader, plaintext length), given the name and object key.
+type Decryptor =
+    Box<dyn Fn(ObjectReader, &str, &str) -> Result<(Box<dyn io::Read + Send>, u64)> + Send + Sync>;
 
 impl<T: Transport, P: PathTransform, C: Cipher> Drop for Inner<T, P, C> {
     fn drop(&mut self) {
@@ -205,7 +212,10 @@ impl<T: Transport> FileServer<T> {
 impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     /// Starts a node with a custom path layout and cipher. The config's data key still
     /// derives the opaque ids and the key fingerprint; `cipher` should use the same key.
-    pub async fn start_with(config: Config, transport: T, paths: P, cipher: C) -> Result<Self> {
+    pub async fn start_with(config: Config, transport: T, paths: P, cipher: C) -> Result<Self>
+    where
+        C::DecryptReader<ObjectReader>: Send + 'static,
+    {
         let key = resolve_key(&config).await?;
         Self::start_inner(config, key, transport, paths, cipher).await
     }
@@ -216,7 +226,10 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         transport: T,
         paths: P,
         cipher: C,
-    ) -> Result<Self> {
+    ) -> Result<Self>
+    where
+        C::DecryptReader<ObjectReader>: Send + 'static,
+    {
         let root = config.root.clone();
         let durability = if config.fsync {
             Durability::Fsync
@@ -243,13 +256,25 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         let (endpoint, events) =
             Endpoint::bind(transport, &config.listen_addr, endpoint_config).await?;
         let (event_tx, _) = broadcast::channel(config.event_capacity);
+        let cipher = Arc::new(cipher);
+        let fingerprint = id::key_fingerprint(&data_key);
+        let decryptor: Decryptor = {
+            let cipher = Arc::clone(&cipher);
+            Box::new(move |reader: ObjectReader, name: &str, key: &str| {
+                let stored = reader.size();
+                let (plain, len) =
+                    object::decrypting(&*cipher, &fingerprint, name, key, stored, reader)?;
+                Ok((Box::new(plain) as Box<dyn io::Read + Send>, len))
+            })
+        };
         let inner = Arc::new(Inner {
-            fingerprint: id::key_fingerprint(&data_key),
+            fingerprint,
+            decryptor,
             data_key,
             node_id,
             endpoint,
             store: Arc::new(store),
-            cipher: Arc::new(cipher),
+            cipher,
             names,
             events: event_tx,
             tracker: TaskTracker::new(),
@@ -737,16 +762,14 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let store = Arc::clone(&self.store);
         let reader = tokio::task::spawn_blocking(move || store.read(&key)).await??;
         let (size, hash) = (reader.size(), *reader.hash());
-        let (tx, rx) = bridge::channel();
-        tokio::task::spawn_blocking(move || bridge::drain_blocking(reader, &tx));
-        Ok((size, hash, StreamReader::new(ChunkStream::new(rx))))
+        Ok((size, hash, bridge::async_reader(reader)))
     }
 
     /// [`open_local`](Self::open_local), but a local copy found damaged when opened
     /// (store header, object header) counts as missing, so that the caller fetches a good
     /// copy, whose commit replaces the damaged one.
     async fn open_local_or_damaged(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         object: ObjectId,
     ) -> Result<Option<FileReader>> {
@@ -760,43 +783,25 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     }
 
     /// The local copy of `name` as a decrypting reader, if there is one.
-    async fn open_local(&self, name: &str, object: ObjectId) -> Result<Option<FileReader>> {
+    async fn open_local(
+        self: &Arc<Self>,
+        name: &str,
+        object: ObjectId,
+    ) -> Result<Option<FileReader>> {
         let key = object.to_hex();
-        let store = Arc::clone(&self.store);
-        let cipher = Arc::clone(&self.cipher);
-        let fingerprint = self.fingerprint;
+        let this = Arc::clone(self);
         let owned_name = name.to_owned();
-        let (meta_tx, meta_rx) = oneshot::channel::<Result<Option<u64>>>();
-        let (tx, rx) = bridge::channel();
-        tokio::task::spawn_blocking(move || {
-            let reader = match store.read(&key) {
+        let opened = tokio::task::spawn_blocking(move || {
+            let reader = match this.store.read(&key) {
                 Ok(r) => r,
-                Err(e) if e.is_not_found() => {
-                    let _ = meta_tx.send(Ok(None));
-                    return;
-                }
-                Err(e) => {
-                    let _ = meta_tx.send(Err(e.into()));
-                    return;
-                }
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) => return Err(ServerError::from(e)),
             };
-            let stored = reader.size();
-            match object::decrypting(&*cipher, &fingerprint, &owned_name, &key, stored, reader) {
-                Ok((plain, len)) => {
-                    if meta_tx.send(Ok(Some(len))).is_ok() {
-                        bridge::drain_blocking(plain, &tx);
-                    }
-                }
-                Err(e) => {
-                    let _ = meta_tx.send(Err(e));
-                }
-            }
-        });
-        let len = meta_rx.await.map_err(|_| ServerError::Task {
-            reason: "local reader task stopped".to_owned(),
-        })??;
-        Ok(len.map(|len| FileReader {
-            inner: StreamReader::new(ChunkStream::new(rx)),
+            (this.decryptor)(reader, &owned_name, &key).map(Some)
+        })
+        .await??;
+        Ok(opened.map(|(plain, len)| FileReader {
+            inner: bridge::async_reader(plain),
             len,
         }))
     }
@@ -1187,10 +1192,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             // The requester took another peer's copy (or went away).
             _ => return Ok(()),
         }
-        let (tx, rx) = bridge::channel();
-        tokio::task::spawn_blocking(move || bridge::drain_blocking(reader, &tx));
-        s.send_body(size, StreamReader::new(ChunkStream::new(rx)))
-            .await?;
+        s.send_body(size, bridge::async_reader(reader)).await?;
         let _ = s.finish().await;
         Ok(())
     }
