@@ -193,6 +193,47 @@ fn validate_chunk_size(chunk_size: u64) -> Result<()> {
     Ok(())
 }
 
+/// The plaintext length of a ciphertext of `ciphertext_len` bytes in `chunk_size` chunks.
+fn plaintext_len(chunk_size: usize, ciphertext_len: u64) -> Result<u64> {
+    let invalid = CryptoError::InvalidLength { ciphertext_len };
+    let body = ciphertext_len
+        .checked_sub(HEADER_LEN as u64)
+        .ok_or(CryptoError::InvalidLength { ciphertext_len })?;
+    let record = (chunk_size + TAG_LEN) as u64;
+    let full = body / record;
+    let rest = body % record;
+    match (full, rest) {
+        (0, 0) => Err(invalid),
+        (_, 0) => Ok(full * chunk_size as u64),
+        (0, r) if r >= TAG_LEN as u64 => Ok(r - TAG_LEN as u64),
+        // A short final chunk after full ones must hold at least one byte.
+        (f, r) if r > TAG_LEN as u64 => Ok(f * chunk_size as u64 + r - TAG_LEN as u64),
+        _ => Err(invalid),
+    }
+}
+
+/// Checks a header's magic, version and reserved bytes; returns its chunk size.
+fn header_chunk_size(header: &[u8; HEADER_LEN]) -> Result<usize> {
+    if header[..4] != MAGIC {
+        return Err(CryptoError::BadHeader {
+            reason: "bad magic (not an Aes256CtrBlake3 ciphertext)",
+        });
+    }
+    if header[4] != VERSION {
+        return Err(CryptoError::UnsupportedVersion { version: header[4] });
+    }
+    if header[5..8] != [0, 0, 0] {
+        return Err(CryptoError::BadHeader {
+            reason: "reserved bytes are not zero",
+        });
+    }
+    let chunk_size = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    validate_chunk_size(u64::from(chunk_size)).map_err(|_| CryptoError::BadHeader {
+        reason: "chunk size is not a multiple of 16 in the supported range",
+    })?;
+    Ok(chunk_size as usize)
+}
+
 impl Cipher for Aes256CtrBlake3 {
     type EncryptReader<R: Read> = StreamReader<R>;
     type DecryptReader<R: Read> = StreamReader<R>;
@@ -205,21 +246,19 @@ impl Cipher for Aes256CtrBlake3 {
     }
 
     fn plaintext_len(&self, ciphertext_len: u64) -> Result<u64> {
-        let invalid = CryptoError::InvalidLength { ciphertext_len };
-        let body = ciphertext_len
-            .checked_sub(HEADER_LEN as u64)
+        plaintext_len(self.chunk_size, ciphertext_len)
+    }
+
+    fn header_len(&self) -> usize {
+        HEADER_LEN
+    }
+
+    fn plaintext_len_of(&self, header: &[u8], ciphertext_len: u64) -> Result<u64> {
+        let header: &[u8; HEADER_LEN] = header
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
             .ok_or(CryptoError::InvalidLength { ciphertext_len })?;
-        let record = (self.chunk_size + TAG_LEN) as u64;
-        let full = body / record;
-        let rest = body % record;
-        match (full, rest) {
-            (0, 0) => Err(invalid),
-            (_, 0) => Ok(full * self.chunk_size as u64),
-            (0, r) if r >= TAG_LEN as u64 => Ok(r - TAG_LEN as u64),
-            // A short final chunk after full ones must hold at least one byte.
-            (f, r) if r > TAG_LEN as u64 => Ok(f * self.chunk_size as u64 + r - TAG_LEN as u64),
-            _ => Err(invalid),
-        }
+        plaintext_len(header_chunk_size(header)?, ciphertext_len)
     }
 
     fn encrypt_reader<R: Read>(&self, src: R) -> Result<StreamReader<R>> {
@@ -583,26 +622,8 @@ impl OpenState {
     }
 
     fn parse_header(&mut self) -> Result<()> {
-        let header = &self.header;
-        if header[..4] != MAGIC {
-            return Err(CryptoError::BadHeader {
-                reason: "bad magic (not an Aes256CtrBlake3 ciphertext)",
-            });
-        }
-        if header[4] != VERSION {
-            return Err(CryptoError::UnsupportedVersion { version: header[4] });
-        }
-        if header[5..8] != [0, 0, 0] {
-            return Err(CryptoError::BadHeader {
-                reason: "reserved bytes are not zero",
-            });
-        }
-        let chunk_size = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-        validate_chunk_size(u64::from(chunk_size)).map_err(|_| CryptoError::BadHeader {
-            reason: "chunk size is not a multiple of 16 in the supported range",
-        })?;
-        let chunk_size = chunk_size as usize;
-        self.core = Some(ChunkCore::new(&self.key, header, chunk_size));
+        let chunk_size = header_chunk_size(&self.header)?;
+        self.core = Some(ChunkCore::new(&self.key, &self.header, chunk_size));
         self.buf = vec![0; chunk_size + TAG_LEN + lookahead(chunk_size)];
         Ok(())
     }

@@ -67,6 +67,39 @@ pub trait Cipher: Send + Sync + 'static {
     /// or [`CryptoError::InvalidLength`] if no plaintext encrypts to that length.
     fn plaintext_len(&self, ciphertext_len: u64) -> Result<u64, CryptoError>;
 
+    /// How many leading ciphertext bytes [`plaintext_len_of`](Self::plaintext_len_of) needs
+    /// (the cipher's header; 0 when the length depends on the ciphertext length alone).
+    fn header_len(&self) -> usize {
+        0
+    }
+
+    /// The exact plaintext length of a ciphertext of `ciphertext_len` bytes that begins
+    /// with `header` (its first [`header_len`](Self::header_len) bytes). Unlike
+    /// [`plaintext_len`](Self::plaintext_len), this honours parameters the ciphertext
+    /// records, such as the chunk size of [`Aes256CtrBlake3`], which its writer may have
+    /// chosen differently from this instance.
+    ///
+    /// ```
+    /// use dfs_crypto::{Aes256CtrBlake3, Cipher, Key};
+    ///
+    /// let key = Key::generate()?;
+    /// let writer = Aes256CtrBlake3::new(&key).with_chunk_size(1024)?;
+    /// let mut sealed = Vec::new();
+    /// writer.encrypt(&[7u8; 5000][..], &mut sealed)?;
+    /// let reader = Aes256CtrBlake3::new(&key); // default chunk size
+    /// let header = &sealed[..reader.header_len()];
+    /// assert_eq!(reader.plaintext_len_of(header, sealed.len() as u64)?, 5000);
+    /// # Ok::<(), dfs_crypto::CryptoError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`CryptoError::InvalidLength`] as for `plaintext_len`; a header the cipher cannot
+    /// parse is the error decryption would report.
+    fn plaintext_len_of(&self, header: &[u8], ciphertext_len: u64) -> Result<u64, CryptoError> {
+        let _ = header;
+        self.plaintext_len(ciphertext_len)
+    }
+
     /// Wraps `src` so that reading from the result yields the ciphertext of `src`
     /// (fails only if the OS random number generator fails).
     fn encrypt_reader<R: Read>(&self, src: R) -> Result<Self::EncryptReader<R>, CryptoError>;

@@ -208,3 +208,46 @@ fn ciphers_and_adapters_are_send_and_sync() {
     sendable::<dfs_crypto::StreamWriter<std::fs::File>>();
     sendable::<dfs_crypto::CryptoError>();
 }
+
+proptest! {
+    /// The plaintext length follows the chunk size the ciphertext records, whatever the
+    /// reading instance's own chunk size.
+    #[test]
+    fn plaintext_len_of_follows_the_recorded_chunk_size(
+        len in 0usize..20_000,
+        writer_chunk in (1usize..64).prop_map(|n| n * 16),
+        reader_chunk in (1usize..64).prop_map(|n| n * 16),
+    ) {
+        let k = key();
+        let writer = Aes256CtrBlake3::new(&k).with_chunk_size(writer_chunk).unwrap();
+        let reader = Aes256CtrBlake3::new(&k).with_chunk_size(reader_chunk).unwrap();
+        let mut sealed = Vec::new();
+        writer.encrypt(&vec![3u8; len][..], &mut sealed).unwrap();
+        let header = &sealed[..reader.header_len()];
+        prop_assert_eq!(reader.plaintext_len_of(header, sealed.len() as u64).unwrap(), len as u64);
+    }
+}
+
+#[test]
+fn plaintext_len_of_rejects_bad_headers() {
+    let cipher = Aes256CtrBlake3::new(&key());
+    let mut sealed = Vec::new();
+    cipher.encrypt(&b"abc"[..], &mut sealed).unwrap();
+    let n = sealed.len() as u64;
+    let short = cipher.plaintext_len_of(&sealed[..4], n).unwrap_err();
+    assert!(
+        matches!(short, dfs_crypto::CryptoError::InvalidLength { .. }),
+        "{short}"
+    );
+    let mut bad = sealed[..cipher.header_len()].to_vec();
+    bad[0] ^= 1;
+    let err = cipher.plaintext_len_of(&bad, n).unwrap_err();
+    assert!(
+        matches!(err, dfs_crypto::CryptoError::BadHeader { .. }),
+        "{err}"
+    );
+    // A cipher without a header: the length alone decides.
+    let ctr = Aes256Ctr::new(&key());
+    assert_eq!(ctr.header_len(), 0);
+    assert_eq!(ctr.plaintext_len_of(&[], 16 + 5).unwrap(), 5);
+}

@@ -73,7 +73,12 @@ pub(crate) fn encrypting<C: Cipher, R: Read>(
     Ok(head.chain(cipher.encrypt_reader(plaintext)?))
 }
 
-/// Checks the header of stored bytes `src` and returns the plaintext reader and length.
+/// A stored object's ciphertext: the cipher's header (read ahead to learn the plaintext
+/// length), then the rest of the object.
+pub(crate) type Prefixed<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
+/// Checks the header of stored bytes `src` and returns the plaintext reader and length. The
+/// length follows the parameters the ciphertext records (see [`Cipher::plaintext_len_of`]).
 pub(crate) fn decrypting<C: Cipher, R: Read>(
     cipher: &C,
     fingerprint: &[u8; 16],
@@ -81,7 +86,7 @@ pub(crate) fn decrypting<C: Cipher, R: Read>(
     id: &str,
     stored_len: u64,
     mut src: R,
-) -> Result<(C::DecryptReader<R>, u64)> {
+) -> Result<(C::DecryptReader<Prefixed<R>>, u64)> {
     let bad = |reason: String| ServerError::BadObject {
         id: id.to_owned(),
         reason,
@@ -96,8 +101,14 @@ pub(crate) fn decrypting<C: Cipher, R: Read>(
         }
         HeaderCheck::Invalid(reason) => return Err(bad(reason.to_owned())),
     }
-    let len = cipher.plaintext_len(stored_len - HEADER_LEN as u64)?;
-    Ok((cipher.decrypt_reader(src), len))
+    let mut cipher_header = vec![0u8; cipher.header_len()];
+    src.read_exact(&mut cipher_header)
+        .map_err(|e| bad(format!("cannot read the cipher header: {e}")))?;
+    let len = cipher.plaintext_len_of(&cipher_header, stored_len - HEADER_LEN as u64)?;
+    Ok((
+        cipher.decrypt_reader(io::Cursor::new(cipher_header).chain(src)),
+        len,
+    ))
 }
 
 #[cfg(test)]

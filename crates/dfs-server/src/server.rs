@@ -180,6 +180,10 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     decryptor: Decryptor,
 }
 
+/// The reader a [`Cipher`] decrypts a stored object from: the cipher's header, read ahead
+/// to learn the plaintext length, then the rest of the verified store reader.
+pub type StoredCiphertext = io::Chain<io::Cursor<Vec<u8>>, ObjectReader>;
+
 /// Stored object -> (plaintext reader, plaintext length), given the name and object key.
 type Decryptor =
     Box<dyn Fn(ObjectReader, &str, &str) -> Result<(Box<dyn io::Read + Send>, u64)> + Send + Sync>;
@@ -214,7 +218,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     /// derives the opaque ids and the key fingerprint; `cipher` should use the same key.
     pub async fn start_with(config: Config, transport: T, paths: P, cipher: C) -> Result<Self>
     where
-        C::DecryptReader<ObjectReader>: Send + 'static,
+        C::DecryptReader<StoredCiphertext>: Send + 'static,
     {
         let key = resolve_key(&config).await?;
         Self::start_inner(config, key, transport, paths, cipher).await
@@ -228,7 +232,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         cipher: C,
     ) -> Result<Self>
     where
-        C::DecryptReader<ObjectReader>: Send + 'static,
+        C::DecryptReader<StoredCiphertext>: Send + 'static,
     {
         let root = config.root.clone();
         let durability = if config.fsync {

@@ -1201,3 +1201,34 @@ async fn list_skips_damaged_objects() {
     assert_eq!(listed[0].name.as_deref(), Some("good.txt"));
     node.shutdown().await.unwrap();
 }
+
+/// A file written with another chunk size (same data key) reads back with its true length:
+/// the length comes from the chunk size the ciphertext records, not the reader's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_chunk_size_reports_the_true_length() {
+    let net = Mem(MemoryTransport::new());
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let small_chunks = dfs_server::Aes256CtrBlake3::new(&key)
+        .with_chunk_size(1024)
+        .unwrap();
+    let writer = FileServer::start_with(
+        config(&net, d[0].path(), &key, &[]).build(),
+        net.transport(),
+        dfs_store::HashPath::default(),
+        small_chunks,
+    )
+    .await
+    .unwrap();
+    let reader = start(&net, d[1].path(), &key, &[writer.local_addr()]).await;
+    mesh(&[&writer, &reader]).await;
+    let data = pattern(9, 200_000);
+    writer.store_bytes("odd.bin", &data).await.unwrap();
+    let file = reader.get("odd.bin").await.unwrap();
+    assert_eq!(file.len(), data.len() as u64);
+    drop(file);
+    assert_eq!(reader.get_bytes("odd.bin").await.unwrap(), data);
+    for node in [writer, reader] {
+        node.shutdown().await.unwrap();
+    }
+}
