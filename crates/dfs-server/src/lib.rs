@@ -19,7 +19,9 @@ pub use config::{Config, ConfigBuilder, Replication, Scope};
 pub use error::{Result, ServerError};
 pub use event::ServerEvent;
 pub use id::ObjectId;
-pub use server::{FileInfo, FileReader, FileServer, PeerInfo, Receipt, StoredCiphertext};
+pub use server::{
+    FileInfo, FileReader, FileServer, PeerInfo, Receipt, ScrubReport, StoredCiphertext,
+};
 
 pub use dfs_crypto::{Aes256Ctr, Aes256CtrBlake3, Cipher, Key};
 pub use dfs_store::{HashPath, PathTransform};

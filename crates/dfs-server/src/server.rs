@@ -97,6 +97,26 @@ pub struct Receipt {
     pub replicas: Vec<NodeId>,
 }
 
+/// What [`FileServer::scrub`] checked and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScrubReport {
+    /// Objects checked.
+    pub checked: u64,
+    /// Damaged objects replaced by a verified copy from a peer.
+    pub repaired: Vec<ObjectId>,
+    /// Damaged files no peer replaced, with the reason; they stay on disk as they are. The
+    /// id is `None` when the damage hides which object the file was.
+    pub unrepaired: Vec<(Option<ObjectId>, String)>,
+}
+
+impl ScrubReport {
+    /// `true` when nothing damaged is left.
+    pub fn is_clean(&self) -> bool {
+        self.unrepaired.is_empty()
+    }
+}
+
 /// An object held by this node; see [`FileServer::list`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -403,7 +423,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         if let Some(reader) = self.inner.open_local_or_damaged(name, object).await? {
             return Ok(reader);
         }
-        self.inner.fetch(name, object).await?;
+        self.inner.fetch(name, true, object).await?;
         self.inner
             .open_local(name, object)
             .await?
@@ -474,6 +494,48 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             Ok(out)
         })
         .await?
+    }
+
+    /// Verifies every local object (its BLAKE3 hash, end to end) and replaces each damaged
+    /// one with a verified copy fetched from a peer, as `get` would fetch it: size, hash, key
+    /// fingerprint and the cipher's own authentication are checked before the copy is
+    /// committed. A damaged object nobody can replace (no peer has it, or it is encrypted
+    /// under another data key so a replacement cannot be authenticated here) is reported
+    /// and left as it is.
+    ///
+    /// Reads every stored byte: run it from time to time, not on every request.
+    pub async fn scrub(&self) -> Result<ScrubReport> {
+        let _token = self.inner.begin()?;
+        let store = Arc::clone(&self.inner.store);
+        let found = tokio::task::spawn_blocking(move || store.scrub()).await?;
+        let mut report = ScrubReport {
+            checked: found.checked,
+            ..ScrubReport::default()
+        };
+        for bad in found.bad {
+            let Some(object) = bad.key.as_deref().and_then(ObjectId::from_hex) else {
+                report.unrepaired.push((
+                    None,
+                    format!(
+                        "{}: {} (which object it was is unknown)",
+                        bad.path.display(),
+                        bad.error
+                    ),
+                ));
+                continue;
+            };
+            warn!(%object, error = %bad.error, "damaged object; fetching a replacement");
+            let name = self.inner.names.get(&object.to_hex());
+            let label = name.clone().unwrap_or_else(|| object.to_hex());
+            let _object = self.inner.objects.lock(object).await;
+            match self.inner.fetch(&label, name.is_some(), object).await {
+                Ok(()) => report.repaired.push(object),
+                Err(e) => report
+                    .unrepaired
+                    .push((Some(object), format!("{}; no replacement: {e}", bad.error))),
+            }
+        }
+        Ok(report)
     }
 
     /// The currently connected peers.
@@ -811,7 +873,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     }
 
     /// Fetches `object` from the first peer that has it and delivers a verified copy.
-    async fn fetch(self: &Arc<Self>, name: &str, object: ObjectId) -> Result<()> {
+    /// `name` labels errors and events; with `remember`, it is recorded as the object's
+    /// name (an opaque replica being repaired has none).
+    async fn fetch(self: &Arc<Self>, name: &str, remember: bool, object: ObjectId) -> Result<()> {
         let peers: Vec<Peer> = self
             .endpoint
             .peers()
@@ -867,7 +931,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             match offer {
                 Ok(Some((s, size, hash))) => {
                     attempts += 1;
-                    match self.download(name, object, s, size, hash).await {
+                    match self.download(name, remember, object, s, size, hash).await {
                         Ok(()) => {
                             info!(%name, %peer, size, "fetched");
                             self.emit(ServerEvent::Fetched {
@@ -915,6 +979,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     async fn download(
         &self,
         name: &str,
+        remember: bool,
         object: ObjectId,
         mut s: Substream,
         size: u64,
@@ -967,7 +1032,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 source,
             })?;
             let n = store.write(&key, io::Cursor::new(head).chain(src))?;
-            names.put(&object, &owned_name)?;
+            if remember {
+                names.put(&object, &owned_name)?;
+            }
             Ok(n)
         });
         let pumped = bridge::pump(&mut body, &tx, Some(timeout)).await;

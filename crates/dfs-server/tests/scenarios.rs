@@ -1232,3 +1232,45 @@ async fn other_chunk_size_reports_the_true_length() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// `scrub` finds a copy damaged mid-file (which a read would only catch at its end) and
+/// replaces it with a verified copy from a peer; with no peer to ask, it reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_repairs_damaged_copies_from_peers() {
+    let net = Mem(MemoryTransport::new());
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let a = start(&net, d[0].path(), &key, &[]).await;
+    let b = start(&net, d[1].path(), &key, &[a.local_addr()]).await;
+    mesh(&[&a, &b]).await;
+    let data = pattern(21, 700_000);
+    let receipt = a.store_bytes("ledger.db", &data).await.unwrap();
+    a.store_bytes("other.txt", b"untouched").await.unwrap();
+    let flip = |dir: &Path| {
+        let path = dfs_store::Store::open(dir.join("store"))
+            .unwrap()
+            .path_of(&receipt.object.to_hex())
+            .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+    };
+    flip(d[1].path());
+    let report = b.scrub().await.unwrap();
+    assert_eq!(report.checked, 2);
+    assert_eq!(report.repaired, vec![receipt.object]);
+    assert!(report.is_clean(), "{report:?}");
+    assert!(b.scrub().await.unwrap().repaired.is_empty());
+    a.shutdown().await.unwrap();
+    assert_eq!(b.get_bytes("ledger.db").await.unwrap(), data);
+
+    // Alone, B cannot replace it: reported, left in place.
+    flip(d[1].path());
+    let report = b.scrub().await.unwrap();
+    assert!(report.repaired.is_empty());
+    assert_eq!(report.unrepaired.len(), 1, "{report:?}");
+    assert_eq!(report.unrepaired[0].0, Some(receipt.object));
+    assert!(b.has("ledger.db").await.unwrap());
+    b.shutdown().await.unwrap();
+}
