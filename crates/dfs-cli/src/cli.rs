@@ -39,6 +39,9 @@ pub enum Command {
     Peers(PeersArgs),
     /// Show the local node's status.
     Status(NodeArgs),
+    /// Verify every file the local node holds and replace damaged ones from its peers
+    /// (fails when one could not be replaced).
+    Scrub(NodeArgs),
     /// Encrypt a file (or stdin) with a data key.
     Encrypt(CryptArgs),
     /// Decrypt a file (or stdin) with a data key.

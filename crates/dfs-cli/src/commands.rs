@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter};
 
 use crate::cli::{GetArgs, NodeArgs, PeersArgs, PutArgs, RmArgs};
-use crate::control::Client;
+use crate::control::{Client, RemoteError, RemoteErrorKind};
 use crate::{Error, Result};
 
 /// Bodies smaller than this get no progress bar.
@@ -222,6 +222,29 @@ pub(crate) async fn status(args: NodeArgs) -> Result<()> {
     println!("uptime:   {}s", s.uptime_secs);
     println!("version:  {}", s.version);
     Ok(())
+}
+
+pub(crate) async fn scrub(args: NodeArgs) -> Result<()> {
+    let mut client = Client::connect(&args.data).await?;
+    let s = client.scrub().await?;
+    println!("checked:  {}", s.checked);
+    for id in &s.repaired {
+        println!("repaired: {}", short(id));
+    }
+    for what in &s.unrepaired {
+        eprintln!("damaged:  {what}");
+    }
+    if s.unrepaired.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Remote(RemoteError::new(
+            RemoteErrorKind::Other,
+            format!(
+                "{} damaged file(s) could not be replaced from any peer",
+                s.unrepaired.len()
+            ),
+        )))
+    }
 }
 
 /// The first 16 characters of a hex id.

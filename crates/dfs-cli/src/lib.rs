@@ -66,6 +66,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ls(args) => client_runtime()?.block_on(commands::ls(args)),
         Command::Peers(args) => client_runtime()?.block_on(commands::peers(args)),
         Command::Status(args) => client_runtime()?.block_on(commands::status(args)),
+        Command::Scrub(args) => client_runtime()?.block_on(commands::scrub(args)),
     }
 }
 

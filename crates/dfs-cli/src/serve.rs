@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dfs_server::{
-    Config, FileReader, FileServer, NetworkSecret, Replication, Scope, ServerError, ServerEvent,
-    TcpTransport,
+    Config, FileReader, FileServer, NetworkSecret, ObjectId, Replication, Scope, ServerError,
+    ServerEvent, TcpTransport,
 };
 use dfs_transport::TransportError;
 use tokio::net::UnixListener;
@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::cli::ServeArgs;
 use crate::control::daemon::{self, Backend, UploadBody};
 use crate::control::{
-    self, FileEntry, NodeStatus, PeerEntry, RemoteError, RemoteErrorKind, StoredInfo,
+    self, FileEntry, NodeStatus, PeerEntry, RemoteError, RemoteErrorKind, ScrubSummary, StoredInfo,
 };
 use crate::error::one_line;
 use crate::{Error, Result};
@@ -495,6 +495,22 @@ impl Backend for Node {
             stored_bytes: files.iter().map(|f| f.size).sum(),
             uptime_secs: self.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
+
+    async fn scrub(&self) -> Result<ScrubSummary, RemoteError> {
+        let report = self.server.scrub().await.map_err(|err| remote(&err))?;
+        Ok(ScrubSummary {
+            checked: report.checked,
+            repaired: report.repaired.iter().map(ObjectId::to_hex).collect(),
+            unrepaired: report
+                .unrepaired
+                .iter()
+                .map(|(id, why)| match id {
+                    Some(id) => format!("{}: {why}", id.to_hex()),
+                    None => why.clone(),
+                })
+                .collect(),
         })
     }
 }

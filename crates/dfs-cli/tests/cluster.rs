@@ -74,6 +74,9 @@ fn put_and_get_through_different_nodes() {
     let status = c.ok(&["status"]);
     assert!(status.contains("peers:    2"), "{status}");
     assert!(status.contains(&c.addr), "{status}");
+    let scrub = a.ok(&["scrub"]);
+    assert!(scrub.starts_with("checked:  "), "{scrub}");
+    assert!(!scrub.contains("checked:  0"), "{scrub}");
 
     // Unknown names: exit 3 and one line.
     let out = b.dfs(&[
@@ -281,11 +284,8 @@ fn a_node_whose_bootstrap_is_not_up_yet_joins_when_it_comes_up() {
         &[],
         &["--no-fsync", "--bootstrap", &late_addr],
     );
-    assert!(
-        b.log.contents().contains("retrying in the background"),
-        "{}",
-        b.log.contents()
-    );
+    // stderr is read by another thread than the ready line on stdout: wait for it.
+    b.log.wait_for("retrying in the background");
     let a = Node::start(
         &tmp.path().join("a"),
         "a",

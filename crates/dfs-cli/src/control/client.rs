@@ -8,7 +8,7 @@ use tokio::net::UnixStream;
 
 use super::{
     CHUNK_LEN, Channel, FileEntry, NodeStatus, PROTOCOL_VERSION, PeerEntry, Request, Response,
-    StoredInfo, fill, socket_path,
+    ScrubSummary, StoredInfo, fill, socket_path,
 };
 use crate::{Error, Result};
 
@@ -239,6 +239,14 @@ impl Client {
     pub async fn status(&mut self) -> Result<NodeStatus> {
         match self.call(&Request::Status).await? {
             Response::Status(status) => Ok(status),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Verify every object on the node and replace damaged ones from its peers.
+    pub async fn scrub(&mut self) -> Result<ScrubSummary> {
+        match self.call(&Request::Scrub).await? {
+            Response::Scrubbed(summary) => Ok(summary),
             other => Err(unexpected(&other)),
         }
     }

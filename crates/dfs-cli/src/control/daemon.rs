@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     CHUNK_LEN, Channel, FileEntry, NodeStatus, PROTOCOL_VERSION, PeerEntry, RemoteError,
-    RemoteErrorKind, Request, Response, StoredInfo, fill,
+    RemoteErrorKind, Request, Response, ScrubSummary, StoredInfo, fill,
 };
 
 /// The body of an upload as the backend sees it: plaintext bytes that end (EOF) only after the
@@ -54,6 +54,7 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Vec<PeerEntry>> + Send;
     fn status(&self) -> impl Future<Output = Result<NodeStatus, RemoteError>> + Send;
+    fn scrub(&self) -> impl Future<Output = Result<ScrubSummary, RemoteError>> + Send;
 }
 
 /// Longest wait a client may ask for in `Request::Peers`.
@@ -207,6 +208,10 @@ async fn handle_request<B: Backend>(
         Request::Status => tokio::select! {
             () = abort.cancelled() => Err(shutting_down()),
             res = backend.status() => res.map(Response::Status),
+        },
+        Request::Scrub => tokio::select! {
+            () = abort.cancelled() => Err(shutting_down()),
+            res = backend.scrub() => res.map(Response::Scrubbed),
         },
         Request::Hello { .. } | Request::Chunk(_) | Request::End | Request::Abort { .. } => {
             let err = RemoteError::new(

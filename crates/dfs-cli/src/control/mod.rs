@@ -107,6 +107,9 @@ pub enum Request {
     },
     /// The node's status: answered by [`Response::Status`].
     Status,
+    /// Verify every local object and replace damaged ones from peers: answered by
+    /// [`Response::Scrubbed`].
+    Scrub,
 }
 
 /// A message from a node to a client.
@@ -139,6 +142,8 @@ pub enum Response {
     Peers(Vec<PeerEntry>),
     /// The node's status.
     Status(NodeStatus),
+    /// What a scrub checked and did.
+    Scrubbed(ScrubSummary),
     /// The request failed.
     Error(RemoteError),
 }
@@ -172,6 +177,17 @@ pub struct PeerEntry {
     pub id: String,
     /// The address the peer can be dialled on.
     pub addr: String,
+}
+
+/// What a node's scrub checked and did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubSummary {
+    /// Objects checked.
+    pub checked: u64,
+    /// Ids (hex) of damaged objects replaced by verified copies from peers.
+    pub repaired: Vec<String>,
+    /// Damaged files nothing replaced, each with the reason.
+    pub unrepaired: Vec<String>,
 }
 
 /// A node's status.

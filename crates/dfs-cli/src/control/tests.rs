@@ -105,6 +105,14 @@ impl Backend for MemBackend {
             version: "test".to_owned(),
         })
     }
+
+    async fn scrub(&self) -> Result<ScrubSummary, RemoteError> {
+        Ok(ScrubSummary {
+            checked: self.files.lock().unwrap().len() as u64,
+            repaired: Vec::new(),
+            unrepaired: Vec::new(),
+        })
+    }
 }
 
 struct Harness {
