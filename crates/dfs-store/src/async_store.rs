@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Result, StoreError};
 use crate::path::{HashPath, PathTransform};
-use crate::store::{ObjectMeta, ObjectReader, ScrubReport, Store};
+use crate::store::{Expected, ObjectMeta, ObjectReader, ScrubReport, Store};
 
 /// Chunks a reader task may run ahead of the consumer.
 const READ_AHEAD: usize = 4;
@@ -110,6 +110,61 @@ impl<P: PathTransform> AsyncStore<P> {
     {
         let bridge = tokio_util::io::SyncIoBridge::new(src);
         self.write(key, bridge).await
+    }
+
+    /// [`Store::write_expecting`] from a blocking reader, on the blocking pool: stores the
+    /// bytes only if they are exactly `expected.size` bytes hashing to `expected.hash`
+    /// ([`StoreError::Mismatch`] otherwise, nothing committed).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use dfs_store::{AsyncStore, Expected, Store};
+    /// let store = AsyncStore::new(Store::open(dir.path())?);
+    /// let expected = Expected::new(5, *blake3::hash(b"hello").as_bytes());
+    /// assert_eq!(store.write_expecting("k", &b"hello"[..], expected).await?, 5);
+    /// assert!(store.write_expecting("k", &b"hell"[..], expected).await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write_expecting<R: Read + Send + 'static>(
+        &self,
+        key: &str,
+        src: R,
+        expected: Expected,
+    ) -> Result<u64> {
+        let key = key.to_owned();
+        self.run(move |s| s.write_expecting(&key, src, expected))
+            .await
+    }
+
+    /// [`Store::write_expecting`] from an async reader, bridged with
+    /// `tokio_util::io::SyncIoBridge`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use dfs_store::{AsyncStore, Expected, Store};
+    /// let store = AsyncStore::new(Store::open(dir.path())?);
+    /// let body: &'static [u8] = b"streamed";
+    /// let expected = Expected::new(8, *blake3::hash(body).as_bytes());
+    /// assert_eq!(store.write_async_expecting("k", body, expected).await?, 8);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write_async_expecting<R>(
+        &self,
+        key: &str,
+        src: R,
+        expected: Expected,
+    ) -> Result<u64>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let bridge = tokio_util::io::SyncIoBridge::new(src);
+        self.write_expecting(key, bridge, expected).await
     }
 
     /// [`Store::read`] as an [`AsyncRead`]: a blocking task streams verified chunks

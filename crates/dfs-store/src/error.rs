@@ -79,6 +79,17 @@ pub enum StoreError {
         source: io::Error,
     },
 
+    /// The bytes given to [`Store::write_expecting`](crate::Store::write_expecting) are not
+    /// the expected size or do not hash to the expected BLAKE3. Nothing was committed (the
+    /// staging file is removed; a previous version of the key is untouched).
+    #[error("refused to store key {key:?}: {mismatch}")]
+    Mismatch {
+        /// The key being written.
+        key: String,
+        /// How the bytes differ from the expectation.
+        mismatch: Mismatch,
+    },
+
     /// A stored file is damaged, truncated, foreign, or holds another key.
     #[error("corrupt object at {path}{}: {reason}", key_suffix(.key))]
     Corrupt {
@@ -118,6 +129,45 @@ pub enum StoreError {
         #[source]
         source: tokio::task::JoinError,
     },
+}
+
+/// How the bytes of a [`Store::write_expecting`](crate::Store::write_expecting) differ
+/// from the [`Expected`](crate::Expected) size and hash; see [`StoreError::Mismatch`].
+///
+/// ```
+/// use dfs_store::Mismatch;
+/// let m = Mismatch::Short { expected: 10, got: 4 };
+/// assert_eq!(m.to_string(), "the source ended after 4 of the expected 10 bytes");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// The source ended before the expected size.
+    #[error("the source ended after {got} of the expected {expected} bytes")]
+    Short {
+        /// The expected size.
+        expected: u64,
+        /// Bytes the source yielded.
+        got: u64,
+    },
+    /// The source yields more than the expected size (it is not read further).
+    #[error("the source yields more than the expected {expected} bytes")]
+    Long {
+        /// The expected size.
+        expected: u64,
+    },
+    /// The size is right but the BLAKE3 hash is not.
+    #[error("BLAKE3 {} differs from the expected {}", hex(.got), hex(.expected))]
+    Hash {
+        /// The expected hash.
+        expected: [u8; 32],
+        /// The hash of the bytes the source yielded.
+        got: [u8; 32],
+    },
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    blake3::Hash::from(*bytes).to_hex().to_string()
 }
 
 fn key_suffix(key: &Option<String>) -> String {

@@ -13,14 +13,14 @@ mod crypto;
 #[cfg(feature = "tokio")]
 mod async_store;
 
-pub use error::{Result, StoreError};
+pub use error::{Mismatch, Result, StoreError};
 pub use path::{
     HashPath, InvalidSegment, MAX_DEPTH, MAX_KEY_LEN, MAX_SEGMENT_LEN, PathKey, PathTransform,
     PlainPath, check_segment,
 };
 pub use store::{
-    BadObject, DEFAULT_ROOT, Durability, Keys, ObjectMeta, ObjectReader, Objects, ScrubReport,
-    Store, StoreBuilder,
+    BadObject, DEFAULT_ROOT, Durability, Expected, Keys, ObjectMeta, ObjectReader, Objects,
+    ScrubReport, Store, StoreBuilder,
 };
 
 #[cfg(feature = "crypto")]

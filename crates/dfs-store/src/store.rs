@@ -6,7 +6,7 @@ use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
-use crate::error::{Result, StoreError};
+use crate::error::{Mismatch, Result, StoreError};
 use crate::format::{FIXED_LEN, Header};
 use crate::path::{HashPath, PathKey, PathTransform, check_key};
 
@@ -276,9 +276,55 @@ impl<P: PathTransform> Store<P> {
     /// assert_eq!(store.write("big", file)?, 1 << 20);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn write(&self, key: &str, mut src: impl Read) -> Result<u64> {
+    pub fn write(&self, key: &str, src: impl Read) -> Result<u64> {
+        self.write_inner(key, src, None)
+    }
+
+    /// Stores everything `src` yields under `key`, like [`Store::write`], but only if it
+    /// is exactly `expected.size` bytes whose BLAKE3 hash is `expected.hash`; returns the
+    /// size.
+    ///
+    /// The check rides on the hashing the store does anyway (no second pass over the
+    /// bytes). A source that yields more than `expected.size` bytes is refused as soon as
+    /// the extra byte arrives (at most one byte past the size is consumed); a short source
+    /// or a different hash is refused at the end. On any mismatch the error is
+    /// [`StoreError::Mismatch`], the staging file is removed and nothing is committed: a
+    /// previous version of `key`, if any, is untouched. `expected.hash` is the hash the
+    /// store records for the object ([`ObjectMeta::hash`], [`ObjectReader::hash`]), so a
+    /// replica can be checked against the hash its origin store reported.
+    ///
+    /// ```
+    /// use dfs_store::{Expected, Mismatch, Store, StoreError};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let body = b"replica bytes";
+    /// let expected = Expected::new(body.len() as u64, *blake3::hash(body).as_bytes());
+    /// assert_eq!(store.write_expecting("k", &body[..], expected)?, 13);
+    ///
+    /// // Damaged in transit: refused, and the stored version stays as it was.
+    /// let err = store.write_expecting("k", &b"replica bytez"[..], expected).unwrap_err();
+    /// assert!(matches!(err, StoreError::Mismatch { mismatch: Mismatch::Hash { .. }, .. }));
+    /// assert_eq!(store.stat("k")?.hash(), &expected.hash);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_expecting(&self, key: &str, src: impl Read, expected: Expected) -> Result<u64> {
+        self.write_inner(key, src, Some(expected))
+    }
+
+    fn write_inner(
+        &self,
+        key: &str,
+        mut src: impl Read,
+        expected: Option<Expected>,
+    ) -> Result<u64> {
         let (loc, final_path) = self.locate(key)?;
         let mut staging = Staging::create(&self.tmp)?;
+        let opts = WriteOpts {
+            key,
+            path: &staging.path,
+            expected,
+            early_sync: self.durability == Durability::Fsync,
+        };
         let written = {
             #[cfg(test)]
             let result = match self.fail_writes_after {
@@ -287,14 +333,13 @@ impl<P: PathTransform> Store<P> {
                         inner: &mut staging.file,
                         left: limit,
                     },
-                    key,
                     &mut src,
-                    &staging.path,
+                    &opts,
                 ),
-                None => write_object(&mut staging.file, key, &mut src, &staging.path),
+                None => write_object(&mut staging.file, &mut src, &opts),
             };
             #[cfg(not(test))]
-            let result = write_object(&mut staging.file, key, &mut src, &staging.path);
+            let result = write_object(&mut staging.file, &mut src, &opts);
             result?
         };
         if self.durability == Durability::Fsync {
@@ -768,6 +813,13 @@ impl Write for FailAfter<'_> {
 }
 
 #[cfg(test)]
+impl SyncHandle for FailAfter<'_> {
+    fn sync_handle(&self) -> Option<File> {
+        self.inner.sync_handle()
+    }
+}
+
+#[cfg(test)]
 impl Seek for FailAfter<'_> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         self.inner.seek(pos)
@@ -793,22 +845,102 @@ fn fill(src: &mut impl Read, buf: &mut [u8], key: &str) -> Result<usize> {
     Ok(filled)
 }
 
+/// What a write needs to know besides its sink and source.
+struct WriteOpts<'a> {
+    key: &'a str,
+    /// The staging file (for error messages).
+    path: &'a Path,
+    /// Size and hash the caller expects ([`Store::write_expecting`]).
+    expected: Option<Expected>,
+    /// Push written bytes to disk on a helper thread while the write goes on (large
+    /// objects, `Durability::Fsync`), so the final fsync has little left to do.
+    early_sync: bool,
+}
+
+impl WriteOpts<'_> {
+    fn io_err(&self, op: &'static str) -> impl Fn(io::Error) -> StoreError + '_ {
+        move |e| StoreError::io(op, self.path, e)
+    }
+
+    fn mismatch(&self, mismatch: Mismatch) -> StoreError {
+        StoreError::Mismatch {
+            key: self.key.to_owned(),
+            mismatch,
+        }
+    }
+
+    /// Checks the final size and hash against the expectation, if any.
+    fn check(&self, total: u64, hash: &blake3::Hash) -> Result<()> {
+        let Some(expected) = self.expected else {
+            return Ok(());
+        };
+        if total < expected.size {
+            return Err(self.mismatch(Mismatch::Short {
+                expected: expected.size,
+                got: total,
+            }));
+        }
+        if total > expected.size {
+            return Err(self.mismatch(Mismatch::Long {
+                expected: expected.size,
+            }));
+        }
+        // blake3::Hash compares in constant time.
+        if *hash != blake3::Hash::from(expected.hash) {
+            return Err(self.mismatch(Mismatch::Hash {
+                expected: expected.hash,
+                got: *hash.as_bytes(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// The most bytes to take from the source: one past the expected size, so that a
+    /// longer source is noticed without draining it.
+    fn limit(&self) -> u64 {
+        self.expected.map_or(u64::MAX, |e| e.size.saturating_add(1))
+    }
+}
+
+/// A sink the store can hand a second handle of to a helper thread that fsyncs early.
+trait SyncHandle {
+    /// A handle to `fdatasync` from another thread, if the sink is a file.
+    fn sync_handle(&self) -> Option<File>;
+}
+
+impl SyncHandle for File {
+    fn sync_handle(&self) -> Option<File> {
+        self.try_clone().ok()
+    }
+}
+
+#[cfg(test)]
+impl SyncHandle for io::Cursor<Vec<u8>> {
+    fn sync_handle(&self) -> Option<File> {
+        None
+    }
+}
+
 /// Writes header + key + payload from `src` into `w`; returns the payload length.
 ///
 /// Small payloads (< one buffer) go out in a single write with the final header; larger
-/// ones get a placeholder header that is patched once the hash is known.
-fn write_object<W: Write + Seek>(
+/// ones get a placeholder header that is patched once the hash is known (or, when the
+/// caller gave the expected size and hash, the final header straight away: a mismatch is
+/// never committed anyway).
+fn write_object<W: Write + Seek + SyncHandle>(
     w: &mut W,
-    key: &str,
     src: &mut impl Read,
-    path: &Path,
+    opts: &WriteOpts<'_>,
 ) -> Result<u64> {
-    let io_err = |e| StoreError::io("write", path, e);
+    let key = opts.key;
+    let io_err = opts.io_err("write");
+    let mut src = src.take(opts.limit());
     let mut first = vec![0u8; CHUNK];
-    let n = fill(src, &mut first, key)?;
+    let n = fill(&mut src, &mut first, key)?;
     if n < CHUNK {
         let payload = &first[..n];
         let hash = blake3::hash(payload);
+        opts.check(n as u64, &hash)?;
         let fixed = Header::encode_fixed(key, n as u64, hash.as_bytes());
         let mut out = Vec::with_capacity(FIXED_LEN + key.len() + n);
         out.extend_from_slice(&fixed);
@@ -817,13 +949,19 @@ fn write_object<W: Write + Seek>(
         w.write_all(&out).map_err(io_err)?;
         return Ok(n as u64);
     }
-    let mut head = vec![0u8; FIXED_LEN];
+    let mut head = match opts.expected {
+        Some(e) => Header::encode_fixed(key, e.size, &e.hash).to_vec(),
+        None => vec![0u8; FIXED_LEN],
+    };
     head.extend_from_slice(key.as_bytes());
-    w.write_all(&head).map_err(io_err)?;
-    let (total, hash) = stream_hashed(w, key, src, first, n, path)?;
-    let fixed = Header::encode_fixed(key, total, hash.as_bytes());
-    w.seek(SeekFrom::Start(0)).map_err(io_err)?;
-    w.write_all(&fixed).map_err(io_err)?;
+    w.write_all(&head).map_err(&io_err)?;
+    let (total, hash) = stream_hashed(w, &mut src, first, n, opts)?;
+    opts.check(total, &hash)?;
+    if opts.expected.is_none() {
+        let fixed = Header::encode_fixed(key, total, hash.as_bytes());
+        w.seek(SeekFrom::Start(0)).map_err(&io_err)?;
+        w.write_all(&fixed).map_err(&io_err)?;
+    }
     Ok(total)
 }
 
@@ -831,21 +969,27 @@ fn write_object<W: Write + Seek>(
 const PIPELINE_BUFFERS: usize = 3;
 /// Size of each pipeline buffer.
 const PIPELINE_CHUNK: usize = 256 * 1024;
+/// With early syncing on, the writer asks the sync thread for an `fdatasync` each time
+/// this many more bytes have been written (requests coalesce while one runs).
+const EARLY_SYNC_EVERY: u64 = if cfg!(test) { 1 << 20 } else { 32 << 20 };
 
 /// A buffer shared (read-only) by the writer and the hasher, and its valid length.
 type Shared = (Arc<Vec<u8>>, usize);
 
 /// Writes `first[..n]` and the rest of `src` to `w` while a helper thread hashes the same
-/// buffers, so hashing overlaps the copy into the page cache. Memory: a few fixed buffers.
-fn stream_hashed<W: Write>(
+/// buffers, so hashing overlaps the copy into the page cache. With `opts.early_sync`, a
+/// second helper (started once the object passes [`EARLY_SYNC_EVERY`]) `fdatasync`s the
+/// file as it grows, so the disk writes overlap the copy too instead of all waiting for
+/// the final fsync. Memory: a few fixed buffers.
+fn stream_hashed<W: Write + SyncHandle>(
     w: &mut W,
-    key: &str,
     src: &mut impl Read,
     first: Vec<u8>,
     n: usize,
-    path: &Path,
+    opts: &WriteOpts<'_>,
 ) -> Result<(u64, blake3::Hash)> {
-    let io_err = |e| StoreError::io("write", path, e);
+    let key = opts.key;
+    let io_err = opts.io_err("write");
     std::thread::scope(|scope| {
         let (to_hasher, hasher_rx) = mpsc::channel::<Shared>();
         let (free_tx, free_rx) = mpsc::channel::<Arc<Vec<u8>>>();
@@ -858,13 +1002,23 @@ fn stream_hashed<W: Write>(
             }
             hasher.finalize()
         });
+        // Early syncing: `None` until started, and never started if the sink is no file.
+        let mut syncer = None;
+        let mut sync_possible = opts.early_sync;
+        let mut unsynced = 0u64;
         let first = Arc::new(first);
         let _ = to_hasher.send((Arc::clone(&first), n));
-        w.write_all(&first[..n]).map_err(io_err)?;
+        w.write_all(&first[..n]).map_err(&io_err)?;
         drop(first);
         let mut total = n as u64;
         let mut spare = PIPELINE_BUFFERS;
         loop {
+            if let Some(e) = opts.expected
+                && total > e.size
+            {
+                // Refused before the rest of an over-long source is read or written.
+                return Err(opts.mismatch(Mismatch::Long { expected: e.size }));
+            }
             // A buffer nobody else holds: a fresh one, or one the hasher is done with
             // (the writer dropped its own handle before asking for the next buffer).
             let mut buf = if spare > 0 {
@@ -897,15 +1051,64 @@ fn stream_hashed<W: Write>(
                 break;
             }
             let _ = to_hasher.send((Arc::clone(&buf), n));
-            w.write_all(&buf[..n]).map_err(io_err)?;
+            w.write_all(&buf[..n]).map_err(&io_err)?;
             total += n as u64;
+            if sync_possible {
+                unsynced += n as u64;
+                if unsynced >= EARLY_SYNC_EVERY {
+                    unsynced = 0;
+                    if syncer.is_none() {
+                        match w.sync_handle() {
+                            Some(file) => syncer = Some(spawn_syncer(scope, file)),
+                            None => sync_possible = false,
+                        }
+                    }
+                    if let Some((kick, _)) = &syncer {
+                        // If the syncer stopped on an error, its join below reports it.
+                        let _ = kick.send(());
+                    }
+                }
+            }
         }
         drop(to_hasher);
         let hash = hasher.join().map_err(|_| {
-            StoreError::io("hash", path, io::Error::other("hashing thread panicked"))
+            StoreError::io(
+                "hash",
+                opts.path,
+                io::Error::other("hashing thread panicked"),
+            )
         })?;
+        if let Some((kick, handle)) = syncer {
+            drop(kick);
+            // A failed early sync fails the write: the error may not be reported again
+            // by the final fsync (the handles share one open file description).
+            handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")))
+                .map_err(opts.io_err("fsync"))?;
+        }
         Ok((total, hash))
     })
+}
+
+/// The early-sync helper: `fdatasync`s `file` each time it is kicked (coalescing kicks
+/// that arrive while a sync runs) until the sender is dropped; stops at the first error.
+fn spawn_syncer<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    file: File,
+) -> (
+    mpsc::Sender<()>,
+    std::thread::ScopedJoinHandle<'scope, io::Result<()>>,
+) {
+    let (kick, kicked) = mpsc::channel::<()>();
+    let handle = scope.spawn(move || {
+        while kicked.recv().is_ok() {
+            while kicked.try_recv().is_ok() {}
+            file.sync_data()?;
+        }
+        Ok(())
+    });
+    (kick, handle)
 }
 
 /// Opens an object file, checks its header and length, and (if `key` is given) that it
@@ -993,6 +1196,31 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// The size and BLAKE3 hash a write must produce; see [`Store::write_expecting`].
+///
+/// `hash` is the hash of the stored bytes, the one [`ObjectMeta::hash`] reports (for an
+/// object written with `write_encrypted`, the hash of the ciphertext).
+///
+/// ```
+/// let body = b"abc";
+/// let expected = dfs_store::Expected::new(3, *blake3::hash(body).as_bytes());
+/// assert_eq!(expected.size, 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// Exact number of bytes the source must yield.
+    pub size: u64,
+    /// BLAKE3 hash those bytes must have.
+    pub hash: [u8; 32],
+}
+
+impl Expected {
+    /// An expectation of `size` bytes hashing to `hash`.
+    pub fn new(size: u64, hash: [u8; 32]) -> Expected {
+        Expected { size, hash }
+    }
 }
 
 /// Metadata of a stored object, from its header.
@@ -1460,6 +1688,15 @@ pub struct BadObject {
 mod tests {
     use super::*;
 
+    fn opts(key: &str, expected: Option<Expected>) -> WriteOpts<'_> {
+        WriteOpts {
+            key,
+            path: Path::new("x"),
+            expected,
+            early_sync: false,
+        }
+    }
+
     fn staging_files(store: &Store) -> usize {
         fs::read_dir(store.root().join(TMP_DIR)).unwrap().count()
     }
@@ -1507,7 +1744,7 @@ mod tests {
         for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK] {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut out = io::Cursor::new(Vec::new());
-            let n = write_object(&mut out, "key", &mut &data[..], Path::new("x")).unwrap();
+            let n = write_object(&mut out, &mut &data[..], &opts("key", None)).unwrap();
             assert_eq!(n, len as u64);
             let bytes = out.into_inner();
             let mut expected =
@@ -1516,6 +1753,39 @@ mod tests {
             expected.extend_from_slice(&data);
             assert!(bytes == expected, "len {len}");
         }
+    }
+
+    #[test]
+    fn write_object_with_expectation_writes_the_same_bytes() {
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * PIPELINE_CHUNK + 3] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut plain = io::Cursor::new(Vec::new());
+            write_object(&mut plain, &mut &data[..], &opts("key", None)).unwrap();
+            let expected = Expected::new(len as u64, *blake3::hash(&data).as_bytes());
+            let mut checked = io::Cursor::new(Vec::new());
+            let n =
+                write_object(&mut checked, &mut &data[..], &opts("key", Some(expected))).unwrap();
+            assert_eq!(n, len as u64);
+            assert!(plain.into_inner() == checked.into_inner(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn early_sync_runs_and_a_failure_mid_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        // Several EARLY_SYNC_EVERY (1 MiB under test) periods.
+        let big: Vec<u8> = (0..5 * EARLY_SYNC_EVERY as usize + 999)
+            .map(|i| (i % 241) as u8)
+            .collect();
+        assert_eq!(store.write("k", &big[..]).unwrap(), big.len() as u64);
+        store.verify("k").unwrap();
+        // Disk full after the early syncs have started.
+        store.fail_writes_after = Some(3 * EARLY_SYNC_EVERY);
+        let err = store.write("k2", &big[..]).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+        assert_eq!(staging_files(&store), 0);
+        assert!(!store.has("k2").unwrap());
     }
 
     /// Yields `left` bytes in uneven pieces, with an `Interrupted` error between pieces.
@@ -1551,7 +1821,7 @@ mod tests {
             step: 1,
             interrupt: false,
         };
-        let n = write_object(&mut out, "k", &mut src, Path::new("x")).unwrap();
+        let n = write_object(&mut out, &mut src, &opts("k", None)).unwrap();
         assert_eq!(n, len as u64);
         let bytes = out.into_inner();
         let header = Header::encode_fixed("k", len as u64, blake3::hash(&expected).as_bytes());

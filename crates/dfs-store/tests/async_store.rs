@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dfs_store::{AsyncStore, Store};
+use dfs_store::{AsyncStore, Expected, Mismatch, Store, StoreError};
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
@@ -67,6 +67,60 @@ async fn async_read_reports_corruption() {
         // Dropping a reader early stops its background task (no hang).
         let reader = store.read("k").await.unwrap();
         drop(reader);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_write_expecting() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AsyncStore::new(Store::open(dir.path()).unwrap());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let expected = Expected::new(data.len() as u64, *blake3::hash(&data).as_bytes());
+        let n = store
+            .write_expecting("k", std::io::Cursor::new(data.clone()), expected)
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(store.stat("k").await.unwrap().hash(), &expected.hash);
+
+        let short: &'static [u8] = &[1, 2, 3];
+        let err = store
+            .write_async_expecting("s", short, expected)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Mismatch {
+                    mismatch: Mismatch::Short { got: 3, .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!store.has("s").await.unwrap());
+
+        let mut damaged = data.clone();
+        damaged[1000] ^= 1;
+        let err = store
+            .write_expecting("k", std::io::Cursor::new(damaged), expected)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Mismatch {
+                    mismatch: Mismatch::Hash { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        store.verify("k").await.unwrap();
+        assert_eq!(store.stat("k").await.unwrap().hash(), &expected.hash);
     })
     .await
     .unwrap();
