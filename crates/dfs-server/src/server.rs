@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dfs_crypto::{Aes256CtrBlake3, Cipher, Key};
-use dfs_store::{Durability, HashPath, ObjectReader, PathTransform, Store};
+use dfs_store::{Durability, Expected, HashPath, ObjectReader, PathTransform, Store};
 use dfs_transport::{
     BodyReader, Endpoint, EndpointConfig, Event, Events, NodeId, Peer, Substream, Transport,
 };
@@ -668,7 +668,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let key = object.to_hex();
         let owned_name = name.to_owned();
         let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let src = ChannelReader::new(rx, None);
+            let src = ChannelReader::new(rx);
             let reader = object::encrypting(&*cipher, &fingerprint, src)?;
             let stored = store.write(&key, reader)?;
             names.put(&object, &owned_name)?;
@@ -1007,7 +1007,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let key = object.to_hex();
         let owned_name = name.to_owned();
         let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let mut src = ChannelReader::new(rx, Some((size, hash)));
+            let mut src = ChannelReader::new(rx);
             let head = object::read_header(&mut src).map_err(|e| ServerError::BadObject {
                 id: key.clone(),
                 reason: format!("cannot read header: {e}"),
@@ -1031,7 +1031,12 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 path: key.clone().into(),
                 source,
             })?;
-            let n = store.write(&key, io::Cursor::new(head).chain(src))?;
+            // The store's own hashing pass checks the announced size and hash.
+            let n = store.write_expecting(
+                &key,
+                io::Cursor::new(head).chain(src),
+                Expected::new(size, hash),
+            )?;
             if remember {
                 names.put(&object, &owned_name)?;
             }
@@ -1194,7 +1199,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let store = Arc::clone(&self.store);
         let key = object.to_hex();
         let writer = tokio::task::spawn_blocking(move || {
-            store.write(&key, ChannelReader::new(rx, Some((size, hash))))
+            store.write_expecting(&key, ChannelReader::new(rx), Expected::new(size, hash))
         });
         let pumped = bridge::pump(&mut body, &tx, Some(self.config.request_timeout)).await;
         drop(tx);
