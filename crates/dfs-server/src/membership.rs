@@ -1,9 +1,10 @@
 //! The bookkeeping of membership: every node heard of, and the addresses being dialled.
 //!
 //! Peer lists come from the network, so everything here is bounded: at most
-//! [`MAX_LEARNED`] nodes learned by hearsay (connected nodes are always kept), at most
-//! [`MAX_DIALS`] addresses dialled at once, and addresses longer than [`MAX_ADDR_LEN`] are
-//! refused. A learned node whose address keeps failing is forgotten; the repair loop
+//! [`MAX_LEARNED`] nodes known but not connected (learned by hearsay, or departed;
+//! connected nodes are always kept), at most [`MAX_DIALS`] addresses dialled at once,
+//! the first [`MAX_LIST`] entries of a peer list, and addresses up to [`MAX_ADDR_LEN`]
+//! bytes. A learned node whose address keeps failing is forgotten; the repair loop
 //! redials the known nodes that are not connected.
 
 use std::collections::{HashMap, HashSet};
@@ -16,14 +17,19 @@ use crate::wire::PeerAddr;
 pub(crate) const MAX_LEARNED: usize = 1024;
 /// Addresses dialled concurrently at most; the rest wait for a later repair round.
 pub(crate) const MAX_DIALS: usize = 32;
-/// Longest address accepted from a peer list.
-pub(crate) const MAX_ADDR_LEN: usize = 256;
+/// Longest address accepted from a peer list (the transport's own handshake limit).
+pub(crate) const MAX_ADDR_LEN: usize = 1024;
+/// Entries of one peer list looked at; the rest are ignored (gossip repeats every second,
+/// in another order each time, so a large network is still learned).
+pub(crate) const MAX_LIST: usize = 1024;
 
 /// Known nodes and in-flight dials.
 #[derive(Debug, Default)]
 pub(crate) struct Membership {
     /// Every node heard of, with its address, and whether it is connected.
     known: HashMap<NodeId, Known>,
+    /// How many of `known` are not connected.
+    unconnected: usize,
     dialing: HashSet<String>,
 }
 
@@ -45,19 +51,31 @@ pub(crate) enum Learned {
 impl Membership {
     /// A node is connected at `addr`.
     pub(crate) fn connected(&mut self, id: NodeId, addr: &str) {
-        self.known.insert(
+        let old = self.known.insert(
             id,
             Known {
                 addr: addr.to_owned(),
                 connected: true,
             },
         );
+        if old.is_some_and(|k| !k.connected) {
+            self.unconnected -= 1;
+        }
     }
 
-    /// A node's connection ended; it stays known, to be redialled.
+    /// A node's connection ended; it stays known, to be redialled, unless the bound on
+    /// unconnected nodes is reached.
     pub(crate) fn disconnected(&mut self, id: &NodeId) {
-        if let Some(k) = self.known.get_mut(id) {
-            k.connected = false;
+        let full = self.unconnected >= MAX_LEARNED;
+        match self.known.get_mut(id) {
+            Some(k) if k.connected && full => {
+                self.known.remove(id);
+            }
+            Some(k) if k.connected => {
+                k.connected = false;
+                self.unconnected += 1;
+            }
+            _ => {}
         }
     }
 
@@ -70,10 +88,10 @@ impl Membership {
             Some(k) if k.connected => return Learned::Skip,
             Some(_) => {}
             None => {
-                let learned = self.known.values().filter(|k| !k.connected).count();
-                if learned >= MAX_LEARNED {
+                if self.unconnected >= MAX_LEARNED {
                     return Learned::Skip;
                 }
+                self.unconnected += 1;
                 self.known.insert(
                     p.id,
                     Known {
@@ -100,6 +118,7 @@ impl Membership {
                 .is_some_and(|k| !k.connected && k.addr == p.addr)
         {
             self.known.remove(&p.id);
+            self.unconnected -= 1;
         }
     }
 
@@ -154,9 +173,17 @@ mod tests {
         }
         assert_eq!(m.missing().len(), MAX_LEARNED - MAX_DIALS);
         assert!(matches!(m.learn(&node(4999), false), Learned::Dial(_)));
-        // Connected nodes are kept beyond the bound.
+        // Connected nodes are kept beyond the bound, and dropped when they leave while it
+        // is reached.
         m.connected(node(9999).id, "10.0.0.2:1");
         assert_eq!(m.all().filter(|(_, _, c)| *c).count(), 1);
+        assert_eq!(m.missing().len(), MAX_LEARNED - MAX_DIALS + 1);
+        for i in 10_000..12_000 {
+            m.connected(node(i).id, &node(i).addr);
+            m.disconnected(&node(i).id);
+        }
+        assert_eq!(m.missing().len(), MAX_LEARNED);
+        assert_eq!(m.all().count(), MAX_LEARNED + 1);
     }
 
     #[test]

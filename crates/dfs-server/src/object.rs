@@ -104,7 +104,9 @@ pub(crate) fn decrypting<C: Cipher, R: Read>(
     let mut cipher_header = vec![0u8; cipher.header_len()];
     src.read_exact(&mut cipher_header)
         .map_err(|e| bad(format!("cannot read the cipher header: {e}")))?;
-    let len = cipher.plaintext_len_of(&cipher_header, stored_len - HEADER_LEN as u64)?;
+    let len = cipher
+        .plaintext_len_of(&cipher_header, stored_len - HEADER_LEN as u64)
+        .map_err(|e| bad(format!("cipher header: {e}")))?;
     Ok((
         cipher.decrypt_reader(io::Cursor::new(cipher_header).chain(src)),
         len,

@@ -1,5 +1,6 @@
 //! The file server: local store, replication, fetch, membership.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -32,7 +33,7 @@ use crate::error::{Result, ServerError};
 use crate::event::ServerEvent;
 use crate::id::{self, ObjectId};
 use crate::locks::ObjectLocks;
-use crate::membership::{Learned, Membership};
+use crate::membership::{Learned, MAX_LIST, Membership};
 use crate::names::NameIndex;
 use crate::object::{self, HeaderCheck};
 use crate::verify::Verified;
@@ -415,15 +416,17 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     pub async fn get(&self, name: &str) -> Result<FileReader> {
         let _token = self.inner.begin()?;
         let object = self.object_id(name);
-        if let Some(reader) = self.inner.open_local_or_damaged(name, object).await? {
-            return Ok(reader);
+        let damage = match self.inner.open_local_checked(name, object).await? {
+            Local::Found(reader) => return Ok(reader),
+            Local::Missing => None,
+            Local::Damaged(e) => Some(e),
+        };
+        match (self.inner.fetch(name, Purpose::Get, object).await, damage) {
+            (Ok(()), _) => {}
+            // Nobody else has it: the damage is the news, not "not found".
+            (Err(ServerError::NotFound { .. }), Some(damage)) => return Err(damage),
+            (Err(e), _) => return Err(e),
         }
-        // One fetch per object at a time; a store or fetch that got here first wins.
-        let _object = self.inner.objects.lock(object).await;
-        if let Some(reader) = self.inner.open_local_or_damaged(name, object).await? {
-            return Ok(reader);
-        }
-        self.inner.fetch(name, true, object).await?;
         self.inner
             .open_local(name, object)
             .await?
@@ -528,7 +531,10 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             let name = self.inner.names.get(&object.to_hex());
             let label = name.clone().unwrap_or_else(|| object.to_hex());
             let _object = self.inner.objects.lock(object).await;
-            match self.inner.fetch(&label, name.is_some(), object).await {
+            let purpose = Purpose::Repair {
+                remember: name.is_some(),
+            };
+            match self.inner.fetch(&label, purpose, object).await {
                 Ok(()) => report.repaired.push(object),
                 Err(e) => report
                     .unrepaired
@@ -717,16 +723,28 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         }
         let mut candidates = peers.into_iter();
         let mut running = FuturesUnordered::new();
+        // Peers with an attempt in flight.
+        let mut pending = HashSet::new();
         for peer in candidates.by_ref().take(wanted) {
+            pending.insert(peer.id());
             running.push(self.replicate_one(peer, object, 1));
         }
         let deadline = Instant::now() + self.config.replication_timeout;
         let mut acked = Vec::new();
         let mut failed: Vec<(NodeId, String)> = Vec::new();
         while acked.len() < wanted {
-            match tokio::time::timeout_at(deadline, running.next()).await {
+            let next = tokio::time::timeout_at(deadline, running.next()).await;
+            if let Ok(Some((peer, _, _))) = &next {
+                pending.remove(&peer.id());
+            }
+            match next {
                 Err(_) => {
                     warn!(%name, "replication timed out");
+                    let timeout = self.config.replication_timeout;
+                    for id in pending.drain() {
+                        failed.retain(|(f, _)| *f != id);
+                        failed.push((id, format!("no acknowledgement within {timeout:?}")));
+                    }
                     break;
                 }
                 Ok(None) => break,
@@ -745,10 +763,14 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                     failed.retain(|(id, _)| *id != peer.id());
                     failed.push((peer.id(), e.to_string()));
                     // An untried candidate first; else the same peer again after a backoff
-                    // (a connection lost in a reconnect race, a busy peer), while time is left.
+                    // (a failed dial, a busy peer), while time is left.
+                    // (Replicas travel on connections of their own: no need for the control
+                    // connection to be up.)
                     if let Some(next) = candidates.next() {
+                        pending.insert(next.id());
                         running.push(self.replicate_one(next, object, 1));
-                    } else if attempt < REPLICA_ATTEMPTS && peer.is_connected() {
+                    } else if attempt < REPLICA_ATTEMPTS {
+                        pending.insert(peer.id());
                         running.push(self.replicate_one(peer, object, attempt + 1));
                     }
                 }
@@ -831,20 +853,18 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         Ok((size, hash, bridge::async_reader(reader)))
     }
 
-    /// [`open_local`](Self::open_local), but a local copy found damaged when opened
-    /// (store header, object header) counts as missing, so that the caller fetches a good
-    /// copy, whose commit replaces the damaged one.
-    async fn open_local_or_damaged(
-        self: &Arc<Self>,
-        name: &str,
-        object: ObjectId,
-    ) -> Result<Option<FileReader>> {
+    /// [`open_local`](Self::open_local), telling a copy found damaged when opened (store
+    /// header, object header, cipher header) from a missing one, so that `get` fetches a
+    /// good copy, whose commit replaces the damaged one.
+    async fn open_local_checked(self: &Arc<Self>, name: &str, object: ObjectId) -> Result<Local> {
         match self.open_local(name, object).await {
+            Ok(Some(reader)) => Ok(Local::Found(reader)),
+            Ok(None) => Ok(Local::Missing),
             Err(e) if is_damage(&e) => {
                 warn!(%name, %object, error = %e, "local copy is damaged; fetching another");
-                Ok(None)
+                Ok(Local::Damaged(e))
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
@@ -873,9 +893,10 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     }
 
     /// Fetches `object` from the first peer that has it and delivers a verified copy.
-    /// `name` labels errors and events; with `remember`, it is recorded as the object's
-    /// name (an opaque replica being repaired has none).
-    async fn fetch(self: &Arc<Self>, name: &str, remember: bool, object: ObjectId) -> Result<()> {
+    /// `name` labels errors and events. For [`Purpose::Get`] the object's lock is taken
+    /// once a peer offers a copy (not while peers are asked, so concurrent misses run in
+    /// parallel), and a copy committed meanwhile by a store or another fetch ends the fetch.
+    async fn fetch(self: &Arc<Self>, name: &str, purpose: Purpose, object: ObjectId) -> Result<()> {
         let peers: Vec<Peer> = self
             .endpoint
             .peers()
@@ -927,9 +948,22 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let mut attempts = 0;
         let mut last: Option<ServerError> = None;
         let mut errors = 0;
+        // `locked`: `None` until this fetch holds the object's lock; `Some(None)` when the
+        // caller holds it (a repair).
+        let (remember, mut locked) = match purpose {
+            Purpose::Get => (true, None),
+            Purpose::Repair { remember } => (remember, Some(None)),
+        };
         while let Some((peer, offer)) = offers.recv().await {
             match offer {
                 Ok(Some((s, size, hash))) => {
+                    if locked.is_none() {
+                        locked = Some(Some(self.objects.lock(object).await));
+                        if let Local::Found(_) = self.open_local_checked(name, object).await? {
+                            debug!(%name, "committed by someone else while asking peers");
+                            return Ok(());
+                        }
+                    }
                     attempts += 1;
                     match self.download(name, remember, object, s, size, hash).await {
                         Ok(()) => {
@@ -1325,20 +1359,29 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         self.tracker.spawn(async move {
             if let Err(e) = peer.send(&hello).await {
                 debug!(peer = %id, error = %e, "hello failed");
-                this.drop_dead(id).await;
+                this.drop_dead(id, &hello).await;
             }
             for other in others {
                 if let Err(e) = other.send(&news).await {
                     debug!(peer = %other.id(), error = %e, "peer announcement failed");
-                    this.drop_dead(other.id()).await;
+                    this.drop_dead(other.id(), &news).await;
                 }
             }
         });
     }
 
-    /// A send to `id` failed: drop the connection so the departure is reported and the
-    /// repair loop dials the node again.
-    async fn drop_dead(&self, id: NodeId) {
+    /// A send of `message` to `id` failed: drop the connection so the departure is reported
+    /// and the repair loop dials the node again. But first send once more on the node's
+    /// current connection: the failed send may have caught the queue of a connection the
+    /// transport had just replaced (simultaneous dials), and dropping would then cut the
+    /// healthy replacement.
+    async fn drop_dead(&self, id: NodeId, message: &Envelope) {
+        if let Some(peer) = self.endpoint.peer(&id)
+            && peer.send(message).await.is_ok()
+        {
+            debug!(peer = %id, "a send failed on a replaced connection; the current one works");
+            return;
+        }
         if self.endpoint.disconnect(&id).await {
             debug!(peer = %id, "dropped a dead connection");
         }
@@ -1363,14 +1406,14 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             self.tracker.spawn(async move {
                 if let Err(e) = peer.send(&message).await {
                     debug!(peer = %peer.id(), error = %e, "gossip failed");
-                    this.drop_dead(peer.id()).await;
+                    this.drop_dead(peer.id(), &message).await;
                 }
             });
         }
     }
 
     fn on_peer_list(self: &Arc<Self>, peers: Vec<PeerAddr>) {
-        for p in peers {
+        for p in peers.into_iter().take(MAX_LIST) {
             let is_self = p.id == self.node_id;
             if self.endpoint.peer(&p.id).is_some_and(|x| x.is_connected()) {
                 continue;
@@ -1394,6 +1437,23 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             self.add_background(task);
         }
     }
+}
+
+/// What [`Inner::open_local_checked`] found.
+enum Local {
+    Found(FileReader),
+    Missing,
+    /// A local copy that fails its header checks, with the error.
+    Damaged(ServerError),
+}
+
+/// Why [`Inner::fetch`] runs.
+#[derive(Clone, Copy)]
+enum Purpose {
+    /// For `get`: takes the object's lock itself, records the name.
+    Get,
+    /// For `scrub`: the caller holds the lock; `remember` records the name.
+    Repair { remember: bool },
 }
 
 /// Whether `e` reports a damaged local object (as opposed to a missing one or an I/O

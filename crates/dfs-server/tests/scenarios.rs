@@ -831,8 +831,9 @@ async fn fetch_never_overwrites_a_newer_store<N: Net>(net: N) {
     getter.shutdown().await.unwrap();
 }
 
-/// A local copy whose header is damaged counts as missing for `get`: a good copy is
-/// fetched from a peer and replaces it.
+/// A local copy whose headers are damaged (the store's, or the cipher's under an intact
+/// store hash) counts as missing for `get`: a good copy is fetched from a peer and replaces
+/// it. With no peer to ask, `get` reports the damage, not "not found".
 async fn damaged_local_copy_is_fetched_again<N: Net>(net: N) {
     let key = Key::generate().unwrap();
     let d = dirs(2);
@@ -842,17 +843,34 @@ async fn damaged_local_copy_is_fetched_again<N: Net>(net: N) {
     let data = pattern(5, 100_000);
     let receipt = a.store_bytes("report.pdf", &data).await.unwrap();
     assert_eq!(receipt.replicas, vec![b.node_id()]);
-    let path = dfs_store::Store::open(d[1].path().join("store"))
-        .unwrap()
-        .path_of(&receipt.object.to_hex())
-        .unwrap();
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[0] ^= 0xFF;
-    std::fs::write(&path, &bytes).unwrap();
+    let id = receipt.object.to_hex();
+    let store = dfs_store::Store::open(d[1].path().join("store")).unwrap();
+    let path = store.path_of(&id).unwrap();
+    let flip_first_byte = || {
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
+    };
+
+    flip_first_byte();
     assert_eq!(b.get_bytes("report.pdf").await.unwrap(), data);
+
+    // The cipher's magic (after the 24-byte object header), rewritten with a valid store hash.
+    let mut object = Vec::new();
+    std::io::Read::read_to_end(&mut store.read(&id).unwrap(), &mut object).unwrap();
+    object[24] ^= 0xFF;
+    store.write(&id, &object[..]).unwrap();
+    assert_eq!(b.get_bytes("report.pdf").await.unwrap(), data);
+
     // The fetched copy replaced the damaged one: it reads even with the peer gone.
     a.shutdown().await.unwrap();
     assert_eq!(b.get_bytes("report.pdf").await.unwrap(), data);
+    flip_first_byte();
+    let err = b.get_bytes("report.pdf").await.unwrap_err();
+    assert!(
+        matches!(&err, ServerError::Store(e) if e.is_corrupt()),
+        "the damage, not NotFound: {err}"
+    );
     b.shutdown().await.unwrap();
 }
 
@@ -1273,4 +1291,58 @@ async fn scrub_repairs_damaged_copies_from_peers() {
     assert_eq!(report.unrepaired[0].0, Some(receipt.object));
     assert!(b.has("ledger.db").await.unwrap());
     b.shutdown().await.unwrap();
+}
+
+/// Concurrent `get`s of a file nobody has ask the peers in parallel (the object's lock is
+/// taken only once a copy is offered): the peer here answers only once it holds all four
+/// requests at once, so serialised gets would each time out instead of hearing "not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_ask_peers_in_parallel() {
+    const GETS: usize = 4;
+    let net = Mem(MemoryTransport::new());
+    let key = Key::generate().unwrap();
+    let d = dirs(1);
+    let node = start(&net, d[0].path(), &key, &[]).await;
+    let id = NodeId::random();
+    let (endpoint, mut events) =
+        Endpoint::bind(net.transport(), net.listen(), EndpointConfig::new(id))
+            .await
+            .unwrap();
+    endpoint.connect(&node.local_addr()).await.unwrap();
+    let all_asked = Arc::new(tokio::sync::Barrier::new(GETS));
+    tokio::spawn(async move {
+        let _endpoint = endpoint;
+        while let Some(event) = events.next().await {
+            let Event::Stream { mut stream, .. } = event else {
+                continue;
+            };
+            let all_asked = Arc::clone(&all_asked);
+            tokio::spawn(async move {
+                if let Ok(Some(Envelope {
+                    message: Message::Get { .. },
+                    ..
+                })) = stream.recv::<Envelope>().await
+                {
+                    all_asked.wait().await;
+                    let _ = stream.send(&Envelope::new(Message::NotFound)).await;
+                    let _ = stream.finish().await;
+                }
+            });
+        }
+    });
+    wait_until(&node, "gathering peer connected", || {
+        node.peers().iter().any(|p| p.id == id)
+    })
+    .await;
+    let gets: Vec<_> = (0..GETS)
+        .map(|_| {
+            let node = node.clone();
+            tokio::spawn(async move { node.get_bytes("nowhere").await })
+        })
+        .collect();
+    for get in gets {
+        let err = get.await.unwrap().unwrap_err();
+        assert!(matches!(err, ServerError::NotFound { .. }), "{err}");
+    }
+    node.shutdown().await.unwrap();
 }
