@@ -113,8 +113,10 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
-/// Streams a blocking reader as an async one. Each chunk is read on the blocking pool only
-/// once the channel has room for it, so a consumer that stops reading (an idle
+/// Streams a blocking reader as an async one. Chunks are read on the blocking pool, each
+/// only once the channel has room for it: a job keeps reading while there is room and hands
+/// the reader back when the channel is full, so a steady consumer keeps one thread busy (no
+/// hop per chunk) while a consumer that stops reading (an idle
 /// [`FileReader`](crate::FileReader), a slow peer) holds no thread, only the chunks in
 /// flight. Ends with the end marker, or the reader's error.
 pub(crate) fn async_reader<R: Read + Send + 'static>(src: R) -> StreamReader<ChunkStream, Bytes> {
@@ -123,44 +125,70 @@ pub(crate) fn async_reader<R: Read + Send + 'static>(src: R) -> StreamReader<Chu
     StreamReader::new(ChunkStream::new(rx))
 }
 
+/// How a blocking read job of [`drain`] ended.
+enum Job<R> {
+    /// The channel is full: wait for room, then run another job with the reader.
+    Full(R),
+    /// The reader is done but the channel had no room for this last item.
+    Last(Item),
+    /// Everything was sent, or the consumer went away.
+    Done,
+}
+
 /// The producer task of [`async_reader`]. Stops quietly when the consumer goes away.
 async fn drain<R: Read + Send + 'static>(mut src: R, tx: mpsc::Sender<Item>) {
     loop {
-        let Ok(permit) = tx.reserve().await else {
+        let Ok(permit) = tx.clone().reserve_owned().await else {
             return;
         };
-        let (back, chunk, result) = match tokio::task::spawn_blocking(move || {
-            let (chunk, result) = read_chunk(&mut src);
-            (src, chunk, result)
-        })
-        .await
-        {
-            Ok(read) => read,
-            Err(e) => {
-                permit.send(Err(io::Error::other(format!("reader task failed: {e}"))));
-                return;
+        let last = match tokio::task::spawn_blocking(move || read_while_room(src, permit)).await {
+            Ok(Job::Full(back)) => {
+                src = back;
+                continue;
             }
+            Ok(Job::Done) => return,
+            Ok(Job::Last(item)) => item,
+            Err(e) => Err(io::Error::other(format!("reader task failed: {e}"))),
         };
-        src = back;
+        if let Ok(permit) = tx.reserve().await {
+            permit.send(last);
+        }
+        return;
+    }
+}
+
+/// One blocking job: reads chunks into the channel while it has room (starting with the
+/// slot `permit` holds).
+fn read_while_room<R: Read>(mut src: R, mut permit: mpsc::OwnedPermit<Item>) -> Job<R> {
+    loop {
+        let (chunk, result) = read_chunk(&mut src);
         let last = match result {
             Ok(false) => None,
             Ok(true) => Some(Ok(None)),
             Err(e) => Some(Err(e)),
         };
-        match (chunk.is_empty(), last) {
-            (false, None) => permit.send(Ok(Some(chunk))),
-            (true, None) => drop(permit),
+        let (tx, last) = match (chunk.is_empty(), last) {
             (true, Some(last)) => {
                 permit.send(last);
-                return;
+                return Job::Done;
             }
-            (false, Some(last)) => {
-                permit.send(Ok(Some(chunk)));
-                if let Ok(permit) = tx.reserve().await {
-                    permit.send(last);
-                }
-                return;
+            // `read_chunk` returns nothing only at the end or on an error.
+            (true, None) => return Job::Full(src),
+            (false, last) => (permit.send(Ok(Some(chunk))), last),
+        };
+        permit = match tx.try_reserve_owned() {
+            Ok(next) => next,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return match last {
+                    Some(last) => Job::Last(last),
+                    None => Job::Full(src),
+                };
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Job::Done,
+        };
+        if let Some(last) = last {
+            permit.send(last);
+            return Job::Done;
         }
     }
 }
