@@ -563,12 +563,14 @@ async fn spawn_rogue<T: Transport>(
 }
 
 /// A replica peer speaking the wire protocol: it takes every `Put` body whole and answers
-/// with an error for its first `refusals` attempts, then `Stored`. Counts the attempts.
+/// with an error for its first `refusals` attempts, then `Stored` (or, when `silent`, never
+/// answers at all). Counts the attempts.
 async fn spawn_flaky_replica<T: Transport>(
     transport: T,
     listen: &str,
     victim: &str,
     refusals: usize,
+    silent: bool,
 ) -> (NodeId, Arc<AtomicUsize>) {
     let id = NodeId::random();
     let (endpoint, mut events) = Endpoint::bind(transport, listen, EndpointConfig::new(id))
@@ -597,6 +599,11 @@ async fn spawn_flaky_replica<T: Transport>(
                 body.read_to_end(&mut sink).await.unwrap();
                 let mut stream = body.into_substream().unwrap();
                 let attempt = counter.fetch_add(1, Ordering::SeqCst);
+                if silent {
+                    // Hold the exchange open without a word until the origin gives up.
+                    let _ = stream.recv::<Envelope>().await;
+                    return;
+                }
                 let reply = if attempt < refusals {
                     Message::Error {
                         message: format!("busy (attempt {})", attempt + 1),
@@ -880,8 +887,14 @@ async fn replication_retries_and_reports_failing_peers<N: Net>(net: N) {
     let key = Key::generate().unwrap();
     let d = dirs(1);
     let origin = start(&net, d[0].path(), &key, &[]).await;
-    let (once, once_attempts) =
-        spawn_flaky_replica(net.transport(), net.listen(), &origin.local_addr(), 1).await;
+    let (once, once_attempts) = spawn_flaky_replica(
+        net.transport(),
+        net.listen(),
+        &origin.local_addr(),
+        1,
+        false,
+    )
+    .await;
     wait_until(&origin, "flaky replica connected", || {
         origin.peers().len() == 1
     })
@@ -898,6 +911,7 @@ async fn replication_retries_and_reports_failing_peers<N: Net>(net: N) {
         net.listen(),
         &origin.local_addr(),
         usize::MAX,
+        false,
     )
     .await;
     wait_until(&origin, "refusing replica connected", || {
@@ -922,6 +936,34 @@ async fn replication_retries_and_reports_failing_peers<N: Net>(net: N) {
     assert!(err.to_string().contains("busy (attempt 3)"), "{err}");
     assert_eq!(never_attempts.load(Ordering::SeqCst), 3);
     assert_eq!(origin.get_bytes("refused").await.unwrap(), b"abc");
+    origin.shutdown().await.unwrap();
+
+    // A peer that takes the body and never answers is named once the deadline passes.
+    let d = dirs(1);
+    let origin = FileServer::start(
+        config(&net, d[0].path(), &key, &[])
+            .replication_timeout(Duration::from_secs(1))
+            .build(),
+        net.transport(),
+    )
+    .await
+    .unwrap();
+    let (silent, _) =
+        spawn_flaky_replica(net.transport(), net.listen(), &origin.local_addr(), 0, true).await;
+    wait_until(&origin, "silent replica connected", || {
+        origin.peers().len() == 1
+    })
+    .await;
+    let err = origin.store_bytes("unanswered", b"xyz").await.unwrap_err();
+    match &err {
+        ServerError::ReplicationIncomplete { acked, failed, .. } => {
+            assert!(acked.is_empty());
+            assert_eq!(failed.len(), 1, "{err}");
+            assert_eq!(failed[0].0, silent);
+            assert!(failed[0].1.contains("no acknowledgement within"), "{err}");
+        }
+        other => panic!("expected ReplicationIncomplete, got {other}"),
+    }
     origin.shutdown().await.unwrap();
 }
 
