@@ -97,7 +97,25 @@ async fn plain_tcp_copy(listener: &TcpListener, addr: std::net::SocketAddr) -> u
     got
 }
 
-async fn endpoint_body(peer: &Peer, events: &mut Events) -> u64 {
+/// Drain a body through `BodyReader::next_chunk` (verified frames, no copy).
+async fn drain_chunks(mut body: dfs_transport::BodyReader) -> u64 {
+    let mut total = 0u64;
+    while let Some(chunk) = body.next_chunk().await.expect("chunk") {
+        total += chunk.len() as u64;
+    }
+    total
+}
+
+/// How the receiver consumes the body.
+#[derive(Clone, Copy)]
+enum Read {
+    /// `AsyncRead` into a 256 KiB buffer, as the plain copy does.
+    Buffer,
+    /// `next_chunk`: the verified frame payloads themselves.
+    Chunks,
+}
+
+async fn endpoint_body(peer: &Peer, events: &mut Events, read: Read) -> u64 {
     let peer = peer.clone();
     let sender = tokio::spawn(async move {
         let mut s = peer.open_stream().await.expect("open");
@@ -109,7 +127,10 @@ async fn endpoint_body(peer: &Peer, events: &mut Events) -> u64 {
         .recv_body()
         .await
         .expect("recv_body");
-    let got = drain(body).await;
+    let got = match read {
+        Read::Buffer => drain(body).await,
+        Read::Chunks => drain_chunks(body).await,
+    };
     sender.await.expect("sender");
     got
 }
@@ -137,9 +158,14 @@ fn body_1gib(c: &mut Criterion) {
         })
     });
 
-    for (name, frame) in [
-        ("endpoint_body_integrity", 1 << 20),
-        ("endpoint_body_integrity_256kib_frames", 256 * 1024),
+    for (name, frame, read) in [
+        ("endpoint_body_integrity", 1 << 20, Read::Buffer),
+        ("endpoint_body_integrity_chunks", 1 << 20, Read::Chunks),
+        (
+            "endpoint_body_integrity_256kib_frames",
+            256 * 1024,
+            Read::Buffer,
+        ),
     ] {
         let (_a, _b, mut events, peer) = rt.block_on(endpoints(frame));
         g.bench_function(name, |b| {
@@ -147,7 +173,7 @@ fn body_1gib(c: &mut Criterion) {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        assert_eq!(endpoint_body(&peer, &mut events).await, BODY);
+                        assert_eq!(endpoint_body(&peer, &mut events, read).await, BODY);
                     }
                     start.elapsed()
                 })
@@ -157,17 +183,27 @@ fn body_1gib(c: &mut Criterion) {
     g.finish();
 
     // CPU cost next to wall time: on a loaded machine the ratio of CPU seconds is the steadier
-    // figure. Three transfers of each, process user+system time.
-    let (_a, _b, mut events, peer) = rt.block_on(endpoints(256 * 1024));
+    // figure. Three transfers of each, process user+system time (1 MiB data frames). Skipped
+    // with TRANSPORT_BENCH_NO_CPU set (e.g. to profile one function alone).
+    if std::env::var_os("TRANSPORT_BENCH_NO_CPU").is_some() {
+        return;
+    }
+    let (_a, _b, mut events, peer) = rt.block_on(endpoints(1 << 20));
     let mut report = Vec::new();
-    for name in ["plain_tokio_tcp_copy", "endpoint_body_integrity"] {
+    for name in [
+        "plain_tokio_tcp_copy",
+        "endpoint_body_integrity",
+        "endpoint_body_integrity_chunks",
+    ] {
         let (cpu0, wall0) = (cpu_seconds(), Instant::now());
         rt.block_on(async {
             for _ in 0..3 {
-                let got = if name == "plain_tokio_tcp_copy" {
-                    plain_tcp_copy(&listener, addr).await
-                } else {
-                    endpoint_body(&peer, &mut events).await
+                let got = match name {
+                    "plain_tokio_tcp_copy" => plain_tcp_copy(&listener, addr).await,
+                    "endpoint_body_integrity" => {
+                        endpoint_body(&peer, &mut events, Read::Buffer).await
+                    }
+                    _ => endpoint_body(&peer, &mut events, Read::Chunks).await,
                 };
                 assert_eq!(got, BODY);
             }
@@ -177,7 +213,7 @@ fn body_1gib(c: &mut Criterion) {
     println!("transport_1gib CPU cost (3 x 1 GiB each, user+system of the whole process):");
     for (name, cpu, wall) in report {
         println!(
-            "  {name:<26} {:.2} CPU-s/GiB, {:.2} wall-s/GiB",
+            "  {name:<32} {:.2} CPU-s/GiB, {:.2} wall-s/GiB",
             cpu / 3.0,
             wall / 3.0
         );

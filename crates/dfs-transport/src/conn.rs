@@ -1,6 +1,7 @@
 //! The handshake and the framed, integrity-protected halves of one authenticated connection.
 
 use std::io::IoSlice;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,13 +11,61 @@ use tokio_util::codec::FramedRead;
 use crate::error::{Result, TransportError};
 use crate::identity::{NetworkSecret, NodeId, random_bytes};
 use crate::wire::{
-    ConnKind, Frame, FrameDecoder, FrameKind, FrameSealer, HELLO_FIXED_LEN, HELLO_PREFIX_LEN,
-    Hello, PROOF_LEN, PendingFrame, SessionKeys,
+    ConnKind, Frame, FrameKind, FrameSealer, FrameSplitter, FrameVerifier, HELLO_FIXED_LEN,
+    HELLO_PREFIX_LEN, Hello, PROOF_LEN, PendingFrame, SessionKeys, UnverifiedFrame,
 };
 
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
-pub(crate) type FrameReader = FramedRead<BoxRead, FrameDecoder>;
+
+/// The reading half: splits the stream into frames (read straight into each frame's buffer)
+/// and verifies them, inline ([`FrameReader::poll_next`]) or wherever the caller chooses
+/// ([`FrameReader::poll_next_unverified`] then [`FrameVerifier::verify`]).
+pub(crate) struct FrameReader {
+    framed: FramedRead<BoxRead, FrameSplitter>,
+    verifier: FrameVerifier,
+}
+
+impl std::fmt::Debug for FrameReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader").finish_non_exhaustive()
+    }
+}
+
+impl FrameReader {
+    /// The next frame, split but not verified: nothing in it may be acted upon before it
+    /// passed [`FrameReader::verifier`]; frames must be released in the order read.
+    pub(crate) fn poll_next_unverified(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<UnverifiedFrame>>> {
+        self.framed.poll_next_unpin(cx)
+    }
+
+    /// The verifier of this direction (to verify frames elsewhere).
+    pub(crate) fn verifier(&self) -> &FrameVerifier {
+        &self.verifier
+    }
+
+    /// The stream is unusable (a frame failed verification elsewhere): later reads fail.
+    pub(crate) fn set_failed(&mut self) {
+        self.framed.decoder_mut().set_failed();
+    }
+
+    /// The next frame, verified inline.
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
+        let frame = match futures::ready!(self.poll_next_unverified(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            Some(Ok(f)) => f,
+        };
+        let result = self.verifier.verify(frame);
+        if result.is_err() {
+            self.set_failed();
+        }
+        Poll::Ready(Some(result))
+    }
+}
 
 /// Read buffer of the framed reader (grows to a whole frame when needed).
 const READ_BUFFER: usize = 64 * 1024;
@@ -110,7 +159,7 @@ pub(crate) async fn next_frame(
     reader: &mut FrameReader,
     timeout: Duration,
 ) -> Result<Option<Frame>> {
-    match tokio::time::timeout(timeout, reader.next()).await {
+    match tokio::time::timeout(timeout, std::future::poll_fn(|cx| reader.poll_next(cx))).await {
         Err(_) => Err(TransportError::Timeout {
             what: "waiting for a frame",
             after: timeout,
@@ -244,11 +293,10 @@ where
         });
     }
 
-    let reader = FramedRead::with_capacity(
-        r,
-        FrameDecoder::new(keys.recv, local.max_frame_len),
-        READ_BUFFER,
-    );
+    let reader = FrameReader {
+        framed: FramedRead::with_capacity(r, FrameSplitter::new(local.max_frame_len), READ_BUFFER),
+        verifier: FrameVerifier::new(keys.recv),
+    };
     let writer = FrameWriter {
         io: w,
         sealer: FrameSealer::new(keys.send),

@@ -147,16 +147,20 @@ impl TransportError {
         }
     }
 
-    /// Map to an `io::Error` (for `AsyncRead` implementations), keeping `self` as the source.
-    pub(crate) fn into_io(self) -> io::Error {
-        let kind = match &self {
+    /// The `io::ErrorKind` this error maps to in `AsyncRead` implementations.
+    pub(crate) fn io_kind(&self) -> io::ErrorKind {
+        match self {
             Self::Io { source, .. } => source.kind(),
             Self::Timeout { .. } => io::ErrorKind::TimedOut,
             Self::Aborted { .. } => io::ErrorKind::ConnectionAborted,
             Self::Closed => io::ErrorKind::ConnectionReset,
             _ => io::ErrorKind::InvalidData,
-        };
-        io::Error::new(kind, self)
+        }
+    }
+
+    /// Map to an `io::Error` (for `AsyncRead` implementations), keeping `self` as the source.
+    pub(crate) fn into_io(self) -> io::Error {
+        io::Error::new(self.io_kind(), self)
     }
 }
 

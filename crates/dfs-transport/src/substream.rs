@@ -1,13 +1,15 @@
 //! [`Substream`]: one exchange of messages and bodies on its own authenticated connection, and
 //! [`BodyReader`], an incoming body as an `AsyncRead`.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use futures::StreamExt;
+use futures::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
@@ -17,7 +19,8 @@ use crate::conn::{FrameReader, FrameWriter, next_frame};
 use crate::error::{Result, TransportError};
 use crate::identity::NodeId;
 use crate::wire::{
-    FrameKind, HEADER_LEN, MAX_REASON_LEN, PendingFrame, TAG_LEN, parse_u64, u64_payload,
+    Frame, FrameKind, FrameVerifier, HEADER_LEN, MAX_REASON_LEN, PendingFrame, TAG_LEN,
+    UnverifiedFrame, parse_u64, u64_payload,
 };
 
 /// One exchange with a peer: an ordered, bidirectional, authenticated channel carrying
@@ -236,17 +239,7 @@ impl Substream {
     pub async fn recv_body(mut self) -> Result<BodyReader> {
         let result = self.recv_body_start().await;
         match result {
-            Ok(len) => {
-                let deadline = Box::pin(tokio::time::sleep_until(Instant::now() + self.timeout));
-                Ok(BodyReader {
-                    stream: self,
-                    len,
-                    received: 0,
-                    chunk: Bytes::new(),
-                    state: BodyState::Reading,
-                    deadline,
-                })
-            }
+            Ok(len) => Ok(BodyReader::new(self, len)),
             Err(e) => {
                 tracing::warn!(peer = %self.peer_id, error = %e, "substream failed");
                 Err(e)
@@ -293,7 +286,7 @@ impl Substream {
         }
     }
 
-    async fn next(&mut self) -> Result<crate::wire::Frame> {
+    async fn next(&mut self) -> Result<Frame> {
         if self.broken {
             return Err(TransportError::Closed);
         }
@@ -392,18 +385,67 @@ enum BodyState {
     },
 }
 
-/// An incoming body: an `AsyncRead` of exactly the announced bytes, verified frame by frame.
+/// Frames read ahead of the consumer while their tags are checked on the blocking pool. With
+/// the frame being consumed and the one being received, a body holds at most this many + 2
+/// frames in memory.
+const VERIFY_AHEAD: usize = 2;
+
+/// A frame being verified: on the blocking pool (large) or already done (small).
+enum Verifying {
+    Spawned(tokio::task::JoinHandle<Result<Frame>>),
+    Done(Option<Result<Frame>>),
+}
+
+impl Verifying {
+    fn start(verifier: &FrameVerifier, frame: UnverifiedFrame) -> Self {
+        if frame.payload.len() >= PIPELINE_MIN && tokio::runtime::Handle::try_current().is_ok() {
+            let verifier = verifier.clone();
+            Self::Spawned(tokio::task::spawn_blocking(move || verifier.verify(frame)))
+        } else {
+            Self::Done(Some(verifier.verify(frame)))
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame>> {
+        match self {
+            Self::Done(r) => Poll::Ready(r.take().unwrap_or(Err(TransportError::Closed))),
+            Self::Spawned(h) => Pin::new(h).poll(cx).map(|r| {
+                r.unwrap_or_else(|e| {
+                    Err(TransportError::io(
+                        "verifying a frame",
+                        io::Error::other(e.to_string()),
+                    ))
+                })
+            }),
+        }
+    }
+}
+
+/// An incoming body: exactly the announced bytes, verified frame by frame, as an `AsyncRead`
+/// or as a [`Stream`] of verified chunks ([`BodyReader::next_chunk`]: no copy).
 ///
-/// EOF comes only after the sender's end frame; an abort, a short body, a closed connection,
-/// a stall or a bad frame is an `io::Error` whose source is a [`TransportError`]. After EOF,
-/// [`BodyReader::into_substream`] gives the substream back to continue the exchange.
+/// EOF (the end of the stream) comes only after the sender's end frame; an abort, a short
+/// body, a closed connection, a stall or a bad frame is an error (for `AsyncRead` an
+/// `io::Error` whose source is a [`TransportError`]). After EOF, [`BodyReader::into_substream`]
+/// gives the substream back to continue the exchange.
+///
+/// Large frames are verified on tokio's blocking pool while the consumer works on the previous
+/// one, up to a few frames ahead (bounded memory; the connection is not read further until the
+/// consumer catches up). A frame's bytes are released only after it and every frame before it
+/// passed verification, so an altered frame never yields data: it fails the body.
 pub struct BodyReader {
     stream: Substream,
     len: u64,
     received: u64,
+    /// Verified bytes not yet handed out (the rest of a chunk after a short `poll_read`).
     chunk: Bytes,
     state: BodyState,
     deadline: Pin<Box<Sleep>>,
+    /// Frames read, oldest first, whose verification is under way or done.
+    ahead: VecDeque<Verifying>,
+    /// Read no further ahead: the last frame read is not data (or an error), and what follows
+    /// it may not belong to the body.
+    hold: bool,
 }
 
 impl std::fmt::Debug for BodyReader {
@@ -412,11 +454,26 @@ impl std::fmt::Debug for BodyReader {
             .field("len", &self.len)
             .field("received", &self.received)
             .field("state", &self.state)
+            .field("ahead", &self.ahead.len())
             .finish_non_exhaustive()
     }
 }
 
 impl BodyReader {
+    fn new(stream: Substream, len: u64) -> Self {
+        let deadline = Box::pin(tokio::time::sleep_until(Instant::now() + stream.timeout));
+        Self {
+            stream,
+            len,
+            received: 0,
+            chunk: Bytes::new(),
+            state: BodyState::Reading,
+            deadline,
+            ahead: VecDeque::with_capacity(VERIFY_AHEAD),
+            hold: false,
+        }
+    }
+
     /// The announced length.
     pub fn len(&self) -> u64 {
         self.len
@@ -432,30 +489,114 @@ impl BodyReader {
         self.stream.peer_id
     }
 
+    /// The next verified chunk of the body (a data frame's payload, or what a short
+    /// `poll_read` left of one), without copying it; `Ok(None)` after the sender's end frame.
+    ///
+    /// Can be mixed with reads through `AsyncRead`.
+    ///
+    /// # Errors
+    /// As the reads: an abort ([`TransportError::Aborted`]), a short body, a closed
+    /// connection, a stall ([`TransportError::Timeout`]), an altered frame
+    /// ([`TransportError::Integrity`]). The first error is returned as it happened; later
+    /// calls fail with an [`TransportError::Io`] repeating it.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx))
+            .await
+            .transpose()
+    }
+
     /// The substream back, once the body was read to EOF.
     ///
     /// # Errors
     /// [`TransportError::Protocol`] if the body was not read to its end (or failed).
     pub fn into_substream(self) -> Result<Substream> {
         match self.state {
-            BodyState::Done if self.chunk.is_empty() => Ok(self.stream),
+            BodyState::Done if self.chunk.is_empty() && self.ahead.is_empty() => Ok(self.stream),
             _ => Err(TransportError::protocol(
                 "the body was not read to its end before taking the substream back",
             )),
         }
     }
 
-    fn fail(&mut self, err: TransportError) -> io::Error {
-        let io_err = err.into_io();
-        tracing::warn!(peer = %self.stream.peer_id, error = %io_err, "incoming body failed");
+    /// Record the body's failure (the first error ends it for good).
+    fn fail(&mut self, err: TransportError) -> TransportError {
+        tracing::warn!(peer = %self.stream.peer_id, error = %err, "incoming body failed");
         self.state = BodyState::Failed {
-            kind: io_err.kind(),
-            message: io_err.to_string(),
+            kind: err.io_kind(),
+            message: err.to_string(),
         };
-        io_err
+        self.ahead.clear();
+        self.chunk = Bytes::new();
+        self.stream.broken = true;
+        self.stream.reader.set_failed();
+        err
     }
 
-    fn on_frame(&mut self, frame: crate::wire::Frame) -> Result<()> {
+    /// The next verified chunk, or the body's end or failure.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        loop {
+            if !self.chunk.is_empty() {
+                return Poll::Ready(Some(Ok(std::mem::take(&mut self.chunk))));
+            }
+            match &self.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Failed { kind, message } => {
+                    return Poll::Ready(Some(Err(TransportError::io(
+                        "the body failed earlier",
+                        io::Error::new(*kind, message.clone()),
+                    ))));
+                }
+                BodyState::Reading => {}
+            }
+            // Read ahead: split frames off the connection and start verifying them.
+            while !self.hold && self.ahead.len() < VERIFY_AHEAD {
+                let next = match self.stream.reader.poll_next_unverified(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let timeout = self.stream.timeout;
+                        self.deadline.as_mut().reset(Instant::now() + timeout);
+                        // Only a hint (unverified): what follows a frame that does not claim to
+                        // be data may not belong to the body, so it waits for that frame.
+                        self.hold = frame.kind != FrameKind::Data as u8;
+                        Verifying::start(self.stream.reader.verifier(), frame)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        self.hold = true;
+                        Verifying::Done(Some(Err(e)))
+                    }
+                    Poll::Ready(None) => {
+                        self.hold = true;
+                        Verifying::Done(Some(Err(TransportError::io(
+                            "the connection closed in the middle of a body",
+                            io::ErrorKind::UnexpectedEof.into(),
+                        ))))
+                    }
+                };
+                self.ahead.push_back(next);
+            }
+            // Release the oldest frame once it is verified.
+            let Some(oldest) = self.ahead.front_mut() else {
+                // Nothing in flight: waiting for the network.
+                ready!(self.deadline.as_mut().poll(cx));
+                let e = TransportError::Timeout {
+                    what: "waiting for body data",
+                    after: self.stream.timeout,
+                };
+                return Poll::Ready(Some(Err(self.fail(e))));
+            };
+            let verified = ready!(oldest.poll(cx));
+            self.ahead.pop_front();
+            let result = verified.and_then(|frame| self.on_frame(frame));
+            if let Err(e) = result {
+                return Poll::Ready(Some(Err(self.fail(e))));
+            }
+            if self.ahead.is_empty() {
+                self.hold = false;
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<()> {
         match frame.kind {
             FrameKind::Data => {
                 let n = frame.payload.len() as u64;
@@ -494,6 +635,14 @@ impl BodyReader {
     }
 }
 
+impl Stream for BodyReader {
+    type Item = Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_chunk(cx)
+    }
+}
+
 impl AsyncRead for BodyReader {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -501,48 +650,21 @@ impl AsyncRead for BodyReader {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if buf.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            if !this.chunk.is_empty() {
-                let n = buf.remaining().min(this.chunk.len());
-                buf.put_slice(&this.chunk[..n]);
-                this.chunk.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match &this.state {
-                BodyState::Done => return Poll::Ready(Ok(())),
-                BodyState::Failed { kind, message } => {
-                    return Poll::Ready(Err(io::Error::new(*kind, message.clone())));
-                }
-                BodyState::Reading => {}
-            }
-            match this.stream.reader.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let timeout = this.stream.timeout;
-                    this.deadline.as_mut().reset(Instant::now() + timeout);
-                    if let Err(e) = this.on_frame(frame) {
-                        return Poll::Ready(Err(this.fail(e)));
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(this.fail(e))),
-                Poll::Ready(None) => {
-                    let e = TransportError::io(
-                        "the connection closed in the middle of a body",
-                        io::ErrorKind::UnexpectedEof.into(),
-                    );
-                    return Poll::Ready(Err(this.fail(e)));
-                }
-                Poll::Pending => {
-                    ready!(this.deadline.as_mut().poll(cx));
-                    let e = TransportError::Timeout {
-                        what: "waiting for body data",
-                        after: this.stream.timeout,
-                    };
-                    return Poll::Ready(Err(this.fail(e)));
-                }
-            }
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
         }
+        if let BodyState::Failed { kind, message } = &this.state {
+            return Poll::Ready(Err(io::Error::new(*kind, message.clone())));
+        }
+        let mut chunk = match ready!(this.poll_chunk(cx)) {
+            None => return Poll::Ready(Ok(())),
+            Some(Err(e)) => return Poll::Ready(Err(e.into_io())),
+            Some(Ok(chunk)) => chunk,
+        };
+        let n = buf.remaining().min(chunk.len());
+        buf.put_slice(&chunk[..n]);
+        chunk.advance(n);
+        this.chunk = chunk;
+        Poll::Ready(Ok(()))
     }
 }

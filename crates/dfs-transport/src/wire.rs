@@ -416,20 +416,82 @@ impl PendingFrame {
     }
 }
 
-/// Decodes and verifies incoming frames: a [`LengthDelimitedCodec`] with the maximum enforced
-/// before anything is allocated, then the tag checked against the expected sequence number.
-#[derive(Debug)]
-pub struct FrameDecoder {
-    inner: LengthDelimitedCodec,
+/// A frame as it came off the wire, split from the byte stream but **not yet verified**: its
+/// kind byte and payload must not be acted upon until [`FrameVerifier::verify`] accepted it.
+///
+/// Produced by [`FrameSplitter`]; the sequence number is the one the frame must carry, counted
+/// by the splitter, so frames can be verified on other threads and in any order while their
+/// contents are still released in sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnverifiedFrame {
+    /// The sequence number the frame is expected to carry.
+    pub seq: u64,
+    /// The kind byte as received (unverified, maybe unknown).
+    pub kind: u8,
+    /// The payload as received.
+    pub payload: Bytes,
+    /// The tag as received.
+    pub tag: [u8; TAG_LEN],
+}
+
+/// Checks the tags of one direction of one connection (cheap to clone and to send to another
+/// thread).
+#[derive(Clone)]
+pub struct FrameVerifier {
     key: [u8; 32],
+}
+
+impl std::fmt::Debug for FrameVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameVerifier(..)")
+    }
+}
+
+impl FrameVerifier {
+    /// A verifier for one direction of one connection.
+    pub fn new(key: [u8; 32]) -> Self {
+        Self { key }
+    }
+
+    /// Check a frame's tag (in constant time) against its sequence number, then its kind.
+    ///
+    /// # Errors
+    /// [`TransportError::Integrity`] if the tag does not match, [`TransportError::Protocol`]
+    /// for an authentic frame of an unknown kind.
+    pub fn verify(&self, frame: UnverifiedFrame) -> Result<Frame> {
+        // blake3::Hash's PartialEq is constant-time.
+        if blake3::Hash::from_bytes(frame.tag)
+            != tag(&self.key, frame.kind, frame.seq, &frame.payload)
+        {
+            return Err(TransportError::Integrity { seq: frame.seq });
+        }
+        let kind = FrameKind::from_byte(frame.kind).ok_or_else(|| {
+            TransportError::protocol(format!("unknown frame kind {}", frame.kind))
+        })?;
+        Ok(Frame {
+            kind,
+            payload: frame.payload,
+        })
+    }
+}
+
+/// Splits incoming bytes into [`UnverifiedFrame`]s: a [`LengthDelimitedCodec`] with the
+/// maximum enforced before anything is allocated, numbering the frames. No cryptography; pair
+/// it with a [`FrameVerifier`] (as [`FrameDecoder`] does).
+///
+/// The buffer it is given grows to hold the whole frame being received, so a reader fills the
+/// frame's own buffer directly, and each frame's payload is split off without copying.
+#[derive(Debug)]
+pub struct FrameSplitter {
+    inner: LengthDelimitedCodec,
     seq: u64,
     max_payload: usize,
     failed: bool,
 }
 
-impl FrameDecoder {
-    /// A decoder for one direction of one connection.
-    pub fn new(key: [u8; 32], max_payload: usize) -> Self {
+impl FrameSplitter {
+    /// A splitter accepting payloads of at most `max_payload` bytes.
+    pub fn new(max_payload: usize) -> Self {
         let inner = LengthDelimitedCodec::builder()
             .length_field_length(4)
             .big_endian()
@@ -437,46 +499,19 @@ impl FrameDecoder {
             .new_codec();
         Self {
             inner,
-            key,
             seq: 0,
             max_payload,
             failed: false,
         }
     }
-}
 
-impl Decoder for FrameDecoder {
-    type Item = Frame;
-    type Error = TransportError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
-        if self.failed {
-            return Err(TransportError::protocol("decoding after an earlier error"));
-        }
-        let result = self.decode_inner(src);
-        if result.is_err() {
-            self.failed = true;
-        }
-        result
+    /// Mark the stream as failed (e.g. after a frame failed verification elsewhere): every
+    /// later call errors.
+    pub fn set_failed(&mut self) {
+        self.failed = true;
     }
 
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>> {
-        match self.decode(buf)? {
-            Some(frame) => Ok(Some(frame)),
-            None if buf.is_empty() => Ok(None),
-            None => {
-                self.failed = true;
-                Err(TransportError::io(
-                    "connection closed in the middle of a frame",
-                    std::io::ErrorKind::UnexpectedEof.into(),
-                ))
-            }
-        }
-    }
-}
-
-impl FrameDecoder {
-    fn decode_inner(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
+    fn decode_inner(&mut self, src: &mut BytesMut) -> Result<Option<UnverifiedFrame>> {
         if src.len() < 4 {
             return Ok(None);
         }
@@ -509,19 +544,95 @@ impl FrameDecoder {
             return Ok(None);
         };
         let tag_bytes = frame.split_off(frame.len() - TAG_LEN);
-        let kind_byte = frame[0];
+        let kind = frame[0];
         frame.advance(1);
-        let payload = frame.freeze();
-        let mut got = [0u8; TAG_LEN];
-        got.copy_from_slice(&tag_bytes);
-        // blake3::Hash's PartialEq is constant-time.
-        if blake3::Hash::from_bytes(got) != tag(&self.key, kind_byte, self.seq, &payload) {
-            return Err(TransportError::Integrity { seq: self.seq });
-        }
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&tag_bytes);
+        let seq = self.seq;
         self.seq += 1;
-        let kind = FrameKind::from_byte(kind_byte)
-            .ok_or_else(|| TransportError::protocol(format!("unknown frame kind {kind_byte}")))?;
-        Ok(Some(Frame { kind, payload }))
+        Ok(Some(UnverifiedFrame {
+            seq,
+            kind,
+            payload: frame.freeze(),
+            tag,
+        }))
+    }
+}
+
+impl Decoder for FrameSplitter {
+    type Item = UnverifiedFrame;
+    type Error = TransportError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<UnverifiedFrame>> {
+        if self.failed {
+            return Err(TransportError::protocol("decoding after an earlier error"));
+        }
+        let result = self.decode_inner(src);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<UnverifiedFrame>> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() => Ok(None),
+            None => {
+                self.failed = true;
+                Err(TransportError::io(
+                    "connection closed in the middle of a frame",
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Decodes and verifies incoming frames: a [`FrameSplitter`] (the maximum enforced before
+/// anything is allocated), then the tag checked against the expected sequence number by a
+/// [`FrameVerifier`].
+#[derive(Debug)]
+pub struct FrameDecoder {
+    splitter: FrameSplitter,
+    verifier: FrameVerifier,
+}
+
+impl FrameDecoder {
+    /// A decoder for one direction of one connection.
+    pub fn new(key: [u8; 32], max_payload: usize) -> Self {
+        Self {
+            splitter: FrameSplitter::new(max_payload),
+            verifier: FrameVerifier::new(key),
+        }
+    }
+
+    fn check(&mut self, frame: Option<UnverifiedFrame>) -> Result<Option<Frame>> {
+        match frame {
+            None => Ok(None),
+            Some(f) => match self.verifier.verify(f) {
+                Ok(f) => Ok(Some(f)),
+                Err(e) => {
+                    self.splitter.set_failed();
+                    Err(e)
+                }
+            },
+        }
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = Frame;
+    type Error = TransportError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
+        let frame = self.splitter.decode(src)?;
+        self.check(frame)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>> {
+        let frame = self.splitter.decode_eof(buf)?;
+        self.check(frame)
     }
 }
 

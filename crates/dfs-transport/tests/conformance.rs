@@ -841,6 +841,169 @@ async fn mitm_relay<T: Net>() {
     let _ = sender.await;
 }
 
+/// The pattern bytes `pos..pos + n` of a generated body.
+fn pattern_at(pos: u64, n: usize) -> Vec<u8> {
+    let p = pattern();
+    (0..n as u64)
+        .map(|i| p[((pos + i) % p.len() as u64) as usize])
+        .collect()
+}
+
+async fn body_as_chunks<T: Net>() {
+    let net = T::fresh();
+    let (a, _a_ev) = node(&net, config()).await;
+    let (b, mut b_ev) = node(&net, config().data_frame_len(300 * 1024)).await;
+    let peer = a.connect(&b.local_addr()).await.unwrap();
+    // b sends (300 KiB frames: verified on the blocking pool, read ahead), then a message
+    // right behind the end frame, which the read-ahead must leave to the substream.
+    const LEN: u64 = 2 * 1024 * 1024 + 5;
+    let sender = tokio::spawn(async move {
+        let mut s = next_stream(&mut b_ev).await;
+        s.send_body(LEN, Generated::new(LEN)).await.unwrap();
+        s.send(&Msg::Ack { ok: true }).await.unwrap();
+        s.send_body(LEN, Generated::new(LEN)).await.unwrap();
+        assert_eq!(s.recv::<Msg>().await.unwrap(), None);
+        s.finish().await.unwrap();
+    });
+    let s = peer.open_stream().await.unwrap();
+    let mut body = s.recv_body().await.unwrap();
+    // Mixed: a few bytes through AsyncRead, then the rest as chunks, without copies.
+    let mut head = [0u8; 1000];
+    body.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[..], pattern_at(0, 1000)[..]);
+    let mut pos = 1000u64;
+    let mut chunks = 0;
+    while let Some(chunk) = within("a chunk", body.next_chunk()).await.unwrap() {
+        assert!(!chunk.is_empty());
+        assert!(
+            chunk[..] == pattern_at(pos, chunk.len())[..],
+            "chunk at {pos}"
+        );
+        pos += chunk.len() as u64;
+        chunks += 1;
+    }
+    assert_eq!(pos, LEN);
+    assert!(chunks >= 7, "{chunks} chunks of at most 300 KiB");
+    // Done stays done.
+    assert!(body.next_chunk().await.unwrap().is_none());
+    let mut s = body.into_substream().unwrap();
+    assert_eq!(s.recv::<Msg>().await.unwrap(), Some(Msg::Ack { ok: true }));
+    // The second body through the `Stream` impl.
+    use futures::StreamExt;
+    let mut body = s.recv_body().await.unwrap();
+    let mut pos = 0u64;
+    while let Some(chunk) = within("a chunk", body.next()).await {
+        let chunk = chunk.unwrap();
+        assert!(
+            chunk[..] == pattern_at(pos, chunk.len())[..],
+            "chunk at {pos}"
+        );
+        pos += chunk.len() as u64;
+    }
+    assert_eq!(pos, LEN);
+    body.into_substream().unwrap().finish().await.unwrap();
+    within("the sender", sender).await.unwrap();
+    a.close().await;
+    b.close().await;
+}
+
+/// A raw peer sends a body of `frames` data frames of `frame` bytes on a substream, frame
+/// `bad` with one payload bit flipped (the tag no longer matches), then the rest, sealed
+/// correctly, and the end frame. Returns the writer (it blocks while the receiver's bounded
+/// read-ahead waits) and the substream.
+async fn tampered_body<T: Net>(
+    net: &T,
+    addr: &str,
+    events: &mut dfs_transport::Events,
+    frames: usize,
+    frame: usize,
+    bad: usize,
+) -> (tokio::task::JoinHandle<()>, Substream) {
+    use dfs_transport::wire::{ConnKind, FrameKind};
+    let mut raw = raw_connect(net, addr, None, ConnKind::Substream).await;
+    let s = next_stream(events).await;
+    let len = (frames * frame) as u64;
+    let mut wire = raw.seal(FrameKind::BodyStart, &len.to_be_bytes());
+    for i in 0..frames {
+        let mut f = raw.seal(FrameKind::Data, &pattern_at((i * frame) as u64, frame));
+        if i == bad {
+            f[5 + frame / 2] ^= 0x01;
+        }
+        wire.extend_from_slice(&f);
+    }
+    wire.extend_from_slice(&raw.seal(FrameKind::End, &len.to_be_bytes()));
+    let mut stream = raw.stream;
+    let writer = tokio::spawn(async move {
+        // Fails once the receiver gives up on the body and drops the connection.
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &wire).await;
+        let mut scratch = [0u8; 1024];
+        while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {}
+    });
+    (writer, s)
+}
+
+async fn tampered_frame_never_released<T: Net>() {
+    let net = T::fresh();
+    let (a, mut a_ev) = node(&net, config()).await;
+    const FRAME: usize = 100 * 1024;
+    for bad in [0usize, 1, 4, 7] {
+        // As chunks: exactly the frames before the altered one, then `Integrity`.
+        let (writer, s) = tampered_body(&net, &a.local_addr(), &mut a_ev, 8, FRAME, bad).await;
+        let mut body = s.recv_body().await.unwrap();
+        let mut pos = 0u64;
+        let err = loop {
+            match within("a chunk", body.next_chunk()).await {
+                Ok(Some(chunk)) => {
+                    assert!(
+                        chunk[..] == pattern_at(pos, chunk.len())[..],
+                        "chunk at {pos}"
+                    );
+                    pos += chunk.len() as u64;
+                }
+                Ok(None) => panic!("a body with an altered frame ended cleanly"),
+                Err(e) => break e,
+            }
+        };
+        // Frame 0 is the body start, so data frame `bad` carries sequence number bad + 1.
+        assert!(
+            matches!(err, TransportError::Integrity { seq } if seq == bad as u64 + 1),
+            "{err}"
+        );
+        assert_eq!(
+            pos,
+            (bad * FRAME) as u64,
+            "bytes released before the bad frame"
+        );
+        // It stays failed, and the substream cannot be taken back.
+        assert!(body.next_chunk().await.is_err());
+        assert!(body.into_substream().is_err());
+        within("the raw writer", writer).await.unwrap();
+
+        // Through AsyncRead: the same prefix, then an `InvalidData` error.
+        let (writer, s) = tampered_body(&net, &a.local_addr(), &mut a_ev, 8, FRAME, bad).await;
+        let mut body = s.recv_body().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pos = 0u64;
+        let err = loop {
+            match within("a read", body.read(&mut buf)).await {
+                Ok(0) => panic!("a body with an altered frame ended cleanly"),
+                Ok(n) => {
+                    assert!(buf[..n] == pattern_at(pos, n)[..], "bytes at {pos}");
+                    pos += n as u64;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("integrity"), "{err}");
+        assert_eq!(pos, (bad * FRAME) as u64);
+        assert!(body.read(&mut buf).await.is_err());
+        drop(body);
+        within("the raw writer", writer).await.unwrap();
+    }
+    a.close().await;
+}
+
 async fn drop_without_close_tears_down<T: Net>() {
     let net = T::fresh();
     let (a, mut a_ev) = node(&net, config()).await;
@@ -926,6 +1089,14 @@ macro_rules! conformance {
             #[tokio::test]
             async fn drop_without_close_tears_down() {
                 super::drop_without_close_tears_down::<$t>().await;
+            }
+            #[tokio::test]
+            async fn body_as_chunks() {
+                super::body_as_chunks::<$t>().await;
+            }
+            #[tokio::test]
+            async fn tampered_frame_never_released() {
+                super::tampered_frame_never_released::<$t>().await;
             }
             #[tokio::test]
             async fn random_ids_differ() {

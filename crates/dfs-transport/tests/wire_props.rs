@@ -6,7 +6,8 @@
 use bytes::BytesMut;
 use dfs_transport::NodeId;
 use dfs_transport::wire::{
-    ConnKind, Frame, FrameDecoder, FrameKind, FrameSealer, Hello, SessionKeys,
+    ConnKind, Frame, FrameDecoder, FrameKind, FrameSealer, FrameSplitter, FrameVerifier, Hello,
+    SessionKeys,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -181,6 +182,48 @@ proptest! {
         prop_assert_eq!(got.len(), 1);
         let is_integrity = matches!(err, Some(dfs_transport::TransportError::Integrity { seq: 1 }));
         prop_assert!(is_integrity, "{:?}", err);
+    }
+
+    #[test]
+    fn split_then_verify_in_any_order_matches_the_decoder(fs in frames(), bit in any::<Option<usize>>(), order in any::<u64>()) {
+        let (mut bytes, _) = seal_all(&fs);
+        if let Some(bit) = bit {
+            let bit = bit % (bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+        }
+        let (expected, expected_err) = decode_all(&bytes, &[], true);
+        // Split everything first, verify in a scrambled order, release in sequence until the
+        // first failure: the same frames as the inline decoder, the same error.
+        let mut splitter = FrameSplitter::new(MAX);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut raw = Vec::new();
+        let split_err = loop {
+            match splitter.decode_eof(&mut buf) {
+                Ok(Some(f)) => raw.push(f),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        let verifier = FrameVerifier::new(KEY);
+        let mut results: Vec<Option<_>> = (0..raw.len()).map(|_| None).collect();
+        let mut idx: Vec<usize> = (0..raw.len()).collect();
+        idx.sort_by_key(|i| (*i as u64).wrapping_mul(order | 1).rotate_left(17));
+        for i in idx {
+            results[i] = Some(verifier.verify(raw[i].clone()));
+        }
+        let mut got = Vec::new();
+        let mut err = split_err;
+        for r in results {
+            match r.unwrap() {
+                Ok(f) => got.push(f),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        prop_assert_eq!(got, expected);
+        prop_assert_eq!(err.map(|e| e.to_string()), expected_err.map(|e| e.to_string()));
     }
 
     #[test]
