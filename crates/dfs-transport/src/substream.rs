@@ -446,6 +446,9 @@ pub struct BodyReader {
     /// Read no further ahead: the last frame read is not data (or an error), and what follows
     /// it may not belong to the body.
     hold: bool,
+    /// A chunk was handed out since the deadline was last armed: the idle timeout counts from
+    /// the consumer's next wait, not from before its own (maybe slow) work.
+    rearm: bool,
 }
 
 impl std::fmt::Debug for BodyReader {
@@ -471,6 +474,7 @@ impl BodyReader {
             deadline,
             ahead: VecDeque::with_capacity(VERIFY_AHEAD),
             hold: false,
+            rearm: false,
         }
     }
 
@@ -536,6 +540,7 @@ impl BodyReader {
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
         loop {
             if !self.chunk.is_empty() {
+                self.rearm = true;
                 return Poll::Ready(Some(Ok(std::mem::take(&mut self.chunk))));
             }
             match &self.state {
@@ -577,6 +582,10 @@ impl BodyReader {
             // Release the oldest frame once it is verified.
             let Some(oldest) = self.ahead.front_mut() else {
                 // Nothing in flight: waiting for the network.
+                if std::mem::take(&mut self.rearm) {
+                    let timeout = self.stream.timeout;
+                    self.deadline.as_mut().reset(Instant::now() + timeout);
+                }
                 ready!(self.deadline.as_mut().poll(cx));
                 let e = TransportError::Timeout {
                     what: "waiting for body data",

@@ -942,6 +942,57 @@ async fn tampered_body<T: Net>(
     (writer, s)
 }
 
+async fn slow_consumer_is_not_a_stalled_sender<T: Net>() {
+    use dfs_transport::wire::{ConnKind, FrameKind};
+    const IDLE: std::time::Duration = std::time::Duration::from_millis(400);
+    let net = T::fresh();
+    let (a, mut a_ev) = node(&net, fast().idle_timeout(IDLE)).await;
+    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Substream).await;
+    let s = next_stream(&mut a_ev).await;
+    const FRAME: usize = 100 * 1024;
+    let (go, gate) = tokio::sync::oneshot::channel::<()>();
+    let sender = tokio::spawn(async move {
+        raw.send_frame(FrameKind::BodyStart, &(2 * FRAME as u64).to_be_bytes())
+            .await;
+        raw.send_frame(FrameKind::Data, &pattern_at(0, FRAME)).await;
+        // The second frame only once the consumer has finished its work on the first.
+        gate.await.unwrap();
+        raw.send_frame(FrameKind::Data, &pattern_at(FRAME as u64, FRAME))
+            .await;
+        raw.send_frame(FrameKind::End, &(2 * FRAME as u64).to_be_bytes())
+            .await;
+        raw
+    });
+    let mut body = s.recv_body().await.unwrap();
+    let first = within("the first chunk", body.next_chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.len(), FRAME);
+    // The consumer works on the first chunk for longer than the idle timeout (simulated
+    // work, not synchronisation): its own slowness must not count as the sender stalling.
+    tokio::time::sleep(IDLE * 2).await;
+    go.send(()).unwrap();
+    let second = within("the second chunk", body.next_chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second[..] == pattern_at(FRAME as u64, FRAME)[..]);
+    assert!(body.next_chunk().await.unwrap().is_none());
+    // A sender that really stalls still times out.
+    let mut raw = within("the sender", sender).await.unwrap();
+    let s = body.into_substream().unwrap();
+    raw.send_frame(FrameKind::BodyStart, &1u64.to_be_bytes())
+        .await;
+    let mut body = s.recv_body().await.unwrap();
+    let err = within("the stall to be noticed", body.next_chunk())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    drop(raw);
+    a.close().await;
+}
+
 async fn tampered_frame_never_released<T: Net>() {
     let net = T::fresh();
     let (a, mut a_ev) = node(&net, config()).await;
@@ -1097,6 +1148,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn tampered_frame_never_released() {
                 super::tampered_frame_never_released::<$t>().await;
+            }
+            #[tokio::test]
+            async fn slow_consumer_is_not_a_stalled_sender() {
+                super::slow_consumer_is_not_a_stalled_sender::<$t>().await;
             }
             #[tokio::test]
             async fn random_ids_differ() {
