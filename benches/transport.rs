@@ -183,39 +183,47 @@ fn body_1gib(c: &mut Criterion) {
     g.finish();
 
     // CPU cost next to wall time: on a loaded machine the ratio of CPU seconds is the steadier
-    // figure. Three transfers of each, process user+system time (1 MiB data frames). Skipped
-    // with TRANSPORT_BENCH_NO_CPU set (e.g. to profile one function alone).
+    // figure. Process user+system time per transfer. Skipped with TRANSPORT_BENCH_NO_CPU set
+    // (e.g. to profile one function alone).
     if std::env::var_os("TRANSPORT_BENCH_NO_CPU").is_some() {
         return;
     }
     let (_a, _b, mut events, peer) = rt.block_on(endpoints(1 << 20));
-    let mut report = Vec::new();
-    for name in [
+    let (_c, _d, mut events_256k, peer_256k) = rt.block_on(endpoints(256 * 1024));
+    // Interleaved (plain, endpoint, chunks, ..., plain, ...) so that load from other jobs
+    // drifting during the run weighs on all of them alike.
+    const ROUNDS: u32 = 5;
+    let names = [
         "plain_tokio_tcp_copy",
         "endpoint_body_integrity",
         "endpoint_body_integrity_chunks",
-    ] {
-        let (cpu0, wall0) = (cpu_seconds(), Instant::now());
-        rt.block_on(async {
-            for _ in 0..3 {
-                let got = match name {
-                    "plain_tokio_tcp_copy" => plain_tcp_copy(&listener, addr).await,
-                    "endpoint_body_integrity" => {
-                        endpoint_body(&peer, &mut events, Read::Buffer).await
-                    }
-                    _ => endpoint_body(&peer, &mut events, Read::Chunks).await,
-                };
-                assert_eq!(got, BODY);
-            }
-        });
-        report.push((name, cpu_seconds() - cpu0, wall0.elapsed().as_secs_f64()));
+        "endpoint_body_integrity_256kib_chunks",
+    ];
+    let mut totals = [(0.0f64, 0.0f64); 4];
+    for _ in 0..ROUNDS {
+        for (i, name) in names.iter().enumerate() {
+            let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+            let got = rt.block_on(async {
+                match i {
+                    0 => plain_tcp_copy(&listener, addr).await,
+                    1 => endpoint_body(&peer, &mut events, Read::Buffer).await,
+                    2 => endpoint_body(&peer, &mut events, Read::Chunks).await,
+                    _ => endpoint_body(&peer_256k, &mut events_256k, Read::Chunks).await,
+                }
+            });
+            assert_eq!(got, BODY, "{name}");
+            totals[i].0 += cpu_seconds() - cpu0;
+            totals[i].1 += wall0.elapsed().as_secs_f64();
+        }
     }
-    println!("transport_1gib CPU cost (3 x 1 GiB each, user+system of the whole process):");
-    for (name, cpu, wall) in report {
+    println!(
+        "transport_1gib CPU cost ({ROUNDS} x 1 GiB each, interleaved, user+system of the whole process):"
+    );
+    for (name, (cpu, wall)) in names.iter().zip(totals) {
         println!(
-            "  {name:<32} {:.2} CPU-s/GiB, {:.2} wall-s/GiB",
-            cpu / 3.0,
-            wall / 3.0
+            "  {name:<38} {:.2} CPU-s/GiB, {:.2} wall-s/GiB",
+            cpu / f64::from(ROUNDS),
+            wall / f64::from(ROUNDS)
         );
     }
 }
