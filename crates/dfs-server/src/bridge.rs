@@ -1,7 +1,8 @@
 //! Bounded bridges between async byte streams and the synchronous store and cipher.
 //!
-//! Bytes cross in chunks of [`CHUNK`] over a channel of [`DEPTH`] slots, so a transfer holds
-//! at most about `CHUNK * (DEPTH + 2)` bytes in memory whatever its size. Both directions end
+//! Bytes cross in chunks of [`CHUNK`] (received bodies: in the transport's verified data
+//! frames, passed on without a copy) over a channel of [`DEPTH`] slots, so a transfer holds
+//! at most about `DEPTH + 2` chunks or frames in memory whatever its size. Both directions end
 //! with an explicit end marker: a channel that closes without it (a cancelled or panicked
 //! task) is an error, never a silently short file.
 
@@ -14,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
+use dfs_transport::BodyReader;
 use tokio_util::io::StreamReader;
 
 /// Bytes per chunk.
@@ -110,6 +112,47 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         }
         total += n as u64;
         tx.send(Ok(Some(buf.freeze()))).await.map_err(|_| gone())?;
+    }
+}
+
+/// Forwards a received body's verified chunks into `tx` without copying them, then the end
+/// marker. Each chunk must arrive within `read_timeout` (when set). Returns the byte count;
+/// a failed body sends its error down the channel too, so the consumer never sees a clean
+/// end.
+pub(crate) async fn pump_body(
+    body: &mut BodyReader,
+    tx: &mpsc::Sender<Item>,
+    read_timeout: Option<Duration>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "consumer stopped");
+    loop {
+        let next = match read_timeout {
+            Some(d) => match tokio::time::timeout(d, body.next_chunk()).await {
+                Ok(r) => r.map_err(io::Error::other),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no data for {d:?}"),
+                )),
+            },
+            None => body.next_chunk().await.map_err(io::Error::other),
+        };
+        match next {
+            Ok(Some(chunk)) => {
+                total += chunk.len() as u64;
+                tx.send(Ok(Some(chunk))).await.map_err(|_| gone())?;
+            }
+            Ok(None) => {
+                tx.send(Ok(None)).await.map_err(|_| gone())?;
+                return Ok(total);
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(io::Error::new(e.kind(), e.to_string())))
+                    .await;
+                return Err(e);
+            }
+        }
     }
 }
 

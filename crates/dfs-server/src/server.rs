@@ -1076,7 +1076,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             }
             Ok(n)
         });
-        let pumped = bridge::pump(&mut body, &tx, Some(timeout)).await;
+        let pumped = bridge::pump_body(&mut body, &tx, Some(timeout)).await;
         drop(tx);
         let written = writer.await?;
         match (pumped, written) {
@@ -1235,7 +1235,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let writer = tokio::task::spawn_blocking(move || {
             store.write_expecting(&key, ChannelReader::new(rx), Expected::new(size, hash))
         });
-        let pumped = bridge::pump(&mut body, &tx, Some(self.config.request_timeout)).await;
+        let pumped = bridge::pump_body(&mut body, &tx, Some(self.config.request_timeout)).await;
         drop(tx);
         let written = writer.await?;
         let reply = match (&pumped, &written) {
