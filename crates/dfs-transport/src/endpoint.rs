@@ -324,17 +324,27 @@ impl Peer {
             op: "encode",
             source,
         })?;
-        let (tx, remote_max) = self.host.sender(&self.id).ok_or(TransportError::Closed)?;
-        let max = remote_max.min(self.host.max_frame_len());
-        if bytes.len() > max {
-            return Err(TransportError::FrameTooLarge {
-                len: bytes.len() as u64,
-                max,
-            });
+        let bytes = Bytes::from(bytes);
+        // A second try covers a send that caught the queue of a connection being replaced
+        // (simultaneous dials): the node is still connected, on the new one.
+        for _ in 0..2 {
+            let (tx, remote_max) = self.host.sender(&self.id).ok_or(TransportError::Closed)?;
+            let max = remote_max.min(self.host.max_frame_len());
+            if bytes.len() > max {
+                return Err(TransportError::FrameTooLarge {
+                    len: bytes.len() as u64,
+                    max,
+                });
+            }
+            if tx
+                .send(Cmd::Frame(FrameKind::Message, bytes.clone()))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
         }
-        tx.send(Cmd::Frame(FrameKind::Message, Bytes::from(bytes)))
-            .await
-            .map_err(|_| TransportError::Closed)
+        Err(TransportError::Closed)
     }
 
     /// Open a new exchange with this node on its own authenticated connection.
