@@ -12,10 +12,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use dfs_transport::BodyReader;
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
-use dfs_transport::BodyReader;
 use tokio_util::io::StreamReader;
 
 /// Bytes per chunk.
@@ -147,9 +147,7 @@ pub(crate) async fn pump_body(
                 return Ok(total);
             }
             Err(e) => {
-                let _ = tx
-                    .send(Err(io::Error::new(e.kind(), e.to_string())))
-                    .await;
+                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string()))).await;
                 return Err(e);
             }
         }
