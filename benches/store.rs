@@ -1,7 +1,8 @@
 //! `dfs-store` against its anchors, measured in the same run:
 //!
-//! - `store_1GiB`: streaming write (with fsync) and read of one 1 GiB object, against a
-//!   plain `std::fs` write + `sync_all` / read of the same bytes through the same buffers;
+//! - `store_1GiB`: streaming write (with fsync; `write` and `write_expecting`) and read of
+//!   one 1 GiB object, against a plain `std::fs` write + `sync_all` / read of the same
+//!   bytes through the same buffers;
 //!   reads both from the page cache (hot) and after dropping the file's pages (cold,
 //!   `dd iflag=nocache count=0`, skipped if `dd` is missing).
 //! - `store_4KiB`: 4 KiB objects, writes/s (fsync on and off) and reads/s, against
@@ -25,7 +26,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use dfs_store::{Durability, Store};
+use dfs_store::{Durability, Expected, Store};
 
 /// Buffer the anchor writes with (the store's own write buffer is also 64 KiB).
 const WRITE_BUF: usize = 64 * 1024;
@@ -191,6 +192,43 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
             total
         })
     });
+    // The same write through `write_expecting` (what a server storing a replica does):
+    // the store's own hashing pass checks the announced size and hash.
+    let expected = {
+        let mut hasher = blake3::Hasher::new();
+        let mut src = Source::new(pattern, size);
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let n = src.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Expected::new(size, *hasher.finalize().as_bytes())
+    };
+    let id = format!("{name}/write_fsync/dfs-store-expecting");
+    group.bench_function(
+        BenchmarkId::new("write_fsync", "dfs-store-expecting"),
+        |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    store.delete("big").unwrap();
+                    let start = Instant::now();
+                    assert_eq!(
+                        store
+                            .write_expecting("big", Source::new(pattern, size), expected)
+                            .unwrap(),
+                        size
+                    );
+                    total += start.elapsed();
+                }
+                record(&id, iters, total);
+                total
+            })
+        },
+    );
     let id = format!("{name}/write_fsync/std-fs");
     group.bench_function(BenchmarkId::new("write_fsync", "std-fs"), |b| {
         b.iter_custom(|iters| {
@@ -369,6 +407,19 @@ fn summary(big_size: u64) {
                 anchor / ours
             );
         }
+    }
+    let expecting = median_of_last(
+        &format!("{name}/write_fsync/dfs-store-expecting"),
+        BIG_SAMPLES,
+    );
+    let anchor = median_of_last(&format!("{name}/write_fsync/std-fs"), BIG_SAMPLES);
+    if let (Some(ours), Some(anchor)) = (expecting, anchor) {
+        println!(
+            "{name} write_fsync  write_expecting {:>6.2} GB/s  std::fs {:>6.2} GB/s  ratio {:.2}x",
+            big_size as f64 / ours / 1e9,
+            big_size as f64 / anchor / 1e9,
+            anchor / ours
+        );
     }
     let ops =
         |id: &str| median_of_last(&format!("store_4KiB/{id}"), SMALL_SAMPLES).map(|t| 1.0 / t);
