@@ -8,8 +8,8 @@
 //! - `store_4KiB`: 4 KiB objects, writes/s (fsync on and off) and reads/s, against
 //!   `cacache`'s sync API (`write_sync` / `read_sync`; cacache never fsyncs).
 //!
-//! After criterion's own output the bench prints the medians, the ratios and the peak RSS
-//! of the process. Size of the big object: `DFS_BENCH_STORE_MIB` (default 1024).
+//! After criterion's own output the bench prints the medians, the ratios, the CPU time
+//! (user + system, all threads) per 1 GiB iteration and the peak RSS of the process. Size of the big object: `DFS_BENCH_STORE_MIB` (default 1024).
 //!
 //! ```text
 //! cargo bench -p dfs-benches --bench store
@@ -51,18 +51,63 @@ fn record(id: &str, iters: u64, elapsed: Duration) {
         .push(elapsed.as_secs_f64() / iters as f64);
 }
 
+/// Per-iteration CPU seconds (user + system, all threads of the process) of every sample,
+/// per benchmark id: wall time on 2 shared cores moves with the other jobs' load, the CPU
+/// a case costs much less.
+static CPU_SAMPLES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
+
+fn record_cpu(id: &str, iters: u64, cpu: f64) {
+    CPU_SAMPLES
+        .lock()
+        .unwrap()
+        .entry(id.to_owned())
+        .or_default()
+        .push(cpu / iters as f64);
+}
+
+/// User + system CPU seconds of this process so far, all threads (dead ones included),
+/// from `/proc/self/stat` (clock ticks, 100 per second on Linux); 0 elsewhere.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => 0.0,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+/// Median CPU seconds per iteration of the last `n` samples of `id`.
+fn median_cpu_of_last(id: &str, n: usize) -> Option<f64> {
+    let samples = CPU_SAMPLES.lock().unwrap();
+    let all = samples.get(id)?;
+    median(all[all.len().saturating_sub(n)..].to_vec())
+}
+
 /// Median of the last `n` samples (criterion runs warm-up first, then exactly `n` samples).
 fn median_of_last(id: &str, n: usize) -> Option<f64> {
     let samples = SAMPLES.lock().unwrap();
     let all = samples.get(id)?;
-    let mut last: Vec<f64> = all[all.len().saturating_sub(n)..].to_vec();
-    last.sort_by(f64::total_cmp);
-    let mid = last.len() / 2;
-    Some(if last.len().is_multiple_of(2) {
-        (last[mid - 1] + last[mid]) / 2.0
-    } else {
-        last[mid]
-    })
+    median(all[all.len().saturating_sub(n)..].to_vec())
 }
 
 /// An endless pseudo-random byte source (the same for ours and the anchor), `len` bytes.
@@ -179,16 +224,20 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
     group.bench_function(BenchmarkId::new("write_fsync", "dfs-store"), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
+            let mut cpu = 0.0;
             for _ in 0..iters {
                 store.delete("big").unwrap();
                 let start = Instant::now();
+                let cpu0 = cpu_seconds();
                 assert_eq!(
                     store.write("big", Source::new(pattern, size)).unwrap(),
                     size
                 );
                 total += start.elapsed();
+                cpu += cpu_seconds() - cpu0;
             }
             record(&id, iters, total);
+            record_cpu(&id, iters, cpu);
             total
         })
     });
@@ -213,9 +262,11 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
         |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
+                let mut cpu = 0.0;
                 for _ in 0..iters {
                     store.delete("big").unwrap();
                     let start = Instant::now();
+                    let cpu0 = cpu_seconds();
                     assert_eq!(
                         store
                             .write_expecting("big", Source::new(pattern, size), expected)
@@ -223,8 +274,10 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
                         size
                     );
                     total += start.elapsed();
+                    cpu += cpu_seconds() - cpu0;
                 }
                 record(&id, iters, total);
+                record_cpu(&id, iters, cpu);
                 total
             })
         },
@@ -233,13 +286,17 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
     group.bench_function(BenchmarkId::new("write_fsync", "std-fs"), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
+            let mut cpu = 0.0;
             for _ in 0..iters {
                 let _ = fs::remove_file(&plain);
                 let start = Instant::now();
+                let cpu0 = cpu_seconds();
                 assert_eq!(std_write(&plain, Source::new(pattern, size)), size);
                 total += start.elapsed();
+                cpu += cpu_seconds() - cpu0;
             }
             record(&id, iters, total);
+            record_cpu(&id, iters, cpu);
             total
         })
     });
@@ -256,15 +313,19 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
         group.bench_function(BenchmarkId::new(mode, "dfs-store"), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
+                let mut cpu = 0.0;
                 for _ in 0..iters {
                     if cold {
                         drop_cache(&store_file);
                     }
                     let start = Instant::now();
+                    let cpu0 = cpu_seconds();
                     assert_eq!(drain(store.read("big").unwrap(), &mut buf), size);
                     total += start.elapsed();
+                    cpu += cpu_seconds() - cpu0;
                 }
                 record(&id, iters, total);
+                record_cpu(&id, iters, cpu);
                 total
             })
         });
@@ -272,15 +333,19 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
         group.bench_function(BenchmarkId::new(mode, "std-fs"), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
+                let mut cpu = 0.0;
                 for _ in 0..iters {
                     if cold {
                         drop_cache(&plain);
                     }
                     let start = Instant::now();
+                    let cpu0 = cpu_seconds();
                     assert_eq!(drain(File::open(&plain).unwrap(), &mut buf), size);
                     total += start.elapsed();
+                    cpu += cpu_seconds() - cpu0;
                 }
                 record(&id, iters, total);
+                record_cpu(&id, iters, cpu);
                 total
             })
         });
@@ -405,6 +470,24 @@ fn summary(big_size: u64) {
                 gbs(ours),
                 gbs(anchor),
                 anchor / ours
+            );
+        }
+    }
+    println!("CPU (user + system, all threads) per iteration, medians:");
+    for (mode, ours) in [
+        ("write_fsync", "dfs-store"),
+        ("write_fsync", "dfs-store-expecting"),
+        ("read_hot", "dfs-store"),
+        ("read_cold", "dfs-store"),
+    ] {
+        let cpu = median_cpu_of_last(&format!("{name}/{mode}/{ours}"), BIG_SAMPLES);
+        let anchor = median_cpu_of_last(&format!("{name}/{mode}/std-fs"), BIG_SAMPLES);
+        if let (Some(cpu), Some(anchor)) = (cpu, anchor) {
+            println!(
+                "{name} {mode:<12} {ours:<20} {:>6.0} ms  std::fs {:>6.0} ms  ({:.2}x the CPU)",
+                cpu * 1e3,
+                anchor * 1e3,
+                cpu / anchor
             );
         }
     }
