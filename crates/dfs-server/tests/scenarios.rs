@@ -730,23 +730,9 @@ async fn corrupting_peer<N: Net>(net: N) {
 async fn lying_peer<N: Net>(net: N) {
     let key = Key::generate().unwrap();
     let d = dirs(2);
-    let holder = FileServer::start(
-        config(&net, d[0].path(), &key, &[])
-            .replication(Replication::None)
-            .build(),
-        net.transport(),
-    )
-    .await
-    .unwrap();
+    // The genuine object as its holder stored it, with one ciphertext byte flipped.
     let data = pattern(11, 300 * 1024);
-    let receipt = holder.store_bytes("memo.txt", &data).await.unwrap();
-    holder.shutdown().await.unwrap();
-
-    // The genuine object as the holder stored it, with one ciphertext byte flipped.
-    let store = dfs_store::Store::open(d[0].path().join("store")).unwrap();
-    let mut object = Vec::new();
-    let mut reader = store.read(&receipt.object.to_hex()).unwrap();
-    std::io::Read::read_to_end(&mut reader, &mut object).unwrap();
+    let mut object = stored_object(&net, d[0].path(), &key, "memo.txt", &data).await;
     let mid = object.len() / 2;
     object[mid] ^= 0x01;
 
