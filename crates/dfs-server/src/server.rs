@@ -423,8 +423,12 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         };
         match (self.inner.fetch(name, Purpose::Get, object).await, damage) {
             (Ok(()), _) => {}
-            // Nobody else has it: the damage is the news, not "not found".
-            (Err(ServerError::NotFound { .. }), Some(damage)) => return Err(damage),
+            // No peer offered a copy (none has it, or none answered): the damage is the
+            // news, not "not found".
+            (
+                Err(ServerError::NotFound { .. } | ServerError::FetchFailed { attempts: 0, .. }),
+                Some(damage),
+            ) => return Err(damage),
             (Err(e), _) => return Err(e),
         }
         self.inner
