@@ -969,9 +969,12 @@ async fn slow_consumer_is_not_a_stalled_sender<T: Net>() {
         .unwrap()
         .unwrap();
     assert_eq!(first.len(), FRAME);
-    // The consumer works on the first chunk for longer than the idle timeout (simulated
-    // work, not synchronisation): its own slowness must not count as the sender stalling.
-    tokio::time::sleep(IDLE * 2).await;
+    // The consumer works on the first chunk for longer than the idle timeout: its own
+    // slowness must not count as the sender stalling. The work is simulated by moving the
+    // runtime's clock (paused, advanced, resumed), so any timer armed meanwhile fires.
+    tokio::time::pause();
+    tokio::time::advance(IDLE * 2).await;
+    tokio::time::resume();
     go.send(()).unwrap();
     let second = within("the second chunk", body.next_chunk())
         .await
