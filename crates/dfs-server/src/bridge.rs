@@ -74,30 +74,18 @@ impl Read for ChannelReader {
     }
 }
 
-/// Copies `src` into `tx` chunk by chunk, then the end marker. Each read must complete
-/// within `read_timeout` (when set). Returns the byte count. If the receiver goes away the
-/// copy stops with an error.
+/// Copies `src` (a caller's data: no timeout, it may be as slow as it likes) into `tx` chunk
+/// by chunk, then the end marker. Returns the byte count. If the receiver goes away the copy
+/// stops with an error. (Received bodies use [`pump_body`].)
 pub(crate) async fn pump<R: AsyncRead + Unpin>(
     mut src: R,
     tx: &mpsc::Sender<Item>,
-    read_timeout: Option<Duration>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "consumer stopped");
     loop {
         let mut buf = BytesMut::with_capacity(CHUNK);
-        let read = src.read_buf(&mut buf);
-        let n = match read_timeout {
-            Some(d) => match tokio::time::timeout(d, read).await {
-                Ok(r) => r,
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no data for {d:?}"),
-                )),
-            },
-            None => read.await,
-        };
-        let n = match n {
+        let n = match src.read_buf(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
                 let msg = e.to_string();
@@ -318,9 +306,7 @@ mod tests {
             let mut out = Vec::new();
             ChannelReader::new(rx).read_to_end(&mut out).map(|_| out)
         });
-        let n = pump(&data[..], &tx, Some(Duration::from_secs(5)))
-            .await
-            .unwrap();
+        let n = pump(&data[..], &tx).await.unwrap();
         assert_eq!(n, data.len() as u64);
         drop(tx);
         assert_eq!(reader.await.unwrap().unwrap(), data);

@@ -684,7 +684,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             names.put(&object, &owned_name)?;
             Ok(stored)
         });
-        let pumped = bridge::pump(data, &tx, None).await;
+        let pumped = bridge::pump(data, &tx).await;
         drop(tx);
         let written = writer.await?;
         match pumped {
