@@ -39,30 +39,32 @@ const SMALL: usize = 4096;
 /// Objects pre-written for the read benchmarks.
 const READ_SET: usize = 1000;
 
-/// Per-iteration seconds of every sample, per benchmark id, in the order measured.
-static SAMPLES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
+/// Per-iteration figures of every sample, per benchmark id, in the order measured.
+type Samples = Mutex<BTreeMap<String, Vec<f64>>>;
 
-fn record(id: &str, iters: u64, elapsed: Duration) {
-    SAMPLES
+/// Per-iteration seconds of every sample.
+static SAMPLES: Samples = Mutex::new(BTreeMap::new());
+
+fn push(samples: &Samples, id: &str, per_iteration: f64) {
+    samples
         .lock()
         .unwrap()
         .entry(id.to_owned())
         .or_default()
-        .push(elapsed.as_secs_f64() / iters as f64);
+        .push(per_iteration);
+}
+
+fn record(id: &str, iters: u64, elapsed: Duration) {
+    push(&SAMPLES, id, elapsed.as_secs_f64() / iters as f64);
 }
 
 /// Per-iteration CPU seconds (user + system, all threads of the process) of every sample,
 /// per benchmark id: wall time on 2 shared cores moves with the other jobs' load, the CPU
 /// a case costs much less.
-static CPU_SAMPLES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
+static CPU_SAMPLES: Samples = Mutex::new(BTreeMap::new());
 
 fn record_cpu(id: &str, iters: u64, cpu: f64) {
-    CPU_SAMPLES
-        .lock()
-        .unwrap()
-        .entry(id.to_owned())
-        .or_default()
-        .push(cpu / iters as f64);
+    push(&CPU_SAMPLES, id, cpu / iters as f64);
 }
 
 /// User + system CPU seconds of this process so far, all threads (dead ones included),
@@ -96,18 +98,40 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// Median CPU seconds per iteration of the last `n` samples of `id`.
-fn median_cpu_of_last(id: &str, n: usize) -> Option<f64> {
-    let samples = CPU_SAMPLES.lock().unwrap();
+/// Median of the last `n` samples of `id` in `samples` (criterion runs warm-up first, then
+/// exactly `n` samples).
+fn median_in(samples: &Samples, id: &str, n: usize) -> Option<f64> {
+    let samples = samples.lock().unwrap();
     let all = samples.get(id)?;
     median(all[all.len().saturating_sub(n)..].to_vec())
 }
 
-/// Median of the last `n` samples (criterion runs warm-up first, then exactly `n` samples).
+/// Median CPU seconds per iteration of the last `n` samples of `id`.
+fn median_cpu_of_last(id: &str, n: usize) -> Option<f64> {
+    median_in(&CPU_SAMPLES, id, n)
+}
+
+/// Median seconds per iteration of the last `n` samples of `id`.
 fn median_of_last(id: &str, n: usize) -> Option<f64> {
-    let samples = SAMPLES.lock().unwrap();
-    let all = samples.get(id)?;
-    median(all[all.len().saturating_sub(n)..].to_vec())
+    median_in(&SAMPLES, id, n)
+}
+
+/// Runs `op` `iters` times, each after an untimed `setup`; records the wall and CPU time
+/// under `id` and returns the wall time (for criterion's `iter_custom`).
+fn timed(id: &str, iters: u64, mut setup: impl FnMut(), mut op: impl FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut cpu = 0.0;
+    for _ in 0..iters {
+        setup();
+        let start = Instant::now();
+        let cpu0 = cpu_seconds();
+        op();
+        total += start.elapsed();
+        cpu += cpu_seconds() - cpu0;
+    }
+    record(id, iters, total);
+    record_cpu(id, iters, cpu);
+    total
 }
 
 /// An endless pseudo-random byte source (the same for ours and the anchor), `len` bytes.
@@ -223,22 +247,19 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
     let id = format!("{name}/write_fsync/dfs-store");
     group.bench_function(BenchmarkId::new("write_fsync", "dfs-store"), |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut cpu = 0.0;
-            for _ in 0..iters {
-                store.delete("big").unwrap();
-                let start = Instant::now();
-                let cpu0 = cpu_seconds();
-                assert_eq!(
-                    store.write("big", Source::new(pattern, size)).unwrap(),
-                    size
-                );
-                total += start.elapsed();
-                cpu += cpu_seconds() - cpu0;
-            }
-            record(&id, iters, total);
-            record_cpu(&id, iters, cpu);
-            total
+            timed(
+                &id,
+                iters,
+                || {
+                    store.delete("big").unwrap();
+                },
+                || {
+                    assert_eq!(
+                        store.write("big", Source::new(pattern, size)).unwrap(),
+                        size
+                    );
+                },
+            )
         })
     });
     // The same write through `write_expecting` (what a server storing a replica does):
@@ -261,43 +282,37 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
         BenchmarkId::new("write_fsync", "dfs-store-expecting"),
         |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut cpu = 0.0;
-                for _ in 0..iters {
-                    store.delete("big").unwrap();
-                    let start = Instant::now();
-                    let cpu0 = cpu_seconds();
-                    assert_eq!(
-                        store
-                            .write_expecting("big", Source::new(pattern, size), expected)
-                            .unwrap(),
-                        size
-                    );
-                    total += start.elapsed();
-                    cpu += cpu_seconds() - cpu0;
-                }
-                record(&id, iters, total);
-                record_cpu(&id, iters, cpu);
-                total
+                timed(
+                    &id,
+                    iters,
+                    || {
+                        store.delete("big").unwrap();
+                    },
+                    || {
+                        assert_eq!(
+                            store
+                                .write_expecting("big", Source::new(pattern, size), expected)
+                                .unwrap(),
+                            size
+                        );
+                    },
+                )
             })
         },
     );
     let id = format!("{name}/write_fsync/std-fs");
     group.bench_function(BenchmarkId::new("write_fsync", "std-fs"), |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut cpu = 0.0;
-            for _ in 0..iters {
-                let _ = fs::remove_file(&plain);
-                let start = Instant::now();
-                let cpu0 = cpu_seconds();
-                assert_eq!(std_write(&plain, Source::new(pattern, size)), size);
-                total += start.elapsed();
-                cpu += cpu_seconds() - cpu0;
-            }
-            record(&id, iters, total);
-            record_cpu(&id, iters, cpu);
-            total
+            timed(
+                &id,
+                iters,
+                || {
+                    let _ = fs::remove_file(&plain);
+                },
+                || {
+                    assert_eq!(std_write(&plain, Source::new(pattern, size)), size);
+                },
+            )
         })
     });
 
@@ -312,41 +327,35 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
         let id = format!("{name}/{mode}/dfs-store");
         group.bench_function(BenchmarkId::new(mode, "dfs-store"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut cpu = 0.0;
-                for _ in 0..iters {
-                    if cold {
-                        drop_cache(&store_file);
-                    }
-                    let start = Instant::now();
-                    let cpu0 = cpu_seconds();
-                    assert_eq!(drain(store.read("big").unwrap(), &mut buf), size);
-                    total += start.elapsed();
-                    cpu += cpu_seconds() - cpu0;
-                }
-                record(&id, iters, total);
-                record_cpu(&id, iters, cpu);
-                total
+                timed(
+                    &id,
+                    iters,
+                    || {
+                        if cold {
+                            drop_cache(&store_file);
+                        }
+                    },
+                    || {
+                        assert_eq!(drain(store.read("big").unwrap(), &mut buf), size);
+                    },
+                )
             })
         });
         let id = format!("{name}/{mode}/std-fs");
         group.bench_function(BenchmarkId::new(mode, "std-fs"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut cpu = 0.0;
-                for _ in 0..iters {
-                    if cold {
-                        drop_cache(&plain);
-                    }
-                    let start = Instant::now();
-                    let cpu0 = cpu_seconds();
-                    assert_eq!(drain(File::open(&plain).unwrap(), &mut buf), size);
-                    total += start.elapsed();
-                    cpu += cpu_seconds() - cpu0;
-                }
-                record(&id, iters, total);
-                record_cpu(&id, iters, cpu);
-                total
+                timed(
+                    &id,
+                    iters,
+                    || {
+                        if cold {
+                            drop_cache(&plain);
+                        }
+                    },
+                    || {
+                        assert_eq!(drain(File::open(&plain).unwrap(), &mut buf), size);
+                    },
+                )
             })
         });
     }
