@@ -9,6 +9,9 @@
 //!   B stages, verifies (length, BLAKE3, key fingerprint), fsyncs and commits it.
 //! - `store-replicated`: `store` on A with one replica on B: encrypt + local fsynced write,
 //!   then stream to B, which fsyncs and acknowledges.
+//! - `replicate-a-to-b`: `replicate` on A of the file it holds to B, which does not hold
+//!   it: A streams its stored ciphertext (verified as read), B verifies (length, BLAKE3,
+//!   key fingerprint), fsyncs, commits and acknowledges.
 //!
 //! Run: `cargo bench -p dfs-benches --bench cluster` (`DFS_BENCH_MIB=1024` for 1 GiB).
 
@@ -195,6 +198,25 @@ fn bench(c: &mut Criterion) {
                     let receipt = a.store("bench.bin", Gen::new(len)).await.expect("store");
                     total += started.elapsed();
                     assert_eq!(receipt.replicas.len(), 1);
+                }
+                total
+            })
+        });
+    });
+
+    group.bench_function("replicate-a-to-b", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    b_node
+                        .delete("bench.bin", Scope::Local)
+                        .await
+                        .expect("delete");
+                    let started = Instant::now();
+                    let receipt = a.replicate("bench.bin").await.expect("replicate");
+                    total += started.elapsed();
+                    assert_eq!(receipt.replicas, vec![b_node.node_id()]);
                 }
                 total
             })

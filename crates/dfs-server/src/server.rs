@@ -82,7 +82,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> fmt::Debug for FileServer<T, P, 
     }
 }
 
-/// What [`FileServer::store`] returns: the file is durable locally and on `replicas`.
+/// What [`FileServer::store`] and [`FileServer::replicate`] return: the file is durable
+/// locally and on `replicas`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Receipt {
@@ -389,6 +390,51 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             size,
         });
         debug!(%name, %object, size, "stored locally");
+        let replicas = self.inner.replicate(name, object).await?;
+        Ok(Receipt {
+            name: name.to_owned(),
+            object,
+            size,
+            stored_size,
+            replicas,
+        })
+    }
+
+    /// Pushes this node's copy of `name` to peers per the [`Replication`] policy, as
+    /// [`store`](Self::store) does after its local write: each replica streams from the local
+    /// file and is acknowledged once durable. Use it to bring a file onto peers that joined
+    /// after it was stored, or to retry after [`ServerError::ReplicationIncomplete`].
+    ///
+    /// Errors: [`ServerError::NotFound`] when this node holds no copy, the damage error when
+    /// its copy is damaged (nothing is sent; [`scrub`](Self::scrub) repairs it), and
+    /// [`ServerError::ReplicationIncomplete`] as for `store`.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: dfs_server::FileServer<dfs_transport::TcpTransport>) -> dfs_server::Result<()> {
+    /// // A node joined: give it a copy of the report too.
+    /// let receipt = node.replicate("report.pdf").await?;
+    /// println!("held by {} peers", receipt.replicas.len());
+    /// # Ok(()) }
+    /// ```
+    pub async fn replicate(&self, name: &str) -> Result<Receipt> {
+        let _token = self.inner.begin()?;
+        let object = self.object_id(name);
+        // Opening the local copy checks it exists, is ours and is not visibly damaged; the
+        // replicas then re-read it, verified by the store as it streams.
+        let size = match self.inner.open_local_checked(name, object).await? {
+            Local::Found(reader) => reader.len(),
+            Local::Missing => {
+                return Err(ServerError::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            Local::Damaged(e) => return Err(e),
+        };
+        let key = object.to_hex();
+        let store = Arc::clone(&self.inner.store);
+        let stored_size = tokio::task::spawn_blocking(move || store.stat(&key))
+            .await??
+            .size();
         let replicas = self.inner.replicate(name, object).await?;
         Ok(Receipt {
             name: name.to_owned(),

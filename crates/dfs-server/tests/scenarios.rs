@@ -271,6 +271,7 @@ both_transports!(
     wrong_network_secret,
     different_data_key,
     delete_everywhere_and_replication_policies,
+    replicate_to_late_joiners,
     shutdown_drains_in_flight_store,
     big_file_across_nodes,
 );
@@ -1137,6 +1138,63 @@ async fn delete_everywhere_and_replication_policies<N: Net>(net: N) {
     assert_eq!(a.get_bytes("mine").await.unwrap(), b"only here");
 
     for node in [greedy, solo, a].into_iter().chain(others) {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// `replicate` pushes a stored file to peers that joined after it was stored; it refuses a
+/// missing file, and a damaged copy reaches no peer.
+async fn replicate_to_late_joiners<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(3);
+    let a = start(&net, d[0].path(), &key, &[]).await;
+    let data = pattern(11, 300_000);
+    let alone = a.store_bytes("early", &data).await.unwrap();
+    assert!(alone.replicas.is_empty());
+    let damaged = a
+        .store_bytes("damaged", &pattern(12, 200_000))
+        .await
+        .unwrap();
+
+    let b = start(&net, d[1].path(), &key, &[a.local_addr()]).await;
+    let c = start(&net, d[2].path(), &key, &[a.local_addr()]).await;
+    mesh(&[&a, &b, &c]).await;
+    assert!(!b.has("early").await.unwrap());
+
+    let receipt = a.replicate("early").await.unwrap();
+    assert_eq!(
+        (receipt.size, receipt.stored_size),
+        (alone.size, alone.stored_size)
+    );
+    assert_eq!(receipt.object, alone.object);
+    let mut replicas = receipt.replicas.clone();
+    replicas.sort();
+    let mut expected = vec![b.node_id(), c.node_id()];
+    expected.sort();
+    assert_eq!(replicas, expected);
+    a.shutdown().await.unwrap();
+    // Local hits now: A is gone.
+    assert_eq!(b.get_bytes("early").await.unwrap(), data);
+    assert_eq!(c.get_bytes("early").await.unwrap(), data);
+
+    let err = b.replicate("never-stored").await.unwrap_err();
+    assert!(matches!(err, ServerError::NotFound { .. }), "{err}");
+
+    // A copy damaged mid-file is caught as it streams: no peer commits it.
+    let store = dfs_store::Store::open(d[0].path().join("store")).unwrap();
+    flip_middle_byte(&store.path_of(&damaged.object.to_hex()).unwrap());
+    let a = start(&net, d[0].path(), &key, &[b.local_addr()]).await;
+    mesh(&[&a, &b, &c]).await;
+    let err = a.replicate("damaged").await.unwrap_err();
+    assert!(
+        matches!(&err, ServerError::ReplicationIncomplete { acked, failed, .. }
+            if acked.is_empty() && failed.len() == 2),
+        "{err}"
+    );
+    assert!(!b.has("damaged").await.unwrap());
+    assert!(!c.has("damaged").await.unwrap());
+
+    for node in [a, b, c] {
         node.shutdown().await.unwrap();
     }
 }
