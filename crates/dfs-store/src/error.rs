@@ -90,6 +90,16 @@ pub enum StoreError {
         mismatch: Mismatch,
     },
 
+    /// The write a [`Follower`](crate::Follower) followed failed: nothing was committed,
+    /// and the bytes it handed out must be discarded.
+    #[error("the write of key {key:?} being followed failed: {reason}")]
+    Abandoned {
+        /// The key being written.
+        key: String,
+        /// Why the write failed.
+        reason: String,
+    },
+
     /// A stored file is damaged, truncated, foreign, or holds another key.
     #[error("corrupt object at {path}{}: {reason}", key_suffix(.key))]
     Corrupt {

@@ -6,6 +6,7 @@ mod error;
 mod format;
 mod path;
 mod store;
+mod tail;
 
 #[cfg(feature = "crypto")]
 mod crypto;
@@ -22,6 +23,7 @@ pub use store::{
     BadObject, DEFAULT_ROOT, Durability, Expected, Keys, ObjectMeta, ObjectReader, Objects,
     ScrubReport, Store, StoreBuilder,
 };
+pub use tail::{Follower, Next, Segment, Tail};
 
 #[cfg(feature = "crypto")]
 pub use crypto::DecryptingReader;

@@ -9,6 +9,7 @@ use std::sync::{Arc, mpsc};
 use crate::error::{Mismatch, Result, StoreError};
 use crate::format::{FIXED_LEN, Header};
 use crate::path::{HashPath, PathKey, PathTransform, check_key};
+use crate::tail::Tail;
 
 /// The root folder [`Store::open_default`] uses, relative to the working directory.
 pub const DEFAULT_ROOT: &str = "dfs-store";
@@ -277,7 +278,7 @@ impl<P: PathTransform> Store<P> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write(&self, key: &str, src: impl Read) -> Result<u64> {
-        self.write_inner(key, src, None)
+        self.write_inner(key, src, None, None, None).map(|(n, _)| n)
     }
 
     /// Stores everything `src` yields under `key`, like [`Store::write`], but only if it
@@ -308,21 +309,88 @@ impl<P: PathTransform> Store<P> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_expecting(&self, key: &str, src: impl Read, expected: Expected) -> Result<u64> {
-        self.write_inner(key, src, Some(expected))
+        self.write_inner(key, src, Some(expected), None, None)
+            .map(|(n, _)| n)
     }
 
-    fn write_inner(
+    /// Stores everything `src` yields under `key`, like [`Store::write_expecting`], but
+    /// learns the expected size and hash only once `src` has ended: `expected` is called
+    /// then, before anything is committed (for a source whose trailer carries them, such
+    /// as a replica streamed while its origin was still writing it). An error from
+    /// `expected` fails the write as [`StoreError::Source`]; a mismatch as
+    /// [`StoreError::Mismatch`]. Either way nothing is committed.
+    ///
+    /// ```
+    /// use dfs_store::{Expected, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path())?;
+    /// let body = b"streamed bytes";
+    /// let trailer = Expected::new(14, *blake3::hash(body).as_bytes());
+    /// assert_eq!(store.write_expecting_later("k", &body[..], || Ok(trailer))?, 14);
+    ///
+    /// let gone = || Err(std::io::Error::other("sender vanished before its trailer"));
+    /// assert!(store.write_expecting_later("k2", &body[..], gone).is_err());
+    /// assert!(!store.has("k2")?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_expecting_later(
+        &self,
+        key: &str,
+        src: impl Read,
+        expected: impl FnOnce() -> io::Result<Expected>,
+    ) -> Result<u64> {
+        self.write_inner(key, src, None, Some(Box::new(expected)), None)
+            .map(|(n, _)| n)
+    }
+
+    /// Stores everything `src` yields under `key`, like [`Store::write`], publishing its
+    /// progress to `tail`: [`Follower`](crate::Follower)s read the payload back from the
+    /// staging file while it is written, and get the final size and hash once the object
+    /// is committed (or [`StoreError::Abandoned`] if the write fails). See [`Tail`].
+    pub fn write_tailed(&self, key: &str, src: impl Read, tail: &Tail) -> Result<u64> {
+        /// Fails the followers if the write stops without reporting (a panic).
+        struct EndOnDrop<'a>(&'a Tail);
+        impl Drop for EndOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.end(Err("the write stopped".to_owned()));
+            }
+        }
+        let _guard = EndOnDrop(tail);
+        let result = self.write_inner(key, src, None, None, Some(tail));
+        tail.end(match &result {
+            Ok((n, hash)) => Ok((*n, *hash.as_bytes())),
+            Err(e) => Err(e.to_string()),
+        });
+        result.map(|(n, _)| n)
+    }
+
+    fn write_inner<'a>(
         &self,
         key: &str,
         mut src: impl Read,
         expected: Option<Expected>,
-    ) -> Result<u64> {
+        later: Option<LateExpectation<'a>>,
+        tail: Option<&'a Tail>,
+    ) -> Result<(u64, blake3::Hash)> {
         let (loc, final_path) = self.locate(key)?;
         let mut staging = Staging::create(&self.tmp)?;
+        if let Some(tail) = tail {
+            let reader = File::open(&staging.path)
+                .map_err(|e| StoreError::io("open for followers", &staging.path, e))?;
+            if !tail.start(key, reader, (FIXED_LEN + key.len()) as u64) {
+                return Err(StoreError::io(
+                    "follow",
+                    &staging.path,
+                    io::Error::other("this Tail already followed another write"),
+                ));
+            }
+        }
         let opts = WriteOpts {
             key,
             path: &staging.path,
             expected,
+            later: std::cell::Cell::new(later),
+            tail,
             early_sync: self.durability == Durability::Fsync,
         };
         let written = {
@@ -342,6 +410,7 @@ impl<P: PathTransform> Store<P> {
             let result = write_object(&mut staging.file, &mut src, &opts);
             result?
         };
+        drop(opts); // it borrows the staging path
         if self.durability == Durability::Fsync {
             staging
                 .file
@@ -845,6 +914,9 @@ fn fill(src: &mut impl Read, buf: &mut [u8], key: &str) -> Result<usize> {
     Ok(filled)
 }
 
+/// The expectation of [`Store::write_expecting_later`], asked for at the end.
+type LateExpectation<'a> = Box<dyn FnOnce() -> io::Result<Expected> + 'a>;
+
 /// What a write needs to know besides its sink and source.
 struct WriteOpts<'a> {
     key: &'a str,
@@ -852,6 +924,10 @@ struct WriteOpts<'a> {
     path: &'a Path,
     /// Size and hash the caller expects ([`Store::write_expecting`]).
     expected: Option<Expected>,
+    /// Size and hash the caller will tell at the end ([`Store::write_expecting_later`]).
+    later: std::cell::Cell<Option<LateExpectation<'a>>>,
+    /// Where to publish progress ([`Store::write_tailed`]).
+    tail: Option<&'a Tail>,
     /// Push written bytes to disk on a helper thread while the write goes on (large
     /// objects, `Durability::Fsync`), so the final fsync has little left to do.
     early_sync: bool,
@@ -871,7 +947,14 @@ impl WriteOpts<'_> {
 
     /// Checks the final size and hash against the expectation, if any.
     fn check(&self, total: u64, hash: &blake3::Hash) -> Result<()> {
-        let Some(expected) = self.expected else {
+        let expected = match self.later.take() {
+            Some(later) => Some(later().map_err(|source| StoreError::Source {
+                key: self.key.to_owned(),
+                source,
+            })?),
+            None => self.expected,
+        };
+        let Some(expected) = expected else {
             return Ok(());
         };
         if total < expected.size {
@@ -900,6 +983,13 @@ impl WriteOpts<'_> {
     fn limit(&self) -> u64 {
         self.expected.map_or(u64::MAX, |e| e.size.saturating_add(1))
     }
+
+    /// `written` payload bytes are in the staging file.
+    fn advance(&self, written: u64) {
+        if let Some(tail) = self.tail {
+            tail.advance(written);
+        }
+    }
 }
 
 /// A sink the store can hand a second handle of to a helper thread that fsyncs early.
@@ -921,7 +1011,7 @@ impl SyncHandle for io::Cursor<Vec<u8>> {
     }
 }
 
-/// Writes header + key + payload from `src` into `w`; returns the payload length.
+/// Writes header + key + payload from `src` into `w`; returns the payload length and hash.
 ///
 /// Small payloads (< one buffer) go out in a single write with the final header; larger
 /// ones get a placeholder header that is patched once the hash is known (or, when the
@@ -931,7 +1021,7 @@ fn write_object<W: Write + Seek + SyncHandle>(
     w: &mut W,
     src: &mut impl Read,
     opts: &WriteOpts<'_>,
-) -> Result<u64> {
+) -> Result<(u64, blake3::Hash)> {
     let key = opts.key;
     let io_err = opts.io_err("write");
     let mut src = src.take(opts.limit());
@@ -947,7 +1037,8 @@ fn write_object<W: Write + Seek + SyncHandle>(
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(payload);
         w.write_all(&out).map_err(io_err)?;
-        return Ok(n as u64);
+        opts.advance(n as u64);
+        return Ok((n as u64, hash));
     }
     let mut head = match opts.expected {
         Some(e) => Header::encode_fixed(key, e.size, &e.hash).to_vec(),
@@ -962,7 +1053,7 @@ fn write_object<W: Write + Seek + SyncHandle>(
         w.seek(SeekFrom::Start(0)).map_err(&io_err)?;
         w.write_all(&fixed).map_err(&io_err)?;
     }
-    Ok(total)
+    Ok((total, hash))
 }
 
 /// Buffers in flight between the writing thread and the hashing thread.
@@ -1011,6 +1102,7 @@ fn stream_hashed<W: Write + SyncHandle>(
         w.write_all(&first[..n]).map_err(&io_err)?;
         drop(first);
         let mut total = n as u64;
+        opts.advance(total);
         let mut spare = PIPELINE_BUFFERS;
         loop {
             if let Some(e) = opts.expected
@@ -1053,6 +1145,7 @@ fn stream_hashed<W: Write + SyncHandle>(
             let _ = to_hasher.send((Arc::clone(&buf), n));
             w.write_all(&buf[..n]).map_err(&io_err)?;
             total += n as u64;
+            opts.advance(total);
             if sync_possible {
                 unsynced += n as u64;
                 if unsynced >= EARLY_SYNC_EVERY {
@@ -1693,6 +1786,8 @@ mod tests {
             key,
             path: Path::new("x"),
             expected,
+            later: std::cell::Cell::new(None),
+            tail: None,
             early_sync: false,
         }
     }
@@ -1744,7 +1839,7 @@ mod tests {
         for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK] {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut out = io::Cursor::new(Vec::new());
-            let n = write_object(&mut out, &mut &data[..], &opts("key", None)).unwrap();
+            let (n, _) = write_object(&mut out, &mut &data[..], &opts("key", None)).unwrap();
             assert_eq!(n, len as u64);
             let bytes = out.into_inner();
             let mut expected =
@@ -1763,7 +1858,7 @@ mod tests {
             write_object(&mut plain, &mut &data[..], &opts("key", None)).unwrap();
             let expected = Expected::new(len as u64, *blake3::hash(&data).as_bytes());
             let mut checked = io::Cursor::new(Vec::new());
-            let n =
+            let (n, _) =
                 write_object(&mut checked, &mut &data[..], &opts("key", Some(expected))).unwrap();
             assert_eq!(n, len as u64);
             assert!(plain.into_inner() == checked.into_inner(), "len {len}");
@@ -1821,7 +1916,7 @@ mod tests {
             step: 1,
             interrupt: false,
         };
-        let n = write_object(&mut out, &mut src, &opts("k", None)).unwrap();
+        let (n, _) = write_object(&mut out, &mut src, &opts("k", None)).unwrap();
         assert_eq!(n, len as u64);
         let bytes = out.into_inner();
         let header = Header::encode_fixed("k", len as u64, blake3::hash(&expected).as_bytes());
