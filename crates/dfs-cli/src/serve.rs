@@ -374,6 +374,29 @@ struct Node {
     started: Instant,
 }
 
+impl Node {
+    /// A [`RemoteErrorKind::WrongKey`] error when this node holds a file named `name` under
+    /// another object id than its data key gives that name: the file was stored here with
+    /// another data key (the node was restarted with another `--key-file`). Only asked after
+    /// a "not found", so the cost of listing the store is paid on that path alone.
+    async fn under_another_key(&self, name: &str) -> Option<RemoteError> {
+        let ours = self.server.object_id(name).to_hex();
+        let files = self.server.list().await.ok()?;
+        files
+            .iter()
+            .any(|f| f.name.as_deref() == Some(name) && f.id != ours)
+            .then(|| {
+                RemoteError::new(
+                    RemoteErrorKind::WrongKey,
+                    format!(
+                        "wrong data key: this node holds {name:?} encrypted under another data key \
+                         (start it with the --key-file the file was stored with)"
+                    ),
+                )
+            })
+    }
+}
+
 /// Maps a server error to what the client is told.
 fn remote(err: &ServerError) -> RemoteError {
     let kind = match err {
@@ -434,17 +457,25 @@ impl Backend for Node {
     }
 
     async fn get(&self, name: &str) -> Result<(u64, FileReader), RemoteError> {
-        let reader = self.server.get(name).await.map_err(|err| remote(&err))?;
-        Ok((reader.len(), reader))
+        match self.server.get(name).await {
+            Ok(reader) => Ok((reader.len(), reader)),
+            Err(err @ ServerError::NotFound { .. }) => Err(self
+                .under_another_key(name)
+                .await
+                .unwrap_or_else(|| remote(&err))),
+            Err(err) => Err(remote(&err)),
+        }
     }
 
     async fn remove(&self, name: &str, everywhere: bool) -> Result<(), RemoteError> {
         let here = self.server.has(name).await.map_err(|err| remote(&err))?;
         if !here && !everywhere {
-            return Err(RemoteError::new(
-                RemoteErrorKind::NotFound,
-                format!("file {name:?} not found on this node"),
-            ));
+            return Err(self.under_another_key(name).await.unwrap_or_else(|| {
+                RemoteError::new(
+                    RemoteErrorKind::NotFound,
+                    format!("file {name:?} not found on this node"),
+                )
+            }));
         }
         let scope = if everywhere {
             Scope::Everywhere

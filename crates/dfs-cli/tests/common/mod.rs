@@ -10,6 +10,17 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The exit statuses of `dfs`, as `ExitStatus::code` reports them.
+pub const EXIT_FAILURE: i32 = dfs_cli::EXIT_FAILURE as i32;
+/// Bad command line.
+pub const EXIT_USAGE: i32 = dfs_cli::EXIT_USAGE as i32;
+/// Unknown name.
+pub const EXIT_NOT_FOUND: i32 = dfs_cli::EXIT_NOT_FOUND as i32;
+/// Node unreachable.
+pub const EXIT_UNREACHABLE: i32 = dfs_cli::EXIT_UNREACHABLE as i32;
+/// Wrong data key or network secret.
+pub const EXIT_AUTH: i32 = dfs_cli::EXIT_AUTH as i32;
+
 /// How long anything in a test may take before the test fails instead of hanging.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -38,6 +49,19 @@ pub fn run(args: &[&str]) -> Output {
 
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts that a client command failed with exit status `code` and said so in exactly one
+/// line on stderr, `dfs: error: ...`, containing `needle`; returns that line.
+pub fn assert_fails_with(out: &Output, code: i32, needle: &str) -> String {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(code), "exit status; stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {err:?}");
+    assert!(lines[0].starts_with("dfs: error: "), "{err}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {err:?}");
+    println!("exit {code}: {}", lines[0]);
+    lines[0].to_owned()
 }
 
 /// Log text shared with a reader thread, with a condition variable to wait on.
@@ -108,6 +132,9 @@ pub struct Node {
     pub data: PathBuf,
     pub addr: String,
     args: Vec<String>,
+    /// A command (and its arguments) the node is started through, e.g. `unshare -m sh -c ..`,
+    /// which must end by `exec`ing the `dfs serve` command line it is given.
+    wrapper: Vec<String>,
     child: Option<Child>,
     pub log: Arc<Log>,
 }
@@ -121,17 +148,7 @@ impl Node {
         bootstrap: &[&Node],
         extra: &[&str],
     ) -> Node {
-        let mut args = vec![
-            "serve".to_owned(),
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--data".to_owned(),
-            data.to_str().unwrap().to_owned(),
-            "--key-file".to_owned(),
-            keys.key.to_str().unwrap().to_owned(),
-            "--secret-file".to_owned(),
-            keys.secret.to_str().unwrap().to_owned(),
-        ];
+        let mut args = Node::start_args(data, keys);
         for node in bootstrap {
             args.push("--bootstrap".to_owned());
             args.push(node.addr.clone());
@@ -142,6 +159,7 @@ impl Node {
             data: data.to_path_buf(),
             addr: String::new(),
             args,
+            wrapper: Vec::new(),
             child: None,
             log: Arc::default(),
         };
@@ -149,8 +167,41 @@ impl Node {
         node
     }
 
+    /// Like [`Node::start`], with the `dfs serve` command line run through `wrapper`.
+    pub fn start_wrapped(data: &Path, name: &str, keys: &Keys, wrapper: &[&str]) -> Node {
+        let mut node = Node {
+            name: name.to_owned(),
+            data: data.to_path_buf(),
+            addr: String::new(),
+            args: Vec::new(),
+            wrapper: wrapper.iter().map(|s| (*s).to_owned()).collect(),
+            child: None,
+            log: Arc::default(),
+        };
+        node.args = Node::start_args(data, keys);
+        node.spawn();
+        node
+    }
+
+    fn start_args(data: &Path, keys: &Keys) -> Vec<String> {
+        [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+            "--key-file",
+            keys.key.to_str().unwrap(),
+            "--secret-file",
+            keys.secret.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
     fn spawn(&mut self) {
-        let (child, addr, log) = spawn_serve(&self.args)
+        let (child, addr, log) = spawn_serve(&self.wrapper, &self.args)
             .unwrap_or_else(|log| panic!("node {} did not become ready:\n{log}", self.name));
         self.child = Some(child);
         self.addr = addr;
@@ -283,9 +334,26 @@ pub fn wait_child(child: Child) -> ExitStatus {
     }
 }
 
-/// Spawns `dfs ARGS` (a serve) and waits for `listening on ADDR`; on early exit returns the log.
-fn spawn_serve(args: &[String]) -> Result<(Child, String, Arc<Log>), String> {
-    let mut child = dfs()
+/// Spawns `dfs ARGS` (a serve), through `wrapper` if not empty, and waits for
+/// `listening on ADDR`; on early exit returns the log.
+fn spawn_serve(wrapper: &[String], args: &[String]) -> Result<(Child, String, Arc<Log>), String> {
+    let mut cmd = match wrapper.split_first() {
+        None => dfs(),
+        Some((program, rest)) => {
+            let mut cmd = dfs();
+            let mut wrapped = Command::new(program);
+            wrapped.args(rest).arg(dfs_bin());
+            for (key, value) in cmd.get_envs() {
+                match value {
+                    Some(value) => wrapped.env(key, value),
+                    None => wrapped.env_remove(key),
+                };
+            }
+            cmd = wrapped;
+            cmd
+        }
+    };
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
