@@ -215,6 +215,28 @@ mod tests {
     }
 
     #[test]
+    fn serve_needs_no_arguments() {
+        let cli = Cli::try_parse_from(["dfs", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        if std::env::var_os("DFS_LISTEN").is_none() {
+            assert_eq!(args.listen, "127.0.0.1:3000");
+        }
+        if std::env::var_os("DFS_DATA").is_none() {
+            assert_eq!(args.data, default_data_dir());
+        }
+        assert!(args.bootstrap.is_empty());
+        if std::env::var_os("DFS_KEY_FILE").is_none() {
+            assert!(args.key_file.is_none(), "generated in the data directory");
+        }
+        assert_eq!(
+            (args.replicas, args.grace, args.no_fsync),
+            (None, 10, false)
+        );
+    }
+
+    #[test]
     fn parses_the_documented_forms() {
         let cli = Cli::try_parse_from([
             "dfs",

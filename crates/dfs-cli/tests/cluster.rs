@@ -350,3 +350,176 @@ fn ctr_output_decrypts_with_openssl() {
         Err(err) => eprintln!("skipped: openssl not runnable ({err})"),
     }
 }
+
+/// `dfs serve` with no arguments: the default data directory, a data key generated there on
+/// first start, an open network (with a warning), and client commands without `--data` find
+/// it. Only the port is moved off the default (`DFS_LISTEN`), since 127.0.0.1:3000 may be taken
+/// on a shared machine. The default log (no `RUST_LOG`) is one plain line per event.
+#[test]
+fn serve_alone_runs_on_defaults_and_logs_one_line_per_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let xdg = tmp.path().join("xdg");
+    let home = tmp.path().join("home");
+    let (xdg_s, home_s) = (xdg.to_str().unwrap(), home.to_str().unwrap());
+    let data = xdg.join("dfs");
+    let a = Node::start_bare(
+        &data,
+        "a",
+        &["serve"],
+        &[
+            ("XDG_DATA_HOME", Some(xdg_s)),
+            ("HOME", Some(home_s)),
+            ("DFS_LISTEN", Some("127.0.0.1:0")),
+            ("RUST_LOG", None),
+        ],
+    );
+    let key = data.join("data.key");
+    assert!(
+        key.is_file(),
+        "data key generated in the default data directory"
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "data key private: {mode:o}");
+
+    // Client commands with no --data reach the node through the same default.
+    let client = |args: &[&str]| {
+        dfs()
+            .args(args)
+            .env("XDG_DATA_HOME", xdg_s)
+            .env("HOME", home_s)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let status = client(&["status"]);
+    assert!(status.status.success(), "{}", stderr_of(&status));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&a.addr) && text.contains(data.to_str().unwrap()),
+        "{text}"
+    );
+
+    // A file large enough for a progress bar: none is drawn, stderr is not a terminal.
+    let f = tmp.path().join("f");
+    let hash = write_pattern_file(&f, 50, 3 << 20);
+    let put = client(&["put", f.to_str().unwrap()]);
+    assert!(put.status.success(), "{}", stderr_of(&put));
+    assert_eq!(stderr_of(&put), "", "no progress bar on a pipe");
+    let back = tmp.path().join("back");
+    let get = client(&["get", "f", "-o", back.to_str().unwrap()]);
+    assert!(get.status.success(), "{}", stderr_of(&get));
+    assert_eq!(
+        stderr_of(&get),
+        format!("wrote {} ({} bytes)\n", back.display(), 3 << 20),
+        "no progress bar on a pipe"
+    );
+    assert_eq!(hash_file(&back), hash);
+    client(&["rm", "f"]);
+
+    // The default log: plain lines (no colour codes on a pipe), `TIME LEVEL message`, one per
+    // event.
+    a.log.wait_for("deleted \"f\"");
+    let log = a.log.contents();
+    assert!(!log.contains('\u{1b}'), "no ANSI escapes on a pipe:\n{log}");
+    for line in log.lines() {
+        let mut words = line.split_whitespace();
+        let time = words.next().unwrap_or_default();
+        let level = words.next().unwrap_or_default();
+        assert!(time.starts_with("20") && time.ends_with('Z'), "{line}");
+        assert!(["INFO", "WARN"].contains(&level), "{line}");
+    }
+    for event in [
+        "node ready",
+        "open network",
+        "stored \"f\"",
+        "deleted \"f\"",
+    ] {
+        assert_eq!(
+            log.lines().filter(|l| l.contains(event)).count(),
+            1,
+            "one line for {event:?}:\n{log}"
+        );
+    }
+}
+
+/// With stderr on a terminal (a pty from `script`), put and get of a large file draw a
+/// progress bar; skipped where `script` is missing.
+#[test]
+fn progress_bars_are_drawn_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "k");
+    let a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--no-fsync"]);
+    let f = tmp.path().join("f");
+    write_pattern_file(&f, 51, 8 << 20);
+    let back = tmp.path().join("back");
+    for cmd in [
+        format!("{} put {} --data {}", dfs_bin(), f.display(), a.data_arg()),
+        format!(
+            "{} get f -o {} --data {}",
+            dfs_bin(),
+            back.display(),
+            a.data_arg()
+        ),
+    ] {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output();
+        let out = match out {
+            Ok(out) if out.status.success() => out,
+            Ok(out) => panic!("{cmd}: {}", String::from_utf8_lossy(&out.stdout)),
+            Err(err) => {
+                eprintln!("skipped: `script` not runnable ({err})");
+                return;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("/8.00 MiB"),
+            "no progress bar for {cmd}:\n{text}"
+        );
+    }
+    assert_eq!(hash_file(&back), hash_file(&f));
+}
+
+/// `dfs encrypt` / `dfs decrypt` with each cipher from stdin to stdout (no arguments, and `-`).
+#[test]
+fn encrypt_and_decrypt_between_stdin_and_stdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "k");
+    let key = keys.key.to_str().unwrap();
+    let data = Pattern::bytes(60, 300_001);
+    let pipe = |args: &[&str], input: Vec<u8>| {
+        let mut child = dfs()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+        out.stdout
+    };
+    for cipher in ["ctr", "sealed"] {
+        let enc = pipe(&["encrypt", "-k", key, "--cipher", cipher], data.clone());
+        if cipher == "ctr" {
+            assert_eq!(enc.len(), 16 + data.len(), "IV || ciphertext");
+        }
+        assert!(enc.len() > data.len() && enc[16..] != data[..]);
+        let dec = pipe(
+            &["decrypt", "-k", key, "--cipher", cipher, "-", "-o", "-"],
+            enc.clone(),
+        );
+        assert!(dec == data, "{cipher}: stdin/stdout round trip");
+        // And the file form reads what the pipe form wrote.
+        let path = tmp.path().join(format!("enc-{cipher}"));
+        std::fs::write(&path, &enc).unwrap();
+        let out = run(&["decrypt", "-k", key, "-c", cipher, path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(out.stdout == data);
+    }
+}

@@ -135,6 +135,8 @@ pub struct Node {
     /// A command (and its arguments) the node is started through, e.g. `unshare -m sh -c ..`,
     /// which must end by `exec`ing the `dfs serve` command line it is given.
     wrapper: Vec<String>,
+    /// Environment changes for the `dfs serve` process (`None`: remove the variable).
+    envs: Vec<(String, Option<String>)>,
     child: Option<Child>,
     pub log: Arc<Log>,
 }
@@ -160,6 +162,7 @@ impl Node {
             addr: String::new(),
             args,
             wrapper: Vec::new(),
+            envs: Vec::new(),
             child: None,
             log: Arc::default(),
         };
@@ -175,10 +178,37 @@ impl Node {
             addr: String::new(),
             args: Vec::new(),
             wrapper: wrapper.iter().map(|s| (*s).to_owned()).collect(),
+            envs: Vec::new(),
             child: None,
             log: Arc::default(),
         };
         node.args = Node::start_args(data, keys);
+        node.spawn();
+        node
+    }
+
+    /// Starts `dfs ARGS` (a `serve` command line given whole) with environment changes `envs`
+    /// (`None` removes a variable); `data` is the data directory client commands are pointed
+    /// at by [`Node::dfs`].
+    pub fn start_bare(
+        data: &Path,
+        name: &str,
+        args: &[&str],
+        envs: &[(&str, Option<&str>)],
+    ) -> Node {
+        let mut node = Node {
+            name: name.to_owned(),
+            data: data.to_path_buf(),
+            addr: String::new(),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            wrapper: Vec::new(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+                .collect(),
+            child: None,
+            log: Arc::default(),
+        };
         node.spawn();
         node
     }
@@ -201,7 +231,7 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        let (child, addr, log) = spawn_serve(&self.wrapper, &self.args)
+        let (child, addr, log) = spawn_serve(&self.wrapper, &self.envs, &self.args)
             .unwrap_or_else(|log| panic!("node {} did not become ready:\n{log}", self.name));
         self.child = Some(child);
         self.addr = addr;
@@ -336,7 +366,11 @@ pub fn wait_child(child: Child) -> ExitStatus {
 
 /// Spawns `dfs ARGS` (a serve), through `wrapper` if not empty, and waits for
 /// `listening on ADDR`; on early exit returns the log.
-fn spawn_serve(wrapper: &[String], args: &[String]) -> Result<(Child, String, Arc<Log>), String> {
+fn spawn_serve(
+    wrapper: &[String],
+    envs: &[(String, Option<String>)],
+    args: &[String],
+) -> Result<(Child, String, Arc<Log>), String> {
     let mut cmd = match wrapper.split_first() {
         None => dfs(),
         Some((program, rest)) => {
@@ -353,6 +387,12 @@ fn spawn_serve(wrapper: &[String], args: &[String]) -> Result<(Child, String, Ar
             cmd
         }
     };
+    for (key, value) in envs {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
     let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
