@@ -331,14 +331,93 @@ fn kill9_in_the_middle_of_a_transfer(size: u64) {
 }
 
 #[test]
-fn kill9_in_the_middle_of_a_24_mib_transfer() {
-    kill9_in_the_middle_of_a_transfer(24 << 20);
-}
-
-#[test]
-#[ignore = "heavy: 256 MiB through debug-built crypto; run with --ignored"]
 fn kill9_in_the_middle_of_a_256_mib_transfer() {
     kill9_in_the_middle_of_a_transfer(256 << 20);
+}
+
+/// Bytes the process has read so far (`rchar` in `/proc/PID/io`: files and sockets).
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// `kill -9` the peer serving a 256 MiB fetch half-way while another peer holds the file too:
+/// the get still succeeds (from the other holder), nothing partial is left, and the killed
+/// node, restarted, serves what it had.
+#[test]
+fn kill9_of_a_sender_mid_fetch_fails_over_to_another_holder() {
+    let size: u64 = 256 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    let mut a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--no-fsync"]);
+    let mut c = Node::start(&tmp.path().join("c"), "c", &keys, &[&a], &["--no-fsync"]);
+    a.wait_peers(1);
+    let big = tmp.path().join("big");
+    let hash = write_pattern_file(&big, 31, size);
+    let stored = a.ok(&["put", big.to_str().unwrap()]);
+    assert!(stored.contains("1 replica(s)"), "{stored}");
+    std::fs::remove_file(&big).unwrap();
+    // B joins later: it has no copy and must fetch one from A or C.
+    let b = Node::start(
+        &tmp.path().join("b"),
+        "b",
+        &keys,
+        &[&a, &c],
+        &["--no-fsync"],
+    );
+    b.wait_peers(2);
+
+    let before = [bytes_read(a.pid()), bytes_read(c.pid())];
+    let out_path = tmp.path().join("out");
+    let get = dfs()
+        .args(["get", "big", "-o", out_path.to_str().unwrap()])
+        .args(["--data", b.data_arg()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The sender is the holder that has read a quarter of the file so far.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let sender = loop {
+        let read = [bytes_read(a.pid()), bytes_read(c.pid())];
+        if let Some(i) = (0..2).find(|&i| read[i] - before[i] > size / 4) {
+            break i;
+        }
+        assert!(std::time::Instant::now() < deadline, "no fetch started");
+        std::thread::yield_now();
+    };
+    let (killed, other) = if sender == 0 {
+        (&mut a, &c)
+    } else {
+        (&mut c, &a)
+    };
+    println!(
+        "killed {} mid-fetch; {} holds the other copy",
+        killed.name, other.name
+    );
+    killed.kill9();
+    let out = finish(get);
+    assert!(
+        out.status.success(),
+        "get: {}
+b:
+{}",
+        stderr_of(&out),
+        b.log.contents()
+    );
+    assert_eq!(hash_file(&out_path), hash);
+    // It really was cut off mid-body and the copy came from the other holder.
+    b.log.wait_for("fetch from peer failed, trying the next");
+    b.log.wait_for("fetched \"big\" (");
+    assert_no_staging_leftovers(&b);
+    assert!(b.ok(&["ls"]).contains("big"));
+
+    killed.restart_joining(&[&b]);
+    assert_no_staging_leftovers(killed);
+    assert_eq!(get_hash(killed, "big", tmp.path()), hash);
 }
 
 /// Waits until `node`'s store has a non-empty staging file (a transfer into it is under way).
