@@ -523,3 +523,47 @@ fn encrypt_and_decrypt_between_stdin_and_stdout() {
         assert!(out.stdout == data);
     }
 }
+
+/// The README quick start: three nodes (B and C join A), put through A, get through C, stop A
+/// with Ctrl-C (SIGINT: graceful, status 0), get again through B, which now only sees C.
+#[test]
+fn the_readme_quickstart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "quick");
+    let mut a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &[]);
+    let b = Node::start(&tmp.path().join("b"), "b", &keys, &[&a], &[]);
+    let c = Node::start(&tmp.path().join("c"), "c", &keys, &[&a], &[]);
+    for node in [&a, &b, &c] {
+        node.wait_peers(2);
+    }
+    let photo = tmp.path().join("photo.jpg");
+    let hash = write_pattern_file(&photo, 70, 1_500_000);
+    a.ok(&["put", photo.to_str().unwrap(), "--name", "photo.jpg"]);
+    let copy = tmp.path().join("copy.jpg");
+    c.ok(&["get", "photo.jpg", "-o", copy.to_str().unwrap()]);
+    assert_eq!(hash_file(&copy), hash);
+
+    a.signal("INT");
+    assert!(a.wait_exit().success(), "{}", a.log.contents());
+    a.log.wait_for("SIGINT received, shutting down");
+    a.log.wait_for("stopped");
+    assert!(!a.data.join("dfs.sock").exists(), "control socket removed");
+
+    let again = tmp.path().join("again.jpg");
+    b.ok(&["get", "photo.jpg", "-o", again.to_str().unwrap()]);
+    assert_eq!(hash_file(&again), hash);
+    // B notices A is gone (the connection closes); only C is left.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let peers = b.ok(&["peers"]);
+        if peers.lines().count() == 1 {
+            assert!(peers.contains(&c.addr), "{peers}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still listed: {peers}"
+        );
+        b.log.wait_for("peer left");
+    }
+}
