@@ -82,7 +82,6 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
     tx: &mpsc::Sender<Item>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
-    let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "consumer stopped");
     loop {
         let mut buf = BytesMut::with_capacity(CHUNK);
         let n = match src.read_buf(&mut buf).await {
@@ -112,8 +111,18 @@ pub(crate) async fn pump_body(
     tx: &mpsc::Sender<Item>,
     read_timeout: Option<Duration>,
 ) -> io::Result<u64> {
+    let total = forward_body(body, tx, read_timeout).await?;
+    tx.send(Ok(None)).await.map_err(|_| gone())?;
+    Ok(total)
+}
+
+/// [`pump_body`] without the end marker: for one of several bodies making up a stream.
+pub(crate) async fn forward_body(
+    body: &mut BodyReader,
+    tx: &mpsc::Sender<Item>,
+    read_timeout: Option<Duration>,
+) -> io::Result<u64> {
     let mut total = 0u64;
-    let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "consumer stopped");
     loop {
         let next = match read_timeout {
             Some(d) => match tokio::time::timeout(d, body.next_chunk()).await {
@@ -130,16 +139,18 @@ pub(crate) async fn pump_body(
                 total += chunk.len() as u64;
                 tx.send(Ok(Some(chunk))).await.map_err(|_| gone())?;
             }
-            Ok(None) => {
-                tx.send(Ok(None)).await.map_err(|_| gone())?;
-                return Ok(total);
-            }
+            Ok(None) => return Ok(total),
             Err(e) => {
                 let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string()))).await;
                 return Err(e);
             }
         }
     }
+}
+
+/// The error of a send to a consumer that went away.
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "consumer stopped")
 }
 
 /// Streams a blocking reader as an async one. Chunks are read on the blocking pool, each

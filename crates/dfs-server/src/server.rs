@@ -11,14 +11,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dfs_crypto::{Aes256CtrBlake3, Cipher, Key};
-use dfs_store::{Durability, Expected, HashPath, ObjectReader, PathTransform, Store};
+use dfs_store::{
+    Durability, Expected, Follower, HashPath, Next, ObjectReader, PathTransform, Store, Tail,
+};
 use dfs_transport::{
     BodyReader, Endpoint, EndpointConfig, Event, Events, NodeId, Peer, Substream, Transport,
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::io::StreamReader;
@@ -367,12 +369,15 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     }
 
     /// Stores everything `data` yields under `name`: encrypted while written locally
-    /// (atomically, durably), then streamed from the local file to the replica peers.
+    /// (atomically, durably), and streamed from the local file to the replica peers while
+    /// it is written (each peer checks the committed size and hash before its own commit,
+    /// so a failed local write leaves nothing on any peer).
     ///
     /// Returns once the local copy is durable and the [`Replication`] policy is met, with a
     /// receipt naming the peers that acknowledged a durable copy. If too few did within the
-    /// replication timeout the error is [`ServerError::ReplicationIncomplete`]; the local
-    /// copy is kept either way. Storing a name again replaces the file.
+    /// replication timeout (counted from the local commit) the error is
+    /// [`ServerError::ReplicationIncomplete`]; the local copy is kept either way. Storing a
+    /// name again replaces the file.
     pub async fn store(
         &self,
         name: &str,
@@ -380,17 +385,40 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     ) -> Result<Receipt> {
         let _token = self.inner.begin()?;
         let object = self.object_id(name);
-        let (size, stored_size) = {
+        // Replicas follow the local write as it reaches the staging file.
+        let (following, committed) = Following::new();
+        let local = async {
             let _object = self.inner.objects.lock(object).await;
-            self.inner.write_local(name, object, data).await?
+            let tail = following.tail.clone();
+            let (size, stored_size) = self
+                .inner
+                .write_local(name, object, data, Some(tail))
+                .await?;
+            let _ = committed.send(true);
+            self.inner.emit(ServerEvent::FileStored {
+                name: name.to_owned(),
+                object,
+                size,
+            });
+            debug!(%name, %object, size, "stored locally");
+            Ok::<_, ServerError>((size, stored_size))
         };
-        let _ = self.inner.events.send(ServerEvent::FileStored {
-            name: name.to_owned(),
-            object,
-            size,
-        });
-        debug!(%name, %object, size, "stored locally");
-        let replicas = self.inner.replicate(name, object).await?;
+        let replicate = self.inner.replicate(name, object, Some(&following));
+        let (mut local, mut replicate) = (std::pin::pin!(local), std::pin::pin!(replicate));
+        let mut replicated = None;
+        let written = loop {
+            tokio::select! {
+                written = &mut local => break written,
+                done = &mut replicate, if replicated.is_none() => replicated = Some(done),
+            }
+        };
+        // A failed local write drops the replicas in flight: none can commit without the
+        // trailer that only a committed local copy sends.
+        let (size, stored_size) = written?;
+        let replicas = match replicated {
+            Some(done) => done?,
+            None => replicate.await?,
+        };
         Ok(Receipt {
             name: name.to_owned(),
             object,
@@ -401,8 +429,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     }
 
     /// Pushes this node's copy of `name` to peers per the [`Replication`] policy, as
-    /// [`store`](Self::store) does after its local write: each replica streams from the local
-    /// file and is acknowledged once durable. Use it to bring a file onto peers that joined
+    /// [`store`](Self::store) does: each replica streams from the local file and is
+    /// acknowledged once durable. Use it to bring a file onto peers that joined
     /// after it was stored, or to retry after [`ServerError::ReplicationIncomplete`].
     ///
     /// Errors: [`ServerError::NotFound`] when this node holds no copy, the damage error when
@@ -435,7 +463,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         let stored_size = tokio::task::spawn_blocking(move || store.stat(&key))
             .await??
             .size();
-        let replicas = self.inner.replicate(name, object).await?;
+        let replicas = self.inner.replicate(name, object, None).await?;
         Ok(Receipt {
             name: name.to_owned(),
             object,
@@ -715,6 +743,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         name: &str,
         object: ObjectId,
         data: impl AsyncRead + Unpin,
+        tail: Option<Tail>,
     ) -> Result<(u64, u64)> {
         let (tx, rx) = bridge::channel();
         let store = Arc::clone(&self.store);
@@ -726,7 +755,10 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
             let src = ChannelReader::new(rx);
             let reader = object::encrypting(&*cipher, &fingerprint, src)?;
-            let stored = store.write(&key, reader)?;
+            let stored = match &tail {
+                Some(tail) => store.write_tailed(&key, reader, tail)?,
+                None => store.write(&key, reader)?,
+            };
             names.put(&object, &owned_name)?;
             Ok(stored)
         });
@@ -746,8 +778,15 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         }
     }
 
-    /// Streams the local object to the replica peers per the policy.
-    async fn replicate(self: &Arc<Self>, name: &str, object: ObjectId) -> Result<Vec<NodeId>> {
+    /// Streams the local object to the replica peers per the policy: from the committed
+    /// local file, or, given `following`, from the local write as it happens. The
+    /// replication timeout counts from the local commit.
+    async fn replicate(
+        self: &Arc<Self>,
+        name: &str,
+        object: ObjectId,
+        following: Option<&Following>,
+    ) -> Result<Vec<NodeId>> {
         let mut peers: Vec<Peer> = self
             .endpoint
             .peers()
@@ -777,20 +816,36 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let mut pending = HashSet::new();
         for peer in candidates.by_ref().take(wanted) {
             pending.insert(peer.id());
-            running.push(self.replicate_one(peer, object, 1));
+            running.push(self.replicate_one(peer, object, 1, following.cloned()));
         }
-        let deadline = Instant::now() + self.config.replication_timeout;
+        let timeout = self.config.replication_timeout;
+        let mut committed = following.map(|f| f.committed.clone());
+        let mut deadline = match committed {
+            Some(_) => None,
+            None => Some(Instant::now() + timeout),
+        };
         let mut acked = Vec::new();
         let mut failed: Vec<(NodeId, String)> = Vec::new();
         while acked.len() < wanted {
-            let next = tokio::time::timeout_at(deadline, running.next()).await;
+            let next = match (deadline, &mut committed) {
+                (Some(deadline), _) => tokio::time::timeout_at(deadline, running.next()).await,
+                (None, Some(committed)) => tokio::select! {
+                    next = running.next() => Ok(next),
+                    done = committed.wait_for(|done| *done) => {
+                        // The clock starts at the commit (or now, if the store gave up).
+                        let _ = done;
+                        deadline = Some(Instant::now() + timeout);
+                        continue;
+                    }
+                },
+                (None, None) => Ok(running.next().await),
+            };
             if let Ok(Some((peer, _, _))) = &next {
                 pending.remove(&peer.id());
             }
             match next {
                 Err(_) => {
                     warn!(%name, "replication timed out");
-                    let timeout = self.config.replication_timeout;
                     for id in pending.drain() {
                         failed.retain(|(f, _)| *f != id);
                         failed.push((id, format!("no acknowledgement within {timeout:?}")));
@@ -818,10 +873,11 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                     // connection to be up.)
                     if let Some(next) = candidates.next() {
                         pending.insert(next.id());
-                        running.push(self.replicate_one(next, object, 1));
+                        running.push(self.replicate_one(next, object, 1, following.cloned()));
                     } else if attempt < REPLICA_ATTEMPTS {
                         pending.insert(peer.id());
-                        running.push(self.replicate_one(peer, object, attempt + 1));
+                        let again = following.cloned();
+                        running.push(self.replicate_one(peer, object, attempt + 1, again));
                     }
                 }
             }
@@ -837,13 +893,15 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         Ok(acked)
     }
 
-    /// Sends the local object to one peer and waits for its durable-write ack.
-    /// Attempt number `attempt` (from 1) waits a backoff first.
+    /// Sends the local object to one peer (the committed file, or following the local
+    /// write) and waits for its durable-write ack. Attempt number `attempt` (from 1) waits
+    /// a backoff first.
     fn replicate_one(
         self: &Arc<Self>,
         peer: Peer,
         object: ObjectId,
         attempt: u32,
+        following: Option<Following>,
     ) -> impl Future<Output = (Peer, u32, Result<()>)> + Send + 'static {
         let this = Arc::clone(self);
         async move {
@@ -858,15 +916,27 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             }
             let id = peer.id();
             let result = async {
-                let (size, hash, body) = this.open_stored(object).await?;
-                let mut s = peer.open_stream().await?;
-                s.send(&Envelope::new(Message::Put {
-                    id: object,
-                    size,
-                    hash,
-                }))
-                .await?;
-                s.send_body(size, body).await?;
+                let mut s = match following {
+                    Some(following) => {
+                        let mut s = peer.open_stream().await?;
+                        s.send(&Envelope::new(Message::PutFollow { id: object }))
+                            .await?;
+                        following.send(&mut s).await?;
+                        s
+                    }
+                    None => {
+                        let (size, hash, body) = this.open_stored(object).await?;
+                        let mut s = peer.open_stream().await?;
+                        s.send(&Envelope::new(Message::Put {
+                            id: object,
+                            size,
+                            hash,
+                        }))
+                        .await?;
+                        s.send_body(size, body).await?;
+                        s
+                    }
+                };
                 match s.recv::<Envelope>().await? {
                     Some(Envelope {
                         message: Message::Stored,
@@ -1247,6 +1317,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         }
         let result = match envelope.message {
             Message::Put { id, size, hash } => self.serve_put(from.id(), s, id, size, hash).await,
+            Message::PutFollow { id } => self.serve_put_follow(from.id(), s, id).await,
             Message::Get { id } => self.serve_get(s, id).await,
             Message::Delete { id } => self.serve_delete(from.id(), s, id).await,
             other => {
@@ -1288,7 +1359,88 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let pumped = bridge::pump_body(&mut body, &tx, Some(self.config.request_timeout)).await;
         drop(tx);
         let written = writer.await?;
-        let reply = match (&pumped, &written) {
+        self.answer_put(from, object, body.into_substream().ok(), pumped, written)
+            .await
+    }
+
+    /// Receives a replica streamed while its origin writes it (`PutFollow`): `Part` bodies
+    /// into the store's staging file, then `PutEnd`'s size and hash, checked before the
+    /// commit. The wait for each part is bounded by the replication timeout, each read
+    /// within a part by the request timeout.
+    async fn serve_put_follow(&self, from: NodeId, s: Substream, object: ObjectId) -> Result<()> {
+        let _object = self.objects.lock(object).await;
+        let (tx, rx) = bridge::channel();
+        let trailer = Arc::new(Mutex::new(None::<Expected>));
+        let store = Arc::clone(&self.store);
+        let key = object.to_hex();
+        let expected = Arc::clone(&trailer);
+        let writer = tokio::task::spawn_blocking(move || {
+            store.write_expecting_later(&key, ChannelReader::new(rx), move || {
+                expected
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                    .ok_or_else(|| io::Error::other("the stream ended without its size and hash"))
+            })
+        });
+        let mut s = Some(s);
+        let received = async {
+            let mut total = 0u64;
+            loop {
+                // (Put back after every part; only an error leaves it out.)
+                let mut sub = s.take().ok_or_else(|| io::Error::other("substream lost"))?;
+                let wait = self.config.replication_timeout;
+                let next = tokio::time::timeout(wait, sub.recv::<Envelope>())
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, format!("no part for {wait:?}"))
+                    })?
+                    .map_err(io::Error::other)?;
+                match next.map(|e| e.message) {
+                    Some(Message::Part) => {
+                        let mut body = sub.recv_body().await.map_err(io::Error::other)?;
+                        let timeout = Some(self.config.request_timeout);
+                        total += bridge::forward_body(&mut body, &tx, timeout).await?;
+                        s = Some(body.into_substream().map_err(io::Error::other)?);
+                    }
+                    Some(Message::PutEnd { size, hash }) => {
+                        s = Some(sub);
+                        *trailer
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(Expected::new(size, hash));
+                        tx.send(Ok(None))
+                            .await
+                            .map_err(|_| io::Error::other("the store stopped reading"))?;
+                        return Ok(total);
+                    }
+                    other => {
+                        s = Some(sub);
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("unexpected {other:?} in a followed put"),
+                        ));
+                    }
+                }
+            }
+        }
+        .await;
+        drop(tx); // without the end marker after a failure: the write fails, nothing commits
+        let written = writer.await?;
+        self.answer_put(from, object, s, received, written).await
+    }
+
+    /// Answers a replica's sender (`Stored` or `Error`, when the substream is still
+    /// usable) and reports the outcome.
+    async fn answer_put(
+        &self,
+        from: NodeId,
+        object: ObjectId,
+        s: Option<Substream>,
+        received: io::Result<u64>,
+        written: dfs_store::Result<u64>,
+    ) -> Result<()> {
+        let reply = match (&received, &written) {
             (Ok(_), Ok(_)) => Message::Stored,
             (_, Err(e)) => Message::Error {
                 message: e.to_string(),
@@ -1297,24 +1449,19 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 message: e.to_string(),
             },
         };
-        let stored = matches!(reply, Message::Stored);
-        if let Ok(mut s) = body.into_substream() {
+        if let Some(mut s) = s {
             s.send(&Envelope::new(reply)).await?;
             let _ = s.finish().await;
         }
-        if stored {
-            debug!(%object, peer = %from, size, "replica stored");
-            self.emit(ServerEvent::ReplicaStored { object, from, size });
-            Ok(())
-        } else {
-            written?;
-            pumped.map_err(|source| ServerError::Io {
-                op: "receive replica",
-                path: object.to_hex().into(),
-                source,
-            })?;
-            Ok(())
-        }
+        let size = written?;
+        received.map_err(|source| ServerError::Io {
+            op: "receive replica",
+            path: object.to_hex().into(),
+            source,
+        })?;
+        debug!(%object, peer = %from, size, "replica stored");
+        self.emit(ServerEvent::ReplicaStored { object, from, size });
+        Ok(())
     }
 
     async fn serve_get(&self, mut s: Substream, object: ObjectId) -> Result<()> {
@@ -1485,6 +1632,62 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 lock(&this.membership).dial_ended(&p, joined);
             });
             self.add_background(task);
+        }
+    }
+}
+
+/// Bytes per `Part` of a replica that follows the local write.
+const FOLLOW_PART: u64 = 4 << 20;
+
+/// A local write that replicas follow while it happens ([`Store::write_tailed`]).
+#[derive(Clone)]
+struct Following {
+    tail: Tail,
+    /// Bumped by the writer on every change of the tail.
+    progress: watch::Receiver<u64>,
+    /// `true` once the local copy is committed.
+    committed: watch::Receiver<bool>,
+}
+
+impl Following {
+    /// A fresh tail, and the sender that marks the local commit.
+    fn new() -> (Following, watch::Sender<bool>) {
+        let (bump, progress) = watch::channel(0u64);
+        let tail = Tail::with_notify(move || bump.send_modify(|n| *n = n.wrapping_add(1)));
+        let (done, committed) = watch::channel(false);
+        let following = Following {
+            tail,
+            progress,
+            committed,
+        };
+        (following, done)
+    }
+
+    /// Sends the bytes as they reach the local file, as `Part` bodies of up to
+    /// [`FOLLOW_PART`], then `PutEnd` with the committed size and hash. Waits for progress
+    /// without holding a thread. A failed local write is an error here (the peer then
+    /// never gets the trailer, so it commits nothing).
+    async fn send(mut self, s: &mut Substream) -> Result<()> {
+        let mut follower: Follower = self.tail.follow();
+        loop {
+            self.progress.borrow_and_update();
+            match follower.try_next(FOLLOW_PART)? {
+                Some(Next::Bytes(segment)) => {
+                    s.send(&Envelope::new(Message::Part)).await?;
+                    s.send_body(segment.len(), bridge::async_reader(segment))
+                        .await?;
+                }
+                Some(Next::End { size, hash }) => {
+                    s.send(&Envelope::new(Message::PutEnd { size, hash }))
+                        .await?;
+                    return Ok(());
+                }
+                None => {
+                    // The tail (which owns the sender) lives as long as `self`: this only
+                    // ends on progress.
+                    let _ = self.progress.changed().await;
+                }
+            }
         }
     }
 }

@@ -8,7 +8,9 @@
 //! known peers), then [`Message::Peers`] whenever the sender learns of new nodes.
 //!
 //! Exchanges (one substream each, opened by the requester):
-//! - replicate: `Put` + body → `Stored` (after the durable write) or `Error`;
+//! - replicate a stored file: `Put` + body → `Stored` (after the durable write) or `Error`;
+//! - replicate while storing: `PutFollow`, then `Part` + body as often as the origin's local
+//!   write has new bytes, then `PutEnd` with the size and hash → `Stored` or `Error`;
 //! - fetch: `Get` → `Found` or `NotFound`; after `Found` the requester sends `Proceed` and
 //!   receives the body (or drops the substream to decline);
 //! - delete: `Delete` → `Deleted`.
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::id::ObjectId;
 
 /// The version of this protocol.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A versioned wire message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +81,12 @@ pub enum Message {
     Deleted { existed: bool },
     /// The request failed, with a human-readable `message`.
     Error { message: String },
+    /// Store blob `id`, streamed while the sender writes it: `Part`s follow, then `PutEnd`.
+    PutFollow { id: ObjectId },
+    /// The next bytes of a `PutFollow` blob follow as a body.
+    Part,
+    /// The `PutFollow` blob is complete: `size` bytes in all, whose BLAKE3 hash is `hash`.
+    PutEnd { size: u64, hash: [u8; 32] },
 }
 
 #[cfg(test)]
@@ -103,9 +111,13 @@ mod tests {
                 .prop_map(|(size, hash)| Message::Found { size, hash }),
             Just(Message::NotFound),
             Just(Message::Proceed),
-            id.prop_map(|id| Message::Delete { id }),
+            id.clone().prop_map(|id| Message::Delete { id }),
             any::<bool>().prop_map(|existed| Message::Deleted { existed }),
             ".{0,80}".prop_map(|message| Message::Error { message }),
+            id.prop_map(|id| Message::PutFollow { id }),
+            Just(Message::Part),
+            (any::<u64>(), any::<[u8; 32]>())
+                .prop_map(|(size, hash)| Message::PutEnd { size, hash }),
         ]
     }
 

@@ -272,6 +272,8 @@ both_transports!(
     different_data_key,
     delete_everywhere_and_replication_policies,
     replicate_to_late_joiners,
+    replicas_follow_the_local_write,
+    failed_local_write_commits_no_replica,
     shutdown_drains_in_flight_store,
     big_file_across_nodes,
 );
@@ -563,7 +565,7 @@ async fn spawn_rogue<T: Transport>(
     (id, served)
 }
 
-/// A replica peer speaking the wire protocol: it takes every `Put` body whole and answers
+/// A replica peer speaking the wire protocol: it takes every `Put` (or `PutFollow`) whole and answers
 /// with an error for its first `refusals` attempts, then `Stored` (or, when `silent`, never
 /// answers at all). Counts the attempts.
 async fn spawn_flaky_replica<T: Transport>(
@@ -588,17 +590,33 @@ async fn spawn_flaky_replica<T: Transport>(
             };
             let counter = Arc::clone(&counter);
             tokio::spawn(async move {
-                let Ok(Some(Envelope {
-                    message: Message::Put { .. },
-                    ..
-                })) = stream.recv::<Envelope>().await
-                else {
-                    return;
-                };
-                let mut body = stream.recv_body().await.unwrap();
                 let mut sink = Vec::new();
-                body.read_to_end(&mut sink).await.unwrap();
-                let mut stream = body.into_substream().unwrap();
+                let mut stream = match stream.recv::<Envelope>().await {
+                    Ok(Some(Envelope {
+                        message: Message::Put { .. },
+                        ..
+                    })) => {
+                        let mut body = stream.recv_body().await.unwrap();
+                        body.read_to_end(&mut sink).await.unwrap();
+                        body.into_substream().unwrap()
+                    }
+                    // Streamed while the origin writes it: parts, then the trailer.
+                    Ok(Some(Envelope {
+                        message: Message::PutFollow { .. },
+                        ..
+                    })) => loop {
+                        match stream.recv::<Envelope>().await.unwrap().unwrap().message {
+                            Message::Part => {
+                                let mut body = stream.recv_body().await.unwrap();
+                                body.read_to_end(&mut sink).await.unwrap();
+                                stream = body.into_substream().unwrap();
+                            }
+                            Message::PutEnd { .. } => break stream,
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    },
+                    _ => return,
+                };
                 let attempt = counter.fetch_add(1, Ordering::SeqCst);
                 if silent {
                     // Hold the exchange open without a word until the origin gives up.
@@ -1197,6 +1215,206 @@ async fn replicate_to_late_joiners<N: Net>(net: N) {
     for node in [a, b, c] {
         node.shutdown().await.unwrap();
     }
+}
+
+/// A source that yields `first`, then waits for the test: `true` ends it, `false` fails it.
+struct Gated {
+    first: Vec<u8>,
+    at: usize,
+    gate: tokio::sync::oneshot::Receiver<bool>,
+}
+
+impl Gated {
+    fn new(first: Vec<u8>) -> (Self, tokio::sync::oneshot::Sender<bool>) {
+        let (open, gate) = tokio::sync::oneshot::channel();
+        (Gated { first, at: 0, gate }, open)
+    }
+}
+
+impl AsyncRead for Gated {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.first.len() {
+            let n = buf.remaining().min(this.first.len() - this.at);
+            buf.put_slice(&this.first[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut this.gate).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(true)) => Poll::Ready(Ok(())),
+            Poll::Ready(_) => Poll::Ready(Err(io::Error::other("source failed"))),
+        }
+    }
+}
+
+/// What the watching replica saw of one `PutFollow`.
+#[derive(Debug)]
+enum Seen {
+    Part(u64),
+    /// The trailer arrived and matched the bytes (`true`) or not.
+    End(bool),
+    /// The exchange ended without a trailer.
+    Cut,
+}
+
+/// A replica that reports every part of a followed put as it arrives, checks the trailer
+/// against the bytes, and acknowledges.
+async fn spawn_watching_replica<T: Transport>(
+    transport: T,
+    listen: &str,
+    origin: &str,
+) -> (NodeId, tokio::sync::mpsc::UnboundedReceiver<Seen>) {
+    let id = NodeId::random();
+    let (endpoint, mut events) = Endpoint::bind(transport, listen, EndpointConfig::new(id))
+        .await
+        .unwrap();
+    endpoint.connect(origin).await.unwrap();
+    let (seen, watch) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _endpoint = endpoint;
+        while let Some(event) = events.next().await {
+            let Event::Stream { mut stream, .. } = event else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(Some(Envelope {
+                    message: Message::PutFollow { .. },
+                    ..
+                })) = stream.recv::<Envelope>().await
+                else {
+                    return;
+                };
+                let mut hasher = blake3::Hasher::new();
+                let mut len = 0u64;
+                loop {
+                    match stream.recv::<Envelope>().await {
+                        Ok(Some(Envelope {
+                            message: Message::Part,
+                            ..
+                        })) => {
+                            let mut body = stream.recv_body().await.unwrap();
+                            let mut part = Vec::new();
+                            if body.read_to_end(&mut part).await.is_err() {
+                                let _ = seen.send(Seen::Cut);
+                                return;
+                            }
+                            hasher.update(&part);
+                            len += part.len() as u64;
+                            let _ = seen.send(Seen::Part(part.len() as u64));
+                            stream = body.into_substream().unwrap();
+                        }
+                        Ok(Some(Envelope {
+                            message: Message::PutEnd { size, hash },
+                            ..
+                        })) => {
+                            let good = size == len && hash == *hasher.finalize().as_bytes();
+                            let _ = seen.send(Seen::End(good));
+                            let reply = Envelope::new(Message::Stored);
+                            stream.send(&reply).await.unwrap();
+                            let _ = stream.finish().await;
+                            return;
+                        }
+                        _ => {
+                            let _ = seen.send(Seen::Cut);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (id, watch)
+}
+
+async fn next_seen(watch: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(WAIT, watch.recv())
+        .await
+        .expect("the replica saw nothing in time")
+        .expect("replica gone")
+}
+
+/// `store` streams each replica from the local file while the local write runs: the
+/// replica has several parts before the source has even ended; the trailer carries the
+/// committed size and hash. A source failing mid-way leaves the replica without a trailer.
+async fn replicas_follow_the_local_write<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(1);
+    let origin = start(&net, d[0].path(), &key, &[]).await;
+    let (replica, mut watch) =
+        spawn_watching_replica(net.transport(), net.listen(), &origin.local_addr()).await;
+    wait_until(&origin, "replica connected", || origin.peers().len() == 1).await;
+
+    for fail in [false, true] {
+        let (source, gate) = Gated::new(pattern(21 + u64::from(fail), 10 << 20));
+        let storing = {
+            let origin = origin.clone();
+            tokio::spawn(async move { origin.store("followed", source).await })
+        };
+        // 8 MiB of parts arrive while the source still holds back its end.
+        let mut early = 0;
+        while early < 8 << 20 {
+            match next_seen(&mut watch).await {
+                Seen::Part(n) => early += n,
+                other => panic!("{other:?} before the source ended"),
+            }
+        }
+        assert!(!storing.is_finished());
+        gate.send(!fail).unwrap();
+        let outcome = loop {
+            match next_seen(&mut watch).await {
+                Seen::Part(_) => {}
+                other => break other,
+            }
+        };
+        let stored = storing.await.unwrap();
+        if fail {
+            assert!(matches!(outcome, Seen::Cut), "{outcome:?}");
+            assert!(
+                matches!(stored, Err(ServerError::Source { .. })),
+                "{stored:?}"
+            );
+            // The version stored before is untouched.
+            let kept = origin.get_bytes("followed").await.unwrap();
+            assert!(kept == pattern(21, 10 << 20));
+        } else {
+            assert!(matches!(outcome, Seen::End(true)), "{outcome:?}");
+            assert_eq!(stored.unwrap().replicas, vec![replica]);
+        }
+    }
+    origin.shutdown().await.unwrap();
+}
+
+/// A local write that fails after replicas started following it commits nothing on them,
+/// and a later store of the name replicates whole.
+async fn failed_local_write_commits_no_replica<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let a = start(&net, d[0].path(), &key, &[]).await;
+    let b = start(&net, d[1].path(), &key, &[a.local_addr()]).await;
+    mesh(&[&a, &b]).await;
+    let (source, gate) = Gated::new(pattern(22, 9 << 20));
+    let storing = {
+        let a = a.clone();
+        tokio::spawn(async move { a.store("broken", source).await })
+    };
+    gate.send(false).unwrap();
+    let err = storing.await.unwrap().unwrap_err();
+    assert!(matches!(err, ServerError::Source { .. }), "{err}");
+    assert!(!a.has("broken").await.unwrap());
+    assert!(!b.has("broken").await.unwrap());
+
+    let data = pattern(23, 5 << 20);
+    let receipt = a.store_bytes("broken", &data).await.unwrap();
+    assert_eq!(receipt.replicas, vec![b.node_id()]);
+    a.shutdown().await.unwrap();
+    assert_eq!(b.get_bytes("broken").await.unwrap(), data);
+    b.shutdown().await.unwrap();
 }
 
 /// Stores a big generated file on A (replicated to B as it is written... after it is
