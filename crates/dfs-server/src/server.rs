@@ -1738,7 +1738,8 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
         match event {
             Event::PeerConnected(peer) => inner.on_connected(peer),
             Event::PeerDisconnected { id, reason } => {
-                info!(node = %inner.node_id, peer = %id, reason = ?reason, "peer left");
+                let reason = reason.map_or_else(|| "closed".to_owned(), |e| e.to_string());
+                info!(node = %inner.node_id, peer = %id, %reason, "peer left");
                 lock(&inner.membership).disconnected(&id);
                 inner.emit(ServerEvent::PeerLeft { id });
             }
