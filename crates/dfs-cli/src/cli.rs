@@ -42,6 +42,9 @@ pub enum Command {
     /// Verify every file the local node holds and replace damaged ones from its peers
     /// (fails when one could not be replaced).
     Scrub(NodeArgs),
+    /// Push the local node's copy of a file to its peers (e.g. to nodes that joined after
+    /// it was stored).
+    Replicate(ReplicateArgs),
     /// Encrypt a file (or stdin) with a data key.
     Encrypt(CryptArgs),
     /// Decrypt a file (or stdin) with a data key.
@@ -145,6 +148,17 @@ pub struct RmArgs {
     /// Also delete the copies on every connected peer.
     #[arg(long)]
     pub everywhere: bool,
+    /// The node to go through.
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Arguments of `dfs replicate`.
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// The name the file was stored under.
+    #[arg(value_name = "NAME")]
+    pub name: String,
     /// The node to go through.
     #[command(flatten)]
     pub node: NodeArgs,

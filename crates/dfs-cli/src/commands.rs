@@ -7,7 +7,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter};
 
-use crate::cli::{GetArgs, NodeArgs, PeersArgs, PutArgs, RmArgs};
+use crate::cli::{GetArgs, NodeArgs, PeersArgs, PutArgs, ReplicateArgs, RmArgs};
 use crate::control::{Client, RemoteError, RemoteErrorKind};
 use crate::{Error, Result};
 
@@ -173,6 +173,18 @@ pub(crate) async fn rm(args: RmArgs) -> Result<()> {
     } else {
         println!("removed {}", args.name);
     }
+    Ok(())
+}
+
+pub(crate) async fn replicate(args: ReplicateArgs) -> Result<()> {
+    let mut client = Client::connect(&args.node.data).await?;
+    let stored = client.replicate(&args.name).await?;
+    println!(
+        "replicated {} ({} bytes) to {} peer(s)",
+        stored.name,
+        stored.size,
+        stored.replicas.len()
+    );
     Ok(())
 }
 

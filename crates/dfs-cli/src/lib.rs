@@ -67,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Peers(args) => client_runtime()?.block_on(commands::peers(args)),
         Command::Status(args) => client_runtime()?.block_on(commands::status(args)),
         Command::Scrub(args) => client_runtime()?.block_on(commands::scrub(args)),
+        Command::Replicate(args) => client_runtime()?.block_on(commands::replicate(args)),
     }
 }
 

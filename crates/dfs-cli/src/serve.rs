@@ -456,6 +456,21 @@ impl Backend for Node {
         })
     }
 
+    async fn replicate(&self, name: &str) -> Result<StoredInfo, RemoteError> {
+        match self.server.replicate(name).await {
+            Ok(receipt) => Ok(StoredInfo {
+                name: receipt.name,
+                size: receipt.size,
+                replicas: receipt.replicas.iter().map(|id| id.to_hex()).collect(),
+            }),
+            Err(err @ ServerError::NotFound { .. }) => Err(self
+                .under_another_key(name)
+                .await
+                .unwrap_or_else(|| remote(&err))),
+            Err(err) => Err(remote(&err)),
+        }
+    }
+
     async fn get(&self, name: &str) -> Result<(u64, FileReader), RemoteError> {
         match self.server.get(name).await {
             Ok(reader) => Ok((reader.len(), reader)),

@@ -567,3 +567,30 @@ fn the_readme_quickstart() {
         b.log.wait_for("peer left");
     }
 }
+
+#[test]
+fn replicate_gives_a_late_joiner_a_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "late");
+    let mut a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--no-fsync"]);
+    let src = tmp.path().join("early.bin");
+    let hash = write_pattern_file(&src, 7, 1_500_000);
+    let stored = a.ok(&["put", src.to_str().unwrap()]);
+    assert!(stored.contains("0 replica(s)"), "{stored}");
+
+    let b = Node::start(&tmp.path().join("b"), "b", &keys, &[&a], &["--no-fsync"]);
+    a.wait_peers(1);
+    let out = a.ok(&["replicate", "early.bin"]);
+    assert!(
+        out.contains("replicated early.bin (1500000 bytes) to 1 peer(s)"),
+        "{out}"
+    );
+    let missing = a.dfs(&["replicate", "never-stored"]);
+    assert_fails_with(&missing, 3, "not found");
+
+    // B answers from its own copy with A gone.
+    a.kill9();
+    let got = tmp.path().join("from-b");
+    b.ok(&["get", "early.bin", "-o", got.to_str().unwrap()]);
+    assert_eq!(hash_file(&got), hash);
+}

@@ -251,6 +251,17 @@ impl Client {
         }
     }
 
+    /// Pushes the node's copy of `name` to its peers.
+    pub async fn replicate(&mut self, name: &str) -> Result<StoredInfo> {
+        let request = Request::Replicate {
+            name: name.to_owned(),
+        };
+        match self.call(&request).await? {
+            Response::Stored(stored) => Ok(stored),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     async fn call(&mut self, request: &Request) -> Result<Response> {
         self.ch.send(request).await?;
         match self.ch.recv::<Response>().await? {

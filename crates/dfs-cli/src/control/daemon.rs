@@ -55,6 +55,8 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Vec<PeerEntry>> + Send;
     fn status(&self) -> impl Future<Output = Result<NodeStatus, RemoteError>> + Send;
     fn scrub(&self) -> impl Future<Output = Result<ScrubSummary, RemoteError>> + Send;
+    fn replicate(&self, name: &str)
+    -> impl Future<Output = Result<StoredInfo, RemoteError>> + Send;
 }
 
 /// Longest wait a client may ask for in `Request::Peers`.
@@ -212,6 +214,10 @@ async fn handle_request<B: Backend>(
         Request::Scrub => tokio::select! {
             () = abort.cancelled() => Err(shutting_down()),
             res = backend.scrub() => res.map(Response::Scrubbed),
+        },
+        Request::Replicate { name } => tokio::select! {
+            () = abort.cancelled() => Err(shutting_down()),
+            res = backend.replicate(&name) => res.map(Response::Stored),
         },
         Request::Hello { .. } | Request::Chunk(_) | Request::End | Request::Abort { .. } => {
             let err = RemoteError::new(

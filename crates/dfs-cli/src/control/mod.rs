@@ -36,7 +36,7 @@ pub use client::Client;
 pub const SOCKET_FILE: &str = "dfs.sock";
 
 /// The control protocol version; client and node must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest control frame accepted, in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
@@ -110,6 +110,12 @@ pub enum Request {
     /// Verify every local object and replace damaged ones from peers: answered by
     /// [`Response::Scrubbed`].
     Scrub,
+    /// Push the node's copy of a file to its peers per its replication policy: answered
+    /// by [`Response::Stored`] (added in version 2).
+    Replicate {
+        /// The file's name in the cluster.
+        name: String,
+    },
 }
 
 /// A message from a node to a client.

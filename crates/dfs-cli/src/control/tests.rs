@@ -113,6 +113,17 @@ impl Backend for MemBackend {
             unrepaired: Vec::new(),
         })
     }
+
+    async fn replicate(&self, name: &str) -> Result<StoredInfo, RemoteError> {
+        match self.files.lock().unwrap().get(name) {
+            Some(data) => Ok(StoredInfo {
+                name: name.to_owned(),
+                size: data.len() as u64,
+                replicas: Vec::new(),
+            }),
+            None => Err(RemoteError::new(RemoteErrorKind::NotFound, "no such file")),
+        }
+    }
 }
 
 struct Harness {
