@@ -8,7 +8,7 @@
 //! - `fetch-a-to-b`: node B gets a file only node A holds: A streams its stored ciphertext,
 //!   B stages, verifies (length, BLAKE3, key fingerprint), fsyncs and commits it.
 //! - `store-replicated`: `store` on A with one replica on B: encrypt + local fsynced write,
-//!   then stream to B, which fsyncs and acknowledges.
+//!   streamed to B from the local file while it is written; B fsyncs and acknowledges.
 //! - `replicate-a-to-b`: `replicate` on A of the file it holds to B, which does not hold
 //!   it: A streams its stored ciphertext (verified as read), B verifies (length, BLAKE3,
 //!   key fingerprint), fsyncs, commits and acknowledges.

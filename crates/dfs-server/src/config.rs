@@ -158,7 +158,10 @@ impl ConfigBuilder {
         self
     }
 
-    /// How long `store` waits for the replica acknowledgements; default 120 s.
+    /// How long `store` waits for the replica acknowledgements, counted from the local
+    /// commit; default 120 s. Also how long a node receiving a replica streamed while its
+    /// origin writes it waits for the origin's next message (origins send a keep-alive at
+    /// least every quarter of their own timeout, at most every 5 s).
     pub fn replication_timeout(mut self, timeout: Duration) -> Self {
         self.config.replication_timeout = timeout;
         self

@@ -34,7 +34,7 @@ use crate::config::{Config, Replication, Scope};
 use crate::error::{Result, ServerError};
 use crate::event::ServerEvent;
 use crate::id::{self, ObjectId};
-use crate::locks::ObjectLocks;
+use crate::locks::{ObjectGuard, ObjectLocks};
 use crate::membership::{Learned, MAX_LIST, Membership};
 use crate::names::NameIndex;
 use crate::object::{self, HeaderCheck};
@@ -448,21 +448,25 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         let _token = self.inner.begin()?;
         let object = self.object_id(name);
         // Opening the local copy checks it exists, is ours and is not visibly damaged; the
-        // replicas then re-read it, verified by the store as it streams.
-        let size = match self.inner.open_local_checked(name, object).await? {
-            Local::Found(reader) => reader.len(),
-            Local::Missing => {
-                return Err(ServerError::NotFound {
-                    name: name.to_owned(),
-                });
-            }
-            Local::Damaged(e) => return Err(e),
+        // replicas then re-read it, verified by the store as it streams. (The lock makes the
+        // two sizes one version's; it is not held while peers are sent to, as two nodes
+        // replicating one object to each other would then wait on each other.)
+        let (size, stored_size) = {
+            let _object = self.inner.objects.lock(object).await;
+            let size = match self.inner.open_local_checked(name, object).await? {
+                Local::Found(reader) => reader.len(),
+                Local::Missing => {
+                    return Err(ServerError::NotFound {
+                        name: name.to_owned(),
+                    });
+                }
+                Local::Damaged(e) => return Err(e),
+            };
+            let key = object.to_hex();
+            let store = Arc::clone(&self.inner.store);
+            let meta = tokio::task::spawn_blocking(move || store.stat(&key)).await??;
+            (size, meta.size())
         };
-        let key = object.to_hex();
-        let store = Arc::clone(&self.inner.store);
-        let stored_size = tokio::task::spawn_blocking(move || store.stat(&key))
-            .await??
-            .size();
         let replicas = self.inner.replicate(name, object, None).await?;
         Ok(Receipt {
             name: name.to_owned(),
@@ -921,7 +925,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                         let mut s = peer.open_stream().await?;
                         s.send(&Envelope::new(Message::PutFollow { id: object }))
                             .await?;
-                        following.send(&mut s).await?;
+                        // Well within the peer's wait for the next message.
+                        let keepalive = (this.config.replication_timeout / 4).min(KEEPALIVE);
+                        following.send(&mut s, keepalive).await?;
                         s
                     }
                     None => {
@@ -1365,57 +1371,72 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
 
     /// Receives a replica streamed while its origin writes it (`PutFollow`): `Part` bodies
     /// into the store's staging file, then `PutEnd`'s size and hash, checked before the
-    /// commit. The wait for each part is bounded by the replication timeout, each read
-    /// within a part by the request timeout.
+    /// commit. The origin's next message (a part, `Waiting` or the trailer) must come within
+    /// the replication timeout, each read within a part within the request timeout. The
+    /// object's lock is taken only for the commit, so a slow origin does not hold up local
+    /// work on the object (a blocking-pool thread does wait for its parts).
     async fn serve_put_follow(&self, from: NodeId, s: Substream, object: ObjectId) -> Result<()> {
-        let _object = self.objects.lock(object).await;
         let (tx, rx) = bridge::channel();
         let trailer = Arc::new(Mutex::new(None::<Expected>));
-        let store = Arc::clone(&self.store);
-        let key = object.to_hex();
-        let expected = Arc::clone(&trailer);
-        let writer = tokio::task::spawn_blocking(move || {
-            store.write_expecting_later(&key, ChannelReader::new(rx), move || {
-                expected
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take()
-                    .ok_or_else(|| io::Error::other("the stream ended without its size and hash"))
+        // The object lock, taken by the writer just before its commit, released after it.
+        let commit_lock = Arc::new(Mutex::new(None::<ObjectGuard>));
+        let writer = {
+            let (store, key) = (Arc::clone(&self.store), object.to_hex());
+            let (trailer, commit_lock) = (Arc::clone(&trailer), Arc::clone(&commit_lock));
+            let (locks, runtime) = (self.objects.clone(), tokio::runtime::Handle::current());
+            tokio::task::spawn_blocking(move || {
+                store.write_expecting_later(&key, ChannelReader::new(rx), move || {
+                    let expected = lock(&trailer).take().ok_or_else(|| {
+                        io::Error::other("the stream ended without its size and hash")
+                    })?;
+                    *lock(&commit_lock) = Some(runtime.block_on(locks.lock(object)));
+                    Ok(expected)
+                })
             })
-        });
+        };
         let mut s = Some(s);
         let received = async {
             let mut total = 0u64;
             loop {
-                // (Put back after every part; only an error leaves it out.)
-                let mut sub = s.take().ok_or_else(|| io::Error::other("substream lost"))?;
+                // (Put back after every message; only a transport failure leaves it out.)
+                let sub = s
+                    .as_mut()
+                    .ok_or_else(|| io::Error::other("substream lost"))?;
                 let wait = self.config.replication_timeout;
                 let next = tokio::time::timeout(wait, sub.recv::<Envelope>())
                     .await
                     .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, format!("no part for {wait:?}"))
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("nothing from the origin for {wait:?}"),
+                        )
                     })?
                     .map_err(io::Error::other)?;
                 match next.map(|e| e.message) {
                     Some(Message::Part) => {
-                        let mut body = sub.recv_body().await.map_err(io::Error::other)?;
-                        let timeout = Some(self.config.request_timeout);
-                        total += bridge::forward_body(&mut body, &tx, timeout).await?;
+                        let sub = s.take().ok_or_else(|| io::Error::other("substream lost"))?;
+                        let request = self.config.request_timeout;
+                        let mut body = tokio::time::timeout(request, sub.recv_body())
+                            .await
+                            .map_err(|_| {
+                                io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    format!("no part body for {request:?}"),
+                                )
+                            })?
+                            .map_err(io::Error::other)?;
+                        total += bridge::forward_body(&mut body, &tx, Some(request)).await?;
                         s = Some(body.into_substream().map_err(io::Error::other)?);
                     }
+                    Some(Message::Waiting) => {}
                     Some(Message::PutEnd { size, hash }) => {
-                        s = Some(sub);
-                        *trailer
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Some(Expected::new(size, hash));
+                        *lock(&trailer) = Some(Expected::new(size, hash));
                         tx.send(Ok(None))
                             .await
                             .map_err(|_| io::Error::other("the store stopped reading"))?;
                         return Ok(total);
                     }
                     other => {
-                        s = Some(sub);
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
                             format!("unexpected {other:?} in a followed put"),
@@ -1427,6 +1448,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         .await;
         drop(tx); // without the end marker after a failure: the write fails, nothing commits
         let written = writer.await?;
+        drop(lock(&commit_lock).take());
         self.answer_put(from, object, s, received, written).await
     }
 
@@ -1638,6 +1660,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
 
 /// Bytes per `Part` of a replica that follows the local write.
 const FOLLOW_PART: u64 = 4 << 20;
+/// Longest silence of an origin streaming a followed replica (see [`Following::send`]).
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// A local write that replicas follow while it happens ([`Store::write_tailed`]).
 #[derive(Clone)]
@@ -1664,28 +1688,48 @@ impl Following {
     }
 
     /// Sends the bytes as they reach the local file, as `Part` bodies of up to
-    /// [`FOLLOW_PART`], then `PutEnd` with the committed size and hash. Waits for progress
-    /// without holding a thread. A failed local write is an error here (the peer then
-    /// never gets the trailer, so it commits nothing).
-    async fn send(mut self, s: &mut Substream) -> Result<()> {
+    /// [`FOLLOW_PART`], then `PutEnd` with the committed size and hash once the store is
+    /// complete (the local commit and its name). Waits for progress without holding a
+    /// thread; when nothing new came for `keepalive`, sends what there is, or `Waiting`, so
+    /// the peer can tell a slow source from a dead origin. A failed local write is an error
+    /// here (the peer then never gets the trailer, so it commits nothing).
+    async fn send(mut self, s: &mut Substream, keepalive: Duration) -> Result<()> {
         let mut follower: Follower = self.tail.follow();
+        let mut idle = false;
         loop {
             self.progress.borrow_and_update();
-            match follower.try_next(FOLLOW_PART)? {
+            let next = if idle {
+                follower.try_next_available(FOLLOW_PART)?
+            } else {
+                follower.try_next(FOLLOW_PART)?
+            };
+            match next {
                 Some(Next::Bytes(segment)) => {
+                    idle = false;
                     s.send(&Envelope::new(Message::Part)).await?;
                     s.send_body(segment.len(), bridge::async_reader(segment))
                         .await?;
                 }
                 Some(Next::End { size, hash }) => {
+                    // The object is committed; the store is done once its name is too.
+                    if self.committed.wait_for(|done| *done).await.is_err() {
+                        return Err(ServerError::Remote {
+                            peer: s.peer_id(),
+                            message: "not sent: the local store failed".to_owned(),
+                        });
+                    }
                     s.send(&Envelope::new(Message::PutEnd { size, hash }))
                         .await?;
                     return Ok(());
                 }
+                None if idle => {
+                    s.send(&Envelope::new(Message::Waiting)).await?;
+                    idle = false;
+                }
                 None => {
-                    // The tail (which owns the sender) lives as long as `self`: this only
-                    // ends on progress.
-                    let _ = self.progress.changed().await;
+                    // (The tail, which owns the sender, lives as long as `self`.)
+                    let progress = self.progress.changed();
+                    idle = tokio::time::timeout(keepalive, progress).await.is_err();
                 }
             }
         }
@@ -1749,6 +1793,14 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
                     version: PROTOCOL_VERSION,
                     message: Message::Hello { peers } | Message::Peers { peers },
                 }) => inner.on_peer_list(peers),
+                Ok(Envelope { version, .. }) if version != PROTOCOL_VERSION => {
+                    warn!(
+                        peer = %from.id(),
+                        version,
+                        "peer speaks another dfs-server protocol version \
+                         (this node speaks {PROTOCOL_VERSION}): its messages are ignored"
+                    );
+                }
                 Ok(other) => {
                     debug!(peer = %from.id(), message = ?other, "ignored control message");
                 }

@@ -10,7 +10,8 @@
 //! Exchanges (one substream each, opened by the requester):
 //! - replicate a stored file: `Put` + body → `Stored` (after the durable write) or `Error`;
 //! - replicate while storing: `PutFollow`, then `Part` + body as often as the origin's local
-//!   write has new bytes, then `PutEnd` with the size and hash → `Stored` or `Error`;
+//!   write has new bytes (`Waiting` when it has had none for a while), then `PutEnd` with
+//!   the size and hash → `Stored` or `Error`;
 //! - fetch: `Get` → `Found` or `NotFound`; after `Found` the requester sends `Proceed` and
 //!   receives the body (or drops the substream to decline);
 //! - delete: `Delete` → `Deleted`.
@@ -87,6 +88,8 @@ pub enum Message {
     Part,
     /// The `PutFollow` blob is complete: `size` bytes in all, whose BLAKE3 hash is `hash`.
     PutEnd { size: u64, hash: [u8; 32] },
+    /// The `PutFollow` origin is still writing: nothing new yet (a keep-alive).
+    Waiting,
 }
 
 #[cfg(test)]
@@ -118,6 +121,7 @@ mod tests {
             Just(Message::Part),
             (any::<u64>(), any::<[u8; 32]>())
                 .prop_map(|(size, hash)| Message::PutEnd { size, hash }),
+            Just(Message::Waiting),
         ]
     }
 

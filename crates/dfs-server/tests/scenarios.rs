@@ -274,6 +274,8 @@ both_transports!(
     replicate_to_late_joiners,
     replicas_follow_the_local_write,
     failed_local_write_commits_no_replica,
+    slow_source_keeps_followed_replicas_alive,
+    followed_puts_are_checked_against_their_trailer,
     shutdown_drains_in_flight_store,
     big_file_across_nodes,
 );
@@ -1256,6 +1258,8 @@ impl AsyncRead for Gated {
 #[derive(Debug)]
 enum Seen {
     Part(u64),
+    /// A keep-alive.
+    Waiting,
     /// The trailer arrived and matched the bytes (`true`) or not.
     End(bool),
     /// The exchange ended without a trailer.
@@ -1310,6 +1314,12 @@ async fn spawn_watching_replica<T: Transport>(
                             stream = body.into_substream().unwrap();
                         }
                         Ok(Some(Envelope {
+                            message: Message::Waiting,
+                            ..
+                        })) => {
+                            let _ = seen.send(Seen::Waiting);
+                        }
+                        Ok(Some(Envelope {
                             message: Message::PutEnd { size, hash },
                             ..
                         })) => {
@@ -1361,6 +1371,7 @@ async fn replicas_follow_the_local_write<N: Net>(net: N) {
         while early < 8 << 20 {
             match next_seen(&mut watch).await {
                 Seen::Part(n) => early += n,
+                Seen::Waiting => {}
                 other => panic!("{other:?} before the source ended"),
             }
         }
@@ -1368,7 +1379,7 @@ async fn replicas_follow_the_local_write<N: Net>(net: N) {
         gate.send(!fail).unwrap();
         let outcome = loop {
             match next_seen(&mut watch).await {
-                Seen::Part(_) => {}
+                Seen::Part(_) | Seen::Waiting => {}
                 other => break other,
             }
         };
@@ -1403,10 +1414,18 @@ async fn failed_local_write_commits_no_replica<N: Net>(net: N) {
         let a = a.clone();
         tokio::spawn(async move { a.store("broken", source).await })
     };
+    // B has staged parts of it when the source fails.
+    let staging = d[1].path().join("store").join("tmp");
+    poll_until("B staging parts", || staged_bytes(&staging) >= 4 << 20).await;
     gate.send(false).unwrap();
     let err = storing.await.unwrap().unwrap_err();
     assert!(matches!(err, ServerError::Source { .. }), "{err}");
     assert!(!a.has("broken").await.unwrap());
+    assert!(!b.has("broken").await.unwrap());
+    poll_until("B dropping its staging file", || {
+        files_under(&staging).is_empty()
+    })
+    .await;
     assert!(!b.has("broken").await.unwrap());
 
     let data = pattern(23, 5 << 20);
@@ -1414,6 +1433,133 @@ async fn failed_local_write_commits_no_replica<N: Net>(net: N) {
     assert_eq!(receipt.replicas, vec![b.node_id()]);
     a.shutdown().await.unwrap();
     assert_eq!(b.get_bytes("broken").await.unwrap(), data);
+    b.shutdown().await.unwrap();
+}
+
+/// Bytes in the staging files under `dir`.
+fn staged_bytes(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Polls `cond` (a file-system condition no event announces), yielding in between, until
+/// it holds or the deadline passes.
+async fn poll_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A source pausing longer than the peers' replication timeout: the origin's keep-alives
+/// (`Waiting`) keep the followed replicas going, and the store completes on every peer.
+async fn slow_source_keeps_followed_replicas_alive<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let short = Duration::from_secs(2);
+    let node = |dir: &Path, boot: &[String]| {
+        FileServer::start(
+            config(&net, dir, &key, boot)
+                .replication_timeout(short)
+                .build(),
+            net.transport(),
+        )
+    };
+    let a = node(d[0].path(), &[]).await.unwrap();
+    let b = node(d[1].path(), &[a.local_addr()]).await.unwrap();
+    let (watcher, mut watch) =
+        spawn_watching_replica(net.transport(), net.listen(), &a.local_addr()).await;
+    wait_until(&a, "both replicas connected", || a.peers().len() == 2).await;
+
+    let (source, gate) = Gated::new(pattern(24, 1 << 20));
+    let storing = {
+        let a = a.clone();
+        tokio::spawn(async move { a.store("slow", source).await })
+    };
+    // Keep-alives for well over B's 2 s wait (one each 0.5 s) while the source is silent.
+    let (mut parts, mut waits) = (0, 0);
+    while waits < 6 {
+        match next_seen(&mut watch).await {
+            Seen::Part(n) => parts += n,
+            Seen::Waiting => waits += 1,
+            other => panic!("{other:?} before the source ended"),
+        }
+    }
+    assert!(parts > 0, "what was written went out as a short part");
+    assert!(!storing.is_finished());
+    gate.send(true).unwrap();
+    let mut replicas = storing.await.unwrap().unwrap().replicas;
+    replicas.sort();
+    let mut expected = vec![b.node_id(), watcher];
+    expected.sort();
+    assert_eq!(replicas, expected);
+    a.shutdown().await.unwrap();
+    assert_eq!(b.get_bytes("slow").await.unwrap(), pattern(24, 1 << 20));
+    b.shutdown().await.unwrap();
+}
+
+/// A node receiving a followed put commits it only with a matching trailer: a wrong hash
+/// is refused (and said so to the origin), a stream cut before its trailer leaves nothing.
+async fn followed_puts_are_checked_against_their_trailer<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(1);
+    let b = start(&net, d[0].path(), &key, &[]).await;
+    let (endpoint, _events) = Endpoint::bind(
+        net.transport(),
+        net.listen(),
+        EndpointConfig::new(NodeId::random()),
+    )
+    .await
+    .unwrap();
+    let peer = endpoint.connect(&b.local_addr()).await.unwrap();
+    let data = pattern(25, 3 << 20);
+    let right = *blake3::hash(&data).as_bytes();
+    let send = |trailer: Option<[u8; 32]>, id: u8| {
+        let (peer, data) = (peer.clone(), data.clone());
+        async move {
+            let mut s = peer.open_stream().await.unwrap();
+            let id = dfs_server::ObjectId([id; 32]);
+            s.send(&Envelope::new(Message::PutFollow { id }))
+                .await
+                .unwrap();
+            for chunk in data.chunks(1 << 20) {
+                s.send(&Envelope::new(Message::Part)).await.unwrap();
+                s.send_body(chunk.len() as u64, chunk).await.unwrap();
+                s.send(&Envelope::new(Message::Waiting)).await.unwrap();
+            }
+            let hash = trailer?;
+            let size = data.len() as u64;
+            s.send(&Envelope::new(Message::PutEnd { size, hash }))
+                .await
+                .unwrap();
+            Some(s.recv::<Envelope>().await.unwrap().unwrap().message)
+        }
+    };
+    let wrong = send(Some([9; 32]), 1).await;
+    assert!(
+        matches!(&wrong, Some(Message::Error { message }) if message.contains("BLAKE3")),
+        "{wrong:?}"
+    );
+    assert!(send(None, 2).await.is_none());
+    let staging = d[0].path().join("store").join("tmp");
+    poll_until("the cut stream's staging file removed", || {
+        files_under(&staging).is_empty()
+    })
+    .await;
+    assert!(b.list().await.unwrap().is_empty(), "nothing committed");
+
+    let stored = send(Some(right), 3).await;
+    assert!(matches!(stored, Some(Message::Stored)), "{stored:?}");
+    let listed = b.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, dfs_server::ObjectId([3; 32]).to_hex());
     b.shutdown().await.unwrap();
 }
 

@@ -90,6 +90,14 @@ pub enum StoreError {
         mismatch: Mismatch,
     },
 
+    /// [`Store::write_tailed`](crate::Store::write_tailed) was given a [`Tail`](crate::Tail)
+    /// that another write already took (a tail follows one write). Nothing was written.
+    #[error("cannot write key {key:?}: its Tail already follows another write")]
+    TailReused {
+        /// The key not written.
+        key: String,
+    },
+
     /// The write a [`Follower`](crate::Follower) followed failed: nothing was committed,
     /// and the bytes it handed out must be discarded.
     #[error("the write of key {key:?} being followed failed: {reason}")]

@@ -355,6 +355,11 @@ impl<P: PathTransform> Store<P> {
                 self.0.end(Err("the write stopped".to_owned()));
             }
         }
+        if !tail.claim() {
+            return Err(StoreError::TailReused {
+                key: key.to_owned(),
+            });
+        }
         let _guard = EndOnDrop(tail);
         let result = self.write_inner(key, src, None, None, Some(tail));
         tail.end(match &result {
@@ -377,13 +382,7 @@ impl<P: PathTransform> Store<P> {
         if let Some(tail) = tail {
             let reader = File::open(&staging.path)
                 .map_err(|e| StoreError::io("open for followers", &staging.path, e))?;
-            if !tail.start(key, reader, (FIXED_LEN + key.len()) as u64) {
-                return Err(StoreError::io(
-                    "follow",
-                    &staging.path,
-                    io::Error::other("this Tail already followed another write"),
-                ));
-            }
+            tail.start(key, reader, (FIXED_LEN + key.len()) as u64);
         }
         let opts = WriteOpts {
             key,

@@ -58,6 +58,8 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
+    /// A write took this tail.
+    claimed: bool,
     /// The key written, once the write started.
     key: Option<String>,
     /// A read handle on the staging file, once the write started.
@@ -141,19 +143,19 @@ impl Tail {
         }
     }
 
-    /// Starts following a write of `key` whose payload begins at `offset` in `file`.
-    /// Returns false if this tail already followed a write.
-    pub(crate) fn start(&self, key: &str, file: File, offset: u64) -> bool {
-        let mut started = false;
+    /// Takes this tail for a write; false if a write already took it.
+    pub(crate) fn claim(&self) -> bool {
+        !std::mem::replace(&mut self.shared.lock().claimed, true)
+    }
+
+    /// Starts following the (claimed) write of `key` whose payload begins at `offset` in
+    /// `file`.
+    pub(crate) fn start(&self, key: &str, file: File, offset: u64) {
         self.shared.update(|s| {
-            if s.file.is_none() && s.end.is_none() {
-                s.key = Some(key.to_owned());
-                s.file = Some(Arc::new(file));
-                s.offset = offset;
-                started = true;
-            }
+            s.key = Some(key.to_owned());
+            s.file = Some(Arc::new(file));
+            s.offset = offset;
         });
-        started
     }
 
     /// `written` payload bytes are in the file.
@@ -217,7 +219,7 @@ impl Follower {
         let shared = Arc::clone(&self.shared);
         let mut state = shared.lock();
         loop {
-            if let Some(next) = ready(&state, &mut self.pos, max)? {
+            if let Some(next) = ready(&state, &mut self.pos, max, max)? {
                 return Ok(next);
             }
             state = shared
@@ -232,13 +234,23 @@ impl Follower {
     pub fn try_next(&mut self, max: u64) -> Result<Option<Next>> {
         let shared = Arc::clone(&self.shared);
         let state = shared.lock();
-        ready(&state, &mut self.pos, max)
+        ready(&state, &mut self.pos, max, max)
+    }
+
+    /// [`try_next`](Self::try_next) that does not wait for `max` bytes: whatever is written
+    /// and not handed out yet (up to `max`), the end, or `None` when there is nothing new.
+    /// For flushing a slow write's bytes from time to time.
+    pub fn try_next_available(&mut self, max: u64) -> Result<Option<Next>> {
+        let shared = Arc::clone(&self.shared);
+        let state = shared.lock();
+        ready(&state, &mut self.pos, 1, max)
     }
 }
 
-/// What a follower at `pos` gets next, if anything yet; advances `pos` past a segment.
-fn ready(state: &State, pos: &mut u64, max: u64) -> Result<Option<Next>> {
-    let max = max.max(1);
+/// What a follower at `pos` gets next once `want` new bytes are written (or the write
+/// ended), at most `max`, if anything yet; advances `pos` past a segment.
+fn ready(state: &State, pos: &mut u64, want: u64, max: u64) -> Result<Option<Next>> {
+    let (want, max) = (want.max(1), max.max(1));
     let unread = state.written.saturating_sub(*pos);
     match &state.end {
         Some(End::Failed(reason)) => {
@@ -254,7 +266,7 @@ fn ready(state: &State, pos: &mut u64, max: u64) -> Result<Option<Next>> {
             }));
         }
         Some(End::Committed { .. }) => {}
-        None if unread < max => return Ok(None),
+        None if unread < want.min(max) => return Ok(None),
         None => {}
     }
     let Some(file) = &state.file else {

@@ -142,12 +142,35 @@ fn followers_see_bytes_before_the_write_ends_and_nothing_after_a_failure() {
 #[test]
 fn a_tail_follows_one_write() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
     let tail = Tail::new();
     store.write_tailed("a", &b"one"[..], &tail).unwrap();
-    assert!(store.write_tailed("b", &b"two"[..], &tail).is_err());
+    let err = store.write_tailed("b", &b"two"[..], &tail).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::TailReused { key } if key == "b"),
+        "{err}"
+    );
     assert!(!store.has("b").unwrap());
     assert_eq!(drain(tail.follow(), 8).unwrap().0, b"one");
+
+    // Refused while the first write is still running, without failing it.
+    let tail = Tail::new();
+    let (go, gate) = mpsc::channel();
+    let first = data(100_000);
+    let writer = {
+        let (store, tail, first) = (Arc::clone(&store), tail.clone(), first.clone());
+        thread::spawn(move || store.write_tailed("c", Gated { first, gate }, &tail))
+    };
+    let mut follower = tail.follow();
+    let Next::Bytes(_) = follower.next(1).unwrap() else {
+        panic!("no bytes")
+    };
+    let err = store.write_tailed("d", &b"two"[..], &tail).unwrap_err();
+    assert!(matches!(err, StoreError::TailReused { .. }), "{err}");
+    go.send(true).unwrap();
+    assert_eq!(writer.join().unwrap().unwrap(), 100_000);
+    let (copy, _, _) = drain(tail.follow(), 1 << 20).unwrap();
+    assert_eq!(copy, first);
 }
 
 #[test]
@@ -191,4 +214,38 @@ fn late_expectations_are_checked_before_the_commit() {
             "staging file left behind"
         );
     }
+}
+
+#[test]
+fn try_next_waits_for_max_and_try_next_available_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let tail = Tail::new();
+    let (go, gate) = mpsc::channel();
+    let first = data(100_000);
+    let writer = {
+        let (store, tail, first) = (Arc::clone(&store), tail.clone(), first.clone());
+        thread::spawn(move || store.write_tailed("k", Gated { first, gate }, &tail))
+    };
+    // Once one follower got all 100,000 bytes, another sees them only when it asks for
+    // what is available.
+    let Next::Bytes(segment) = tail.follow().next(100_000).unwrap() else {
+        panic!("no bytes")
+    };
+    assert_eq!(segment.len(), 100_000);
+    let mut other = tail.follow();
+    assert!(other.try_next(1 << 20).unwrap().is_none());
+    let Some(Next::Bytes(mut segment)) = other.try_next_available(1 << 20).unwrap() else {
+        panic!("nothing available")
+    };
+    let mut got = Vec::new();
+    segment.read_to_end(&mut got).unwrap();
+    assert_eq!(got, first);
+    assert!(other.try_next_available(1 << 20).unwrap().is_none());
+    go.send(true).unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(matches!(
+        other.try_next_available(1 << 20).unwrap(),
+        Some(Next::End { size: 100_000, .. })
+    ));
 }
