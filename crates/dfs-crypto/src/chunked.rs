@@ -347,13 +347,17 @@ impl ChunkCore {
     }
 }
 
-/// Size of the staging buffer of an encrypting stream (push path, and the pull path when it
-/// cannot work in the caller's buffer).
-const SEAL_STAGE: usize = 64 * 1024;
+/// Ciphertext hashed per `blake3::Hasher::update` call while sealing (the whole chunk if it is
+/// smaller). A block starts at a multiple of this size within its chunk, so it is one aligned
+/// BLAKE3 subtree of 64 one-KiB chunks that the hasher runs in its widest SIMD batches.
+/// Pieces that are shorter or start elsewhere are much slower to hash (measured on AVX-512:
+/// 16 KiB pieces cost 7 % more per byte, 8 KiB pieces 45 %, a piece 32 bytes off a 16 KiB
+/// boundary 2.3x), so ciphertext is collected into whole blocks before it is hashed.
+const SEAL_BLOCK: usize = 64 * 1024;
 
 /// Encryption state. Encryption streams: plaintext is encrypted in place (in the caller's
-/// buffer on the pull path) and hashed into the chunk's tag as it passes, so ciphertext is
-/// released before its chunk is complete (the tag follows the chunk). A full chunk's tag waits
+/// buffer on the pull path) and released before its chunk is complete (the tag follows the
+/// chunk); the hasher is fed whole blocks of [`SEAL_BLOCK`] bytes. A full chunk's tag waits
 /// until more input arrives (then it is not the last chunk) or the input ends (it is).
 #[derive(Debug)]
 pub(crate) struct SealState {
@@ -362,14 +366,21 @@ pub(crate) struct SealState {
     core: ChunkCore,
     /// MAC state of the current chunk.
     hasher: blake3::Hasher,
-    /// Plaintext bytes of the current chunk seen so far.
+    /// Plaintext bytes of the current chunk encrypted so far.
     in_chunk: usize,
+    /// Bytes of the current chunk fed to the hasher: whole blocks, so a multiple of
+    /// [`SEAL_BLOCK`] (or the whole chunk).
+    hashed: usize,
     /// A finished tag waiting to be output (before any staged bytes).
     tag: [u8; TAG_LEN],
     tag_pos: usize,
-    stage: Vec<u8>,
-    stage_start: usize,
-    stage_end: usize,
+    /// The current block: `block[..in_chunk - hashed]` is the ciphertext of chunk bytes
+    /// `hashed..in_chunk`, hashed once the block is complete. Input that does not go through
+    /// the caller's buffer is also encrypted here, and `block[out_start..out_end]` is then
+    /// output still to be handed on. Allocated on first use.
+    block: Vec<u8>,
+    out_start: usize,
+    out_end: usize,
     eof: bool,
 }
 
@@ -381,11 +392,12 @@ impl SealState {
             hasher: blake3::Hasher::new_keyed(&core.mac_key),
             core,
             in_chunk: 0,
+            hashed: 0,
             tag: [0; TAG_LEN],
             tag_pos: TAG_LEN,
-            stage: Vec::new(),
-            stage_start: 0,
-            stage_end: 0,
+            block: Vec::new(),
+            out_start: 0,
+            out_end: 0,
             eof: false,
         }
     }
@@ -396,7 +408,7 @@ impl SealState {
         } else if self.tag_pos < TAG_LEN {
             &self.tag[self.tag_pos..]
         } else {
-            &self.stage[self.stage_start..self.stage_end]
+            &self.block[self.out_start..self.out_end]
         }
     }
 
@@ -406,12 +418,44 @@ impl SealState {
         } else if self.tag_pos < TAG_LEN {
             self.tag_pos += n;
         } else {
-            self.stage_start += n;
+            self.out_start += n;
         }
     }
 
-    /// Closes the current chunk: its tag becomes pending output.
+    /// The block length: [`SEAL_BLOCK`], or less if the chunk is smaller.
+    fn block_len(&self) -> usize {
+        SEAL_BLOCK.min(self.core.chunk_size)
+    }
+
+    /// Where the current block ends in the chunk.
+    fn block_end(&self) -> usize {
+        (self.hashed + SEAL_BLOCK).min(self.core.chunk_size)
+    }
+
+    /// Plaintext bytes the current chunk still takes before its current block is complete,
+    /// or `None` if the chunk is full (the next byte starts a new chunk).
+    fn block_room(&self) -> Option<usize> {
+        if self.in_chunk == self.core.chunk_size {
+            None
+        } else {
+            Some(self.block_end() - self.in_chunk)
+        }
+    }
+
+    fn ensure_block(&mut self) {
+        if self.block.is_empty() {
+            self.block = vec![0; self.block_len()];
+        }
+    }
+
+    /// Closes the current chunk: hashes what is left of it, and its tag becomes pending
+    /// output.
     fn close_chunk(&mut self, last: bool) {
+        let rest = self.in_chunk - self.hashed;
+        if rest > 0 {
+            // Only a final chunk can end in a partial block.
+            self.hasher.update(&self.block[..rest]);
+        }
         let index = self.core.index;
         self.hasher.update(&index.to_le_bytes());
         self.hasher.update(&[u8::from(last)]);
@@ -420,32 +464,24 @@ impl SealState {
         self.hasher.reset();
         self.core.index += 1;
         self.in_chunk = 0;
+        self.hashed = 0;
     }
 
-    /// Encrypts `data` in place as the next bytes of the current chunk (at most
-    /// `chunk_size - in_chunk`), closing a full previous chunk first.
-    fn transform(&mut self, data: &mut [u8]) {
-        if self.in_chunk == self.core.chunk_size {
-            self.close_chunk(false);
+    /// The keystream position of the next plaintext byte.
+    fn position(&self) -> u64 {
+        self.core.index * self.core.chunk_size as u64 + self.in_chunk as u64
+    }
+
+    /// `n` more bytes of the current block are in `block[..]`: hashes the block if it is
+    /// complete.
+    fn advance(&mut self, n: usize) {
+        let end = self.block_end();
+        self.in_chunk += n;
+        debug_assert!(self.in_chunk <= end);
+        if self.in_chunk == end {
+            self.hasher.update(&self.block[..end - self.hashed]);
+            self.hashed = end;
         }
-        debug_assert!(data.len() <= self.core.chunk_size - self.in_chunk);
-        let position = self.core.index * self.core.chunk_size as u64 + self.in_chunk as u64;
-        let counter = u128::from(position / 16);
-        // Chunks are multiples of 16 bytes, but a read may stop mid-block.
-        let skip = (position % 16) as usize;
-        if skip == 0 {
-            self.core.ctr.apply(counter, data);
-        } else {
-            let mut block = [0u8; 16];
-            self.core.ctr.apply(counter, &mut block);
-            let head = data.len().min(16 - skip);
-            for (d, k) in data[..head].iter_mut().zip(&block[skip..]) {
-                *d ^= k;
-            }
-            self.core.ctr.apply(counter + 1, &mut data[head..]);
-        }
-        self.hasher.update(data);
-        self.in_chunk += data.len();
     }
 
     /// Bytes the caller may encrypt in its own buffer right now, if any, and how many bytes
@@ -454,15 +490,17 @@ impl SealState {
         if self.eof || !self.pending().is_empty() {
             return None;
         }
-        Some(match self.core.chunk_size - self.in_chunk {
+        Some(match self.block_room() {
             // The current chunk is full: new bytes close it, so its tag goes first.
-            0 => (self.core.chunk_size, TAG_LEN),
-            free => (free, 0),
+            None => (self.block_len(), TAG_LEN),
+            Some(room) => (room, 0),
         })
     }
 
     /// Encrypts `data[prefix..]` in place (at most the limit of
     /// [`SealState::direct_limit`]), writing the closed chunk's tag to `data[..prefix]`.
+    /// A whole block is hashed straight from `data`; otherwise the ciphertext is also
+    /// stored into the block buffer in the same pass, to be hashed once its block is complete.
     pub(crate) fn direct(&mut self, data: &mut [u8], prefix: usize) {
         let (head, body) = data.split_at_mut(prefix);
         if prefix > 0 {
@@ -470,31 +508,46 @@ impl SealState {
             head.copy_from_slice(&self.tag);
             self.tag_pos = TAG_LEN;
         }
-        self.transform(body);
+        let n = body.len();
+        let position = self.position();
+        if self.in_chunk == self.hashed && n == self.block_end() - self.in_chunk {
+            crate::keystream::apply_at(&self.core.ctr, position, body);
+            self.hasher.update(body);
+            self.in_chunk += n;
+            self.hashed = self.in_chunk;
+        } else {
+            self.ensure_block();
+            let start = self.in_chunk - self.hashed;
+            let copy = &mut self.block[start..start + n];
+            crate::keystream::apply_at_copy(&self.core.ctr, position, body, copy);
+            self.advance(n);
+        }
     }
 
     pub(crate) fn input(&mut self) -> &mut [u8] {
         if self.eof || !self.pending().is_empty() {
             return &mut [];
         }
-        if self.stage.is_empty() {
-            self.stage = vec![0; SEAL_STAGE.min(self.core.chunk_size)];
-        }
-        let free = match self.core.chunk_size - self.in_chunk {
+        self.ensure_block();
+        let (start, len) = match self.block_room() {
             // A full chunk: the next bytes start a new one.
-            0 => self.core.chunk_size,
-            free => free,
+            None => (0, self.block_len()),
+            Some(room) => (self.in_chunk - self.hashed, room),
         };
-        let len = free.min(self.stage.len());
-        &mut self.stage[..len]
+        &mut self.block[start..start + len]
     }
 
     pub(crate) fn filled(&mut self, n: usize) -> Result<()> {
-        let mut stage = std::mem::take(&mut self.stage);
-        self.transform(&mut stage[..n]);
-        self.stage = stage;
-        self.stage_start = 0;
-        self.stage_end = n;
+        if self.block_room().is_none() {
+            self.close_chunk(false);
+        }
+        let start = self.in_chunk - self.hashed;
+        let position = self.position();
+        let data = &mut self.block[start..start + n];
+        crate::keystream::apply_at(&self.core.ctr, position, data);
+        self.out_start = start;
+        self.out_end = start + n;
+        self.advance(n);
         Ok(())
     }
 

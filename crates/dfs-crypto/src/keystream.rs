@@ -83,6 +83,19 @@ impl CtrKey {
         self.apply_portable(counter, &mut dst[..len]);
     }
 
+    /// XORs the keystream starting at block `counter` into `data` and copies the result to
+    /// `copy` (same length), in one pass where the backend allows.
+    pub(crate) fn apply_copy(&self, counter: u128, data: &mut [u8], copy: &mut [u8]) {
+        debug_assert_eq!(data.len(), copy.len());
+        #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
+        if let Some(vaes) = &self.vaes {
+            return vaes.apply_copy(counter, data, copy);
+        }
+        let len = data.len().min(copy.len());
+        self.apply_portable(counter, &mut data[..len]);
+        copy[..len].copy_from_slice(&data[..len]);
+    }
+
     fn apply_portable(&self, mut counter: u128, data: &mut [u8]) -> u128 {
         let mut keystream = [aes::Block::default(); BATCH_BLOCKS];
         for chunk in data.chunks_mut(BATCH_BLOCKS * 16) {
@@ -134,6 +147,48 @@ pub(crate) fn xor_at(key: &CtrKey, position: u64, src: &[u8], dst: &mut [u8]) {
         *d = s ^ k;
     }
     key.apply_b2b(counter + 1, &src[head..], &mut dst[head..]);
+}
+
+/// XORs into `data` the keystream from byte `position` on (of the keystream that begins at
+/// counter block zero).
+pub(crate) fn apply_at(key: &CtrKey, position: u64, data: &mut [u8]) {
+    let counter = u128::from(position / 16);
+    let skip = (position % 16) as usize;
+    if skip == 0 {
+        key.apply(counter, data);
+        return;
+    }
+    let mut block = [0u8; 16];
+    key.apply(counter, &mut block);
+    let head = data.len().min(16 - skip);
+    for (d, k) in data[..head].iter_mut().zip(&block[skip..]) {
+        *d ^= k;
+    }
+    key.apply(counter + 1, &mut data[head..]);
+}
+
+/// [`apply_at`], also copying the result into `copy` (of the same length) in the same pass.
+pub(crate) fn apply_at_copy(key: &CtrKey, position: u64, data: &mut [u8], copy: &mut [u8]) {
+    let len = data.len().min(copy.len());
+    let (data, copy) = (&mut data[..len], &mut copy[..len]);
+    let counter = u128::from(position / 16);
+    let skip = (position % 16) as usize;
+    if skip == 0 {
+        key.apply_copy(counter, data, copy);
+        return;
+    }
+    let mut block = [0u8; 16];
+    key.apply(counter, &mut block);
+    let head = len.min(16 - skip);
+    for ((d, c), k) in data[..head]
+        .iter_mut()
+        .zip(&mut copy[..head])
+        .zip(&block[skip..])
+    {
+        *d ^= k;
+        *c = *d;
+    }
+    key.apply_copy(counter + 1, &mut data[head..], &mut copy[head..]);
 }
 
 /// A byte-granular CTR stream: a key, a starting counter block and a byte position.
@@ -242,6 +297,26 @@ mod tests {
                 let mut got = vec![0u8; data.len()];
                 xor_at(&ctr_key, position, &data, &mut got);
                 prop_assert_eq!(&got, &expected);
+            }
+        }
+
+        #[test]
+        fn in_place_with_copy_matches_ctr_crate(
+            key in any::<[u8; 32]>(),
+            position in 0u64..5000,
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+        ) {
+            let mut expected = data.clone();
+            reference(&key, [0; 16], position, &mut expected);
+            for ctr_key in [CtrKey::new(&key), CtrKey::new_portable(&key)] {
+                let mut got = data.clone();
+                apply_at(&ctr_key, position, &mut got);
+                prop_assert_eq!(&got, &expected);
+                let mut got = data.clone();
+                let mut copy = vec![0u8; data.len()];
+                apply_at_copy(&ctr_key, position, &mut got, &mut copy);
+                prop_assert_eq!(&got, &expected);
+                prop_assert_eq!(&copy, &expected);
             }
         }
 

@@ -199,13 +199,13 @@ impl<R: Read> Read for StreamReader<R> {
             if self.state.done() {
                 return Ok(0);
             }
-            // Across a chunk boundary (a prefix to write) only go direct if the caller's buffer
-            // takes a whole chunk: smaller reads would leave the chunk's BLAKE3 input
-            // misaligned for its SIMD batches, which costs more than staging the bytes.
+            // Go direct whenever the caller's buffer takes the prefix (a chunk's tag) and at
+            // least one byte: the state keeps its own hashing aligned however short the
+            // pieces are.
             let direct = self
                 .state
                 .direct_limit()
-                .filter(|&(limit, prefix)| prefix == 0 || out.len() >= prefix + limit);
+                .filter(|&(_, prefix)| out.len() > prefix);
             if let Some((limit, prefix)) = direct {
                 let len = (out.len() - prefix).min(limit);
                 let n = match self.inner.read(&mut out[prefix..prefix + len]) {
