@@ -359,7 +359,6 @@ const SEAL_BLOCK: usize = 64 * 1024;
 /// buffer on the pull path) and released before its chunk is complete (the tag follows the
 /// chunk); the hasher is fed whole blocks of [`SEAL_BLOCK`] bytes. A full chunk's tag waits
 /// until more input arrives (then it is not the last chunk) or the input ends (it is).
-#[derive(Debug)]
 pub(crate) struct SealState {
     header: [u8; HEADER_LEN],
     header_pos: usize,
@@ -382,6 +381,19 @@ pub(crate) struct SealState {
     out_start: usize,
     out_end: usize,
     eof: bool,
+}
+
+impl std::fmt::Debug for SealState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the buffers: the block may hold plaintext between `input` and `filled`.
+        f.debug_struct("SealState")
+            .field("core", &self.core)
+            .field("in_chunk", &self.in_chunk)
+            .field("hashed", &self.hashed)
+            .field("pending", &self.pending().len())
+            .field("eof", &self.eof)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SealState {
