@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use dfs_transport::{
     Endpoint, EndpointConfig, Event, Events, NetworkSecret, NodeId, Peer, TcpTransport,
 };
@@ -429,5 +429,51 @@ fn round_trips(c: &mut Criterion) {
     );
 }
 
+/// `TRANSPORT_BENCH_ONLY=<plain|read|chunks|chunks_256k>`: only that 1 GiB transfer,
+/// `TRANSPORT_BENCH_ROUNDS` times (default 5), with its CPU and wall time per GiB, and no
+/// criterion (to profile or `perf stat` one case alone).
+fn only(case: &str) {
+    let rounds: u32 = std::env::var("TRANSPORT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let rt = runtime();
+    let listener = rt
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let frame = if case == "chunks_256k" {
+        256 * 1024
+    } else {
+        1 << 20
+    };
+    let (_a, _b, mut events, peer) = rt.block_on(endpoints(frame));
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    for _ in 0..rounds {
+        let got = rt.block_on(async {
+            match case {
+                "plain" => plain_tcp_copy(&listener, addr).await,
+                "read" => endpoint_body(&peer, &mut events, Read::Buffer).await,
+                "chunks" | "chunks_256k" => endpoint_body(&peer, &mut events, Read::Chunks).await,
+                other => panic!("TRANSPORT_BENCH_ONLY: unknown case {other}"),
+            }
+        });
+        assert_eq!(got, BODY, "{case}");
+    }
+    println!(
+        "{case}: {rounds} x 1 GiB, {:.3} CPU-s/GiB, {:.3} wall-s/GiB",
+        (cpu_seconds() - cpu0) / f64::from(rounds),
+        wall0.elapsed().as_secs_f64() / f64::from(rounds)
+    );
+}
+
 criterion_group!(benches, body_1gib, round_trips);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(case) = std::env::var_os("TRANSPORT_BENCH_ONLY") {
+        only(&case.to_string_lossy());
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

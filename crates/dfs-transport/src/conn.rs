@@ -11,19 +11,17 @@ use tokio_util::codec::FramedRead;
 use crate::error::{Result, TransportError};
 use crate::identity::{NetworkSecret, NodeId, random_bytes};
 use crate::wire::{
-    ConnKind, Frame, FrameKind, FrameSealer, FrameSplitter, FrameVerifier, HELLO_FIXED_LEN,
-    HELLO_PREFIX_LEN, Hello, PROOF_LEN, PendingFrame, SessionKeys, UnverifiedFrame,
+    ConnKind, Frame, FrameDecoder, FrameKind, FrameSealer, HEADER_LEN, HELLO_FIXED_LEN,
+    HELLO_PREFIX_LEN, Hello, PROOF_LEN, PayloadHasher, SessionKeys, TAG_LEN,
 };
 
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// The reading half: splits the stream into frames (read straight into each frame's buffer)
-/// and verifies them, inline ([`FrameReader::poll_next`]) or wherever the caller chooses
-/// ([`FrameReader::poll_next_unverified`] then [`FrameVerifier::verify`]).
+/// and verifies them as they arrive ([`FrameDecoder`]).
 pub(crate) struct FrameReader {
-    framed: FramedRead<BoxRead, FrameSplitter>,
-    verifier: FrameVerifier,
+    framed: FramedRead<BoxRead, FrameDecoder>,
 }
 
 impl std::fmt::Debug for FrameReader {
@@ -33,37 +31,14 @@ impl std::fmt::Debug for FrameReader {
 }
 
 impl FrameReader {
-    /// The next frame, split but not verified: nothing in it may be acted upon before it
-    /// passed [`FrameReader::verifier`]; frames must be released in the order read.
-    pub(crate) fn poll_next_unverified(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<UnverifiedFrame>>> {
-        self.framed.poll_next_unpin(cx)
-    }
-
-    /// The verifier of this direction (to verify frames elsewhere).
-    pub(crate) fn verifier(&self) -> &FrameVerifier {
-        &self.verifier
-    }
-
-    /// The stream is unusable (a frame failed verification elsewhere): later reads fail.
+    /// The stream is unusable (the caller gave up on it): later reads fail.
     pub(crate) fn set_failed(&mut self) {
         self.framed.decoder_mut().set_failed();
     }
 
-    /// The next frame, verified inline.
+    /// The next verified frame.
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
-        let frame = match futures::ready!(self.poll_next_unverified(cx)) {
-            None => return Poll::Ready(None),
-            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-            Some(Ok(f)) => f,
-        };
-        let result = self.verifier.verify(frame);
-        if result.is_err() {
-            self.set_failed();
-        }
-        Poll::Ready(Some(result))
+        self.framed.poll_next_unpin(cx)
     }
 }
 
@@ -98,15 +73,25 @@ impl FrameWriter {
         self.write_sealed(&header, payload, &tag).await
     }
 
-    /// Reserve the next frame's sequence number (its tag is computed by the caller).
-    pub(crate) fn reserve(&mut self, kind: FrameKind, payload_len: usize) -> Result<PendingFrame> {
-        if payload_len > self.remote_max {
+    /// A hasher for the next frame's payload ([`FrameWriter::seal_hashed`] seals it).
+    pub(crate) fn payload_hasher(&self) -> PayloadHasher {
+        self.sealer.payload_hasher()
+    }
+
+    /// Header and tag of the next frame, its payload hashed by `hashed`.
+    pub(crate) fn seal_hashed(
+        &mut self,
+        kind: FrameKind,
+        hashed: PayloadHasher,
+    ) -> Result<([u8; HEADER_LEN], [u8; TAG_LEN])> {
+        let len = usize::try_from(hashed.payload_len()).unwrap_or(usize::MAX);
+        if len > self.remote_max {
             return Err(TransportError::FrameTooLarge {
-                len: payload_len as u64,
+                len: hashed.payload_len(),
                 max: self.remote_max,
             });
         }
-        self.sealer.reserve(kind, payload_len)
+        self.sealer.seal_hashed(kind, hashed)
     }
 
     /// Write a sealed frame: one vectored write, no copy.
@@ -294,8 +279,11 @@ where
     }
 
     let reader = FrameReader {
-        framed: FramedRead::with_capacity(r, FrameSplitter::new(local.max_frame_len), READ_BUFFER),
-        verifier: FrameVerifier::new(keys.recv),
+        framed: FramedRead::with_capacity(
+            r,
+            FrameDecoder::new(keys.recv, local.max_frame_len),
+            READ_BUFFER,
+        ),
     };
     let writer = FrameWriter {
         io: w,

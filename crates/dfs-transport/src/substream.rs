@@ -1,7 +1,6 @@
 //! [`Substream`]: one exchange of messages and bodies on its own authenticated connection, and
 //! [`BodyReader`], an incoming body as an `AsyncRead`.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -19,8 +18,7 @@ use crate::conn::{FrameReader, FrameWriter, next_frame};
 use crate::error::{Result, TransportError};
 use crate::identity::NodeId;
 use crate::wire::{
-    Frame, FrameKind, FrameVerifier, HEADER_LEN, MAX_REASON_LEN, PendingFrame, TAG_LEN,
-    UnverifiedFrame, parse_u64, u64_payload,
+    Frame, FrameKind, HASH_STEP, MAX_REASON_LEN, PayloadHasher, parse_u64, u64_payload,
 };
 
 /// One exchange with a peer: an ordered, bidirectional, authenticated channel carrying
@@ -139,84 +137,45 @@ impl Substream {
     /// (so the remote sees an error, never a short body) and the error is returned.
     pub async fn send_body<R: AsyncRead + Unpin>(&mut self, len: u64, mut body: R) -> Result<u64> {
         self.write(FrameKind::BodyStart, &u64_payload(len)).await?;
-        // Two buffers: while frame N is on the wire, frame N+1 is hashed on the blocking pool
-        // (large frames only; small ones are hashed inline).
-        let mut cur = vec![0u8; self.data_frame_len];
-        let mut next = vec![0u8; self.data_frame_len];
+        let frame_len =
+            usize::try_from(len).map_or(self.data_frame_len, |l| l.min(self.data_frame_len));
+        let mut buf = vec![0u8; frame_len];
         let mut sent: u64 = 0;
-        // The frame in `cur` ready to go: (header, payload length, tag).
-        let mut ready: Option<([u8; HEADER_LEN], usize, [u8; TAG_LEN])> = None;
-        loop {
-            let queued = ready.map_or(0, |(_, n, _)| n as u64);
-            let want =
-                usize::try_from(len - sent - queued).map_or(next.len(), |r| r.min(next.len()));
-            let prepared = if want == 0 {
-                None
-            } else {
-                let filled = match fill(&mut body, &mut next[..want]).await {
-                    Ok(n) => n,
-                    Err((e, partial)) => {
-                        // The frame already sealed goes out first, so the abort's sequence
-                        // number is the next one expected.
-                        if let Some((header, n, tag)) = ready.take() {
-                            self.write_sealed(&header, &cur[..n], &tag).await?;
-                        }
-                        let err = match e {
-                            Some(e) => {
-                                self.abort(&format!("the sender's body source failed: {e}"))
-                                    .await;
-                                TransportError::io("reading the body source", e)
-                            }
-                            None => {
-                                let err = TransportError::ShortBody {
-                                    got: sent + queued + partial as u64,
-                                    expected: len,
-                                };
-                                self.abort(&err.to_string()).await;
-                                err
-                            }
+        while sent < len {
+            if self.broken {
+                return Err(TransportError::Closed);
+            }
+            let want = usize::try_from(len - sent).map_or(buf.len(), |r| r.min(buf.len()));
+            // The frame's payload is hashed piece by piece as it is read from the source, while
+            // in cache, on this task (no hand-off per frame).
+            let mut hasher = self.writer.payload_hasher();
+            if let Err((e, partial)) = fill_hashing(&mut body, &mut buf[..want], &mut hasher).await
+            {
+                // Nothing of this frame was sent: the abort takes its sequence number.
+                let err = match e {
+                    Some(e) => {
+                        self.abort(&format!("the sender's body source failed: {e}"))
+                            .await;
+                        TransportError::io("reading the body source", e)
+                    }
+                    None => {
+                        let err = TransportError::ShortBody {
+                            got: sent + partial as u64,
+                            expected: len,
                         };
-                        return Err(err);
+                        self.abort(&err.to_string()).await;
+                        err
                     }
                 };
-                Some(self.writer_reserve(FrameKind::Data, filled)?)
-            };
-            // Hash the next frame (elsewhere if large) while the current one is written.
-            let hashing = prepared.map(|p| {
-                let n = next.len().min(want);
-                let buf = std::mem::take(&mut next);
-                if n >= PIPELINE_MIN {
-                    Hashing::Spawned(tokio::task::spawn_blocking(move || {
-                        let t = p.tag(&buf[..n]);
-                        (buf, p, t)
-                    }))
-                } else {
-                    let t = p.tag(&buf[..n]);
-                    Hashing::Done(buf, p, t)
-                }
-            });
-            if let Some((header, n, tag)) = ready.take() {
-                self.write_sealed(&header, &cur[..n], &tag).await?;
-                sent += n as u64;
+                return Err(err);
             }
-            let Some(hashing) = hashing else { break };
-            let (buf, p, t) = hashing.finish().await?;
-            next = std::mem::replace(&mut cur, buf);
-            if next.is_empty() {
-                next = vec![0u8; self.data_frame_len];
-            }
-            ready = Some((p.header(), want, t));
+            let (header, tag) = self.writer.seal_hashed(FrameKind::Data, hasher)?;
+            self.write_sealed(&header, &buf[..want], &tag).await?;
+            sent += want as u64;
         }
         self.write(FrameKind::End, &u64_payload(len)).await?;
         self.flush().await?;
         Ok(len)
-    }
-
-    fn writer_reserve(&mut self, kind: FrameKind, n: usize) -> Result<PendingFrame> {
-        if self.broken {
-            return Err(TransportError::Closed);
-        }
-        self.writer.reserve(kind, n)
     }
 
     async fn write_sealed(&mut self, header: &[u8], payload: &[u8], tag: &[u8]) -> Result<()> {
@@ -338,38 +297,27 @@ impl Substream {
     }
 }
 
-/// Frames at least this large are hashed on the blocking pool, pipelined with the I/O.
-const PIPELINE_MIN: usize = 64 * 1024;
-
-enum Hashing {
-    Spawned(tokio::task::JoinHandle<(Vec<u8>, PendingFrame, [u8; TAG_LEN])>),
-    Done(Vec<u8>, PendingFrame, [u8; TAG_LEN]),
-}
-
-impl Hashing {
-    async fn finish(self) -> Result<(Vec<u8>, PendingFrame, [u8; TAG_LEN])> {
-        match self {
-            Self::Done(b, p, t) => Ok((b, p, t)),
-            Self::Spawned(h) => h.await.map_err(|e| {
-                TransportError::io("hashing a frame", io::Error::other(e.to_string()))
-            }),
-        }
-    }
-}
-
-/// Fill `buf` completely from `body`; on failure, the error (`None` if the body ended first)
-/// and how many bytes were read.
-async fn fill<R: AsyncRead + Unpin>(
+/// Fill `buf` completely from `body`, feeding it to `hasher` in [`HASH_STEP`] pieces as they
+/// arrive; on failure, the error (`None` if the body ended first) and how many bytes were read.
+async fn fill_hashing<R: AsyncRead + Unpin>(
     body: &mut R,
     buf: &mut [u8],
+    hasher: &mut PayloadHasher,
 ) -> Result<usize, (Option<io::Error>, usize)> {
     let mut filled = 0;
+    let mut hashed = 0;
     while filled < buf.len() {
-        match body.read(&mut buf[filled..]).await {
+        // Up to the next step boundary, so the pieces hashed are whole steps.
+        let end = (filled - filled % HASH_STEP + HASH_STEP).min(buf.len());
+        match body.read(&mut buf[filled..end]).await {
             Ok(0) => return Err((None, filled)),
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err((Some(e), filled)),
+        }
+        if filled == end {
+            hasher.update(&buf[hashed..filled]);
+            hashed = filled;
         }
     }
     Ok(filled)
@@ -385,42 +333,6 @@ enum BodyState {
     },
 }
 
-/// Frames read ahead of the consumer while their tags are checked on the blocking pool. With
-/// the frame being consumed and the one being received, a body holds at most this many + 2
-/// frames in memory.
-const VERIFY_AHEAD: usize = 2;
-
-/// A frame being verified: on the blocking pool (large) or already done (small).
-enum Verifying {
-    Spawned(tokio::task::JoinHandle<Result<Frame>>),
-    Done(Option<Result<Frame>>),
-}
-
-impl Verifying {
-    fn start(verifier: &FrameVerifier, frame: UnverifiedFrame) -> Self {
-        if frame.payload.len() >= PIPELINE_MIN && tokio::runtime::Handle::try_current().is_ok() {
-            let verifier = verifier.clone();
-            Self::Spawned(tokio::task::spawn_blocking(move || verifier.verify(frame)))
-        } else {
-            Self::Done(Some(verifier.verify(frame)))
-        }
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame>> {
-        match self {
-            Self::Done(r) => Poll::Ready(r.take().unwrap_or(Err(TransportError::Closed))),
-            Self::Spawned(h) => Pin::new(h).poll(cx).map(|r| {
-                r.unwrap_or_else(|e| {
-                    Err(TransportError::io(
-                        "verifying a frame",
-                        io::Error::other(e.to_string()),
-                    ))
-                })
-            }),
-        }
-    }
-}
-
 /// An incoming body: exactly the announced bytes, verified frame by frame, as an `AsyncRead`
 /// or as a [`Stream`] of verified chunks ([`BodyReader::next_chunk`]: no copy).
 ///
@@ -429,10 +341,11 @@ impl Verifying {
 /// `io::Error` whose source is a [`TransportError`]). After EOF, [`BodyReader::into_substream`]
 /// gives the substream back to continue the exchange.
 ///
-/// Large frames are verified on tokio's blocking pool while the consumer works on the previous
-/// one, up to a few frames ahead (bounded memory; the connection is not read further until the
-/// consumer catches up). A frame's bytes are released only after it and every frame before it
-/// passed verification, so an altered frame never yields data: it fails the body.
+/// Frames are verified as they arrive (a large frame's payload is hashed in pieces right
+/// after each read, while still in cache) and read only as the consumer asks for more, so a
+/// body holds one frame in memory and TCP's flow control paces the sender. A frame's bytes
+/// are released only after it passed verification, so an altered frame never yields data: it
+/// fails the body.
 pub struct BodyReader {
     stream: Substream,
     len: u64,
@@ -441,11 +354,6 @@ pub struct BodyReader {
     chunk: Bytes,
     state: BodyState,
     deadline: Pin<Box<Sleep>>,
-    /// Frames read, oldest first, whose verification is under way or done.
-    ahead: VecDeque<Verifying>,
-    /// Read no further ahead: the last frame read is not data (or an error), and what follows
-    /// it may not belong to the body.
-    hold: bool,
     /// A chunk was handed out since the deadline was last armed: the idle timeout counts from
     /// the consumer's next wait, not from before its own (maybe slow) work.
     rearm: bool,
@@ -457,7 +365,6 @@ impl std::fmt::Debug for BodyReader {
             .field("len", &self.len)
             .field("received", &self.received)
             .field("state", &self.state)
-            .field("ahead", &self.ahead.len())
             .finish_non_exhaustive()
     }
 }
@@ -472,8 +379,6 @@ impl BodyReader {
             chunk: Bytes::new(),
             state: BodyState::Reading,
             deadline,
-            ahead: VecDeque::with_capacity(VERIFY_AHEAD),
-            hold: false,
             rearm: false,
         }
     }
@@ -515,7 +420,7 @@ impl BodyReader {
     /// [`TransportError::Protocol`] if the body was not read to its end (or failed).
     pub fn into_substream(self) -> Result<Substream> {
         match self.state {
-            BodyState::Done if self.chunk.is_empty() && self.ahead.is_empty() => Ok(self.stream),
+            BodyState::Done if self.chunk.is_empty() => Ok(self.stream),
             _ => Err(TransportError::protocol(
                 "the body was not read to its end before taking the substream back",
             )),
@@ -529,7 +434,6 @@ impl BodyReader {
             kind: err.io_kind(),
             message: err.to_string(),
         };
-        self.ahead.clear();
         self.chunk = Bytes::new();
         self.stream.broken = true;
         self.stream.reader.set_failed();
@@ -553,54 +457,32 @@ impl BodyReader {
                 }
                 BodyState::Reading => {}
             }
-            // Read ahead: split frames off the connection and start verifying them.
-            while !self.hold && self.ahead.len() < VERIFY_AHEAD {
-                let next = match self.stream.reader.poll_next_unverified(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Some(Ok(frame))) => {
+            let result = match self.stream.reader.poll_next(cx) {
+                Poll::Pending => {
+                    // Waiting for the network.
+                    if std::mem::take(&mut self.rearm) {
                         let timeout = self.stream.timeout;
                         self.deadline.as_mut().reset(Instant::now() + timeout);
-                        // Only a hint (unverified): what follows a frame that does not claim to
-                        // be data may not belong to the body, so it waits for that frame.
-                        self.hold = frame.kind != FrameKind::Data as u8;
-                        Verifying::start(self.stream.reader.verifier(), frame)
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        self.hold = true;
-                        Verifying::Done(Some(Err(e)))
-                    }
-                    Poll::Ready(None) => {
-                        self.hold = true;
-                        Verifying::Done(Some(Err(TransportError::io(
-                            "the connection closed in the middle of a body",
-                            io::ErrorKind::UnexpectedEof.into(),
-                        ))))
-                    }
-                };
-                self.ahead.push_back(next);
-            }
-            // Release the oldest frame once it is verified.
-            let Some(oldest) = self.ahead.front_mut() else {
-                // Nothing in flight: waiting for the network.
-                if std::mem::take(&mut self.rearm) {
+                    ready!(self.deadline.as_mut().poll(cx));
+                    Err(TransportError::Timeout {
+                        what: "waiting for body data",
+                        after: self.stream.timeout,
+                    })
+                }
+                Poll::Ready(Some(Ok(frame))) => {
                     let timeout = self.stream.timeout;
                     self.deadline.as_mut().reset(Instant::now() + timeout);
+                    self.on_frame(frame)
                 }
-                ready!(self.deadline.as_mut().poll(cx));
-                let e = TransportError::Timeout {
-                    what: "waiting for body data",
-                    after: self.stream.timeout,
-                };
-                return Poll::Ready(Some(Err(self.fail(e))));
+                Poll::Ready(Some(Err(e))) => Err(e),
+                Poll::Ready(None) => Err(TransportError::io(
+                    "the connection closed in the middle of a body",
+                    io::ErrorKind::UnexpectedEof.into(),
+                )),
             };
-            let verified = ready!(oldest.poll(cx));
-            self.ahead.pop_front();
-            let result = verified.and_then(|frame| self.on_frame(frame));
             if let Err(e) = result {
                 return Poll::Ready(Some(Err(self.fail(e))));
-            }
-            if self.ahead.is_empty() {
-                self.hold = false;
             }
         }
     }

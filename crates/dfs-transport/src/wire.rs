@@ -364,6 +364,41 @@ impl FrameSealer {
         Ok(pending)
     }
 
+    /// A keyed hasher for the next frame's payload, fed in pieces (e.g. as the payload is
+    /// produced, while it is in cache); [`FrameSealer::seal_hashed`] then seals the frame.
+    pub fn payload_hasher(&self) -> PayloadHasher {
+        PayloadHasher {
+            hasher: blake3::Hasher::new_keyed(&self.key),
+            len: 0,
+        }
+    }
+
+    /// Header and tag of the next frame, whose whole payload went through `hashed` (from
+    /// [`FrameSealer::payload_hasher`]): the same as [`FrameSealer::seal`] of that payload.
+    ///
+    /// # Errors
+    /// As [`FrameSealer::seal`].
+    pub fn seal_hashed(
+        &mut self,
+        kind: FrameKind,
+        hashed: PayloadHasher,
+    ) -> Result<([u8; HEADER_LEN], [u8; TAG_LEN])> {
+        let PayloadHasher { mut hasher, len } = hashed;
+        let frame_len = u32::try_from(len.saturating_add((1 + TAG_LEN) as u64)).map_err(|_| {
+            TransportError::FrameTooLarge {
+                len,
+                max: u32::MAX as usize - 1 - TAG_LEN,
+            }
+        })?;
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&frame_len.to_be_bytes());
+        header[4] = kind as u8;
+        hasher.update(&[kind as u8]);
+        hasher.update(&self.seq.to_be_bytes());
+        self.seq += 1;
+        Ok((header, *hasher.finalize().as_bytes()))
+    }
+
     /// Seal a frame into a buffer (convenient for tests and small frames).
     ///
     /// # Errors
@@ -375,6 +410,35 @@ impl FrameSealer {
         dst.put_slice(payload);
         dst.put_slice(&tag);
         Ok(())
+    }
+}
+
+/// A frame's payload hashed piece by piece ([`FrameSealer::payload_hasher`]).
+#[derive(Clone)]
+pub struct PayloadHasher {
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl std::fmt::Debug for PayloadHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayloadHasher")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PayloadHasher {
+    /// Feed the next piece of the payload. Pieces of a power-of-two size (e.g. 64 KiB) keep
+    /// BLAKE3 on its widest SIMD path.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.hasher.update(piece);
+        self.len += piece.len() as u64;
+    }
+
+    /// How many payload bytes were fed so far.
+    pub fn payload_len(&self) -> u64 {
+        self.len
     }
 }
 
@@ -459,10 +523,31 @@ impl FrameVerifier {
     /// [`TransportError::Integrity`] if the tag does not match, [`TransportError::Protocol`]
     /// for an authentic frame of an unknown kind.
     pub fn verify(&self, frame: UnverifiedFrame) -> Result<Frame> {
+        let expected = tag(&self.key, frame.kind, frame.seq, &frame.payload);
+        Self::check(frame, expected)
+    }
+
+    /// [`FrameVerifier::verify`] with the first `hashed` payload bytes already fed to `hasher`
+    /// (a keyed hasher from [`FrameVerifier::hasher`]), e.g. while the frame was arriving.
+    fn verify_rest(
+        frame: UnverifiedFrame,
+        mut hasher: blake3::Hasher,
+        hashed: usize,
+    ) -> Result<Frame> {
+        hasher.update(&frame.payload[hashed..]);
+        hasher.update(&[frame.kind]);
+        hasher.update(&frame.seq.to_be_bytes());
+        let expected = hasher.finalize();
+        Self::check(frame, expected)
+    }
+
+    fn hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.key)
+    }
+
+    fn check(frame: UnverifiedFrame, expected: blake3::Hash) -> Result<Frame> {
         // blake3::Hash's PartialEq is constant-time.
-        if blake3::Hash::from_bytes(frame.tag)
-            != tag(&self.key, frame.kind, frame.seq, &frame.payload)
-        {
+        if blake3::Hash::from_bytes(frame.tag) != expected {
             return Err(TransportError::Integrity { seq: frame.seq });
         }
         let kind = FrameKind::from_byte(frame.kind).ok_or_else(|| {
@@ -511,7 +596,9 @@ impl FrameSplitter {
         self.failed = true;
     }
 
-    fn decode_inner(&mut self, src: &mut BytesMut) -> Result<Option<UnverifiedFrame>> {
+    /// The whole length (prefix included) of the frame at the front of `src`, checked
+    /// against the maximum; `None` until its length prefix arrived.
+    fn frame_len(&self, src: &BytesMut) -> Result<Option<usize>> {
         if src.len() < 4 {
             return Ok(None);
         }
@@ -529,7 +616,13 @@ impl FrameSplitter {
             });
         }
         // Checked against the maximum above, so this fits in memory as configured.
-        let whole = 4 + len as usize;
+        Ok(Some(4 + len as usize))
+    }
+
+    fn decode_inner(&mut self, src: &mut BytesMut) -> Result<Option<UnverifiedFrame>> {
+        let Some(whole) = self.frame_len(src)? else {
+            return Ok(None);
+        };
         if src.len() < whole {
             // Room for the rest of this frame (the length is already bounded by the maximum),
             // and the codec below is only ever handed whole frames.
@@ -589,13 +682,27 @@ impl Decoder for FrameSplitter {
     }
 }
 
+/// Payloads at least this long are hashed while they arrive, [`HASH_STEP`] bytes at a time,
+/// right after the bytes were read (still in cache), instead of in one pass at the end.
+const HASH_AHEAD_MIN: usize = 64 * 1024;
+/// Unit of the incremental hashing: a power of two, so BLAKE3 hashes whole subtrees with all
+/// its SIMD lanes.
+pub(crate) const HASH_STEP: usize = 64 * 1024;
+
 /// Decodes and verifies incoming frames: a [`FrameSplitter`] (the maximum enforced before
-/// anything is allocated), then the tag checked against the expected sequence number by a
-/// [`FrameVerifier`].
+/// anything is allocated), then the tag checked against the expected sequence number as a
+/// [`FrameVerifier`] would.
+///
+/// A large frame's payload is hashed as it arrives (whenever another 64 KiB came in), while
+/// those bytes are still in cache, so the check at the frame's end only hashes the rest; the
+/// frame (its kind included) is still only released once its tag matched.
 #[derive(Debug)]
 pub struct FrameDecoder {
     splitter: FrameSplitter,
     verifier: FrameVerifier,
+    /// The keyed hasher of the frame being received and how many of its payload bytes it
+    /// has seen.
+    partial: Option<(blake3::Hasher, usize)>,
 }
 
 impl FrameDecoder {
@@ -604,19 +711,71 @@ impl FrameDecoder {
         Self {
             splitter: FrameSplitter::new(max_payload),
             verifier: FrameVerifier::new(key),
+            partial: None,
+        }
+    }
+
+    /// Mark the stream as failed (e.g. after the caller gave up on it): every later call
+    /// errors.
+    pub fn set_failed(&mut self) {
+        self.splitter.set_failed();
+        self.partial = None;
+    }
+
+    /// Hash what arrived of the incomplete frame at the front of `src` (whole `HASH_STEP`s).
+    fn hash_ahead(&mut self, src: &BytesMut, whole: usize) {
+        let payload_end = whole - TAG_LEN;
+        if payload_end - HEADER_LEN < HASH_AHEAD_MIN {
+            return;
+        }
+        let arrived = src.len().min(payload_end);
+        let (hasher, hashed) = self
+            .partial
+            .get_or_insert_with(|| (self.verifier.hasher(), 0));
+        let start = HEADER_LEN + *hashed;
+        let steps = arrived.saturating_sub(start) / HASH_STEP;
+        if steps > 0 {
+            let end = start + steps * HASH_STEP;
+            hasher.update(&src[start..end]);
+            *hashed += end - start;
         }
     }
 
     fn check(&mut self, frame: Option<UnverifiedFrame>) -> Result<Option<Frame>> {
+        let partial = self.partial.take();
+        let Some(frame) = frame else {
+            return Ok(None);
+        };
+        let result = match partial {
+            Some((hasher, hashed)) => FrameVerifier::verify_rest(frame, hasher, hashed),
+            None => self.verifier.verify(frame),
+        };
+        if result.is_err() {
+            self.splitter.set_failed();
+        }
+        result.map(Some)
+    }
+
+    fn decode_frame(&mut self, src: &mut BytesMut, eof: bool) -> Result<Option<Frame>> {
+        // A bad header is reported by the splitter below.
+        if !self.splitter.failed
+            && let Ok(Some(whole)) = self.splitter.frame_len(src)
+            && src.len() < whole
+        {
+            self.hash_ahead(src, whole);
+        }
+        let frame = if eof {
+            self.splitter.decode_eof(src)
+        } else {
+            self.splitter.decode(src)
+        };
         match frame {
-            None => Ok(None),
-            Some(f) => match self.verifier.verify(f) {
-                Ok(f) => Ok(Some(f)),
-                Err(e) => {
-                    self.splitter.set_failed();
-                    Err(e)
-                }
-            },
+            Ok(None) => Ok(None),
+            Ok(frame) => self.check(frame),
+            Err(e) => {
+                self.partial = None;
+                Err(e)
+            }
         }
     }
 }
@@ -626,13 +785,11 @@ impl Decoder for FrameDecoder {
     type Error = TransportError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
-        let frame = self.splitter.decode(src)?;
-        self.check(frame)
+        self.decode_frame(src, false)
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>> {
-        let frame = self.splitter.decode_eof(buf)?;
-        self.check(frame)
+        self.decode_frame(buf, true)
     }
 }
 

@@ -65,7 +65,17 @@ fn decode_all(
     cuts: &[usize],
     eof: bool,
 ) -> (Vec<Frame>, Option<dfs_transport::TransportError>) {
-    let mut dec = FrameDecoder::new(KEY, MAX);
+    decode_all_max(bytes, cuts, eof, MAX)
+}
+
+/// [`decode_all`] with another maximum payload.
+fn decode_all_max(
+    bytes: &[u8],
+    cuts: &[usize],
+    eof: bool,
+    max: usize,
+) -> (Vec<Frame>, Option<dfs_transport::TransportError>) {
+    let mut dec = FrameDecoder::new(KEY, max);
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
@@ -107,6 +117,23 @@ fn kind() -> impl Strategy<Value = FrameKind> {
 
 fn frames() -> impl Strategy<Value = Vec<(FrameKind, Vec<u8>)>> {
     prop::collection::vec((kind(), prop::collection::vec(any::<u8>(), 0..2000)), 1..6)
+}
+
+/// Largest payload of the large-frame tests.
+const BIG_MAX: usize = 300 * 1024;
+
+/// Frames large enough to be hashed while they arrive (a 64 KiB step or more), mixed with
+/// small ones; payloads are a cheap pattern seeded per frame.
+fn big_frames() -> impl Strategy<Value = Vec<(FrameKind, Vec<u8>)>> {
+    prop::collection::vec(
+        (kind(), 0usize..=BIG_MAX, any::<u8>()).prop_map(|(k, len, seed)| {
+            let payload = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect();
+            (k, payload)
+        }),
+        1..4,
+    )
 }
 
 proptest! {
@@ -226,6 +253,79 @@ proptest! {
         prop_assert_eq!(err.map(|e| e.to_string()), expected_err.map(|e| e.to_string()));
     }
 
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn large_frames_hashed_while_arriving_match_a_whole_verify(fs in big_frames(), bit in any::<Option<usize>>(), cuts in prop::collection::vec(any::<usize>(), 0..12)) {
+        let (mut bytes, ends) = seal_all(&fs);
+        if let Some(bit) = bit {
+            let bit = bit % (bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+        }
+        // Reference: split everything, verify each whole frame at once.
+        let mut splitter = FrameSplitter::new(BIG_MAX);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let verifier = FrameVerifier::new(KEY);
+        let mut expected = Vec::new();
+        let mut expected_err = None;
+        loop {
+            match splitter.decode_eof(&mut buf) {
+                Ok(Some(f)) => match verifier.verify(f) {
+                    Ok(f) => expected.push(f),
+                    Err(e) => {
+                        expected_err = Some(e);
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    expected_err = Some(e);
+                    break;
+                }
+            }
+        }
+        // The decoder, fed in pieces (so large frames are hashed step by step as they arrive).
+        let (got, err) = decode_all_max(&bytes, &cuts, true, BIG_MAX);
+        prop_assert_eq!(&got, &expected);
+        prop_assert_eq!(err.map(|e| e.to_string()), expected_err.map(|e| e.to_string()));
+        match bit {
+            None => prop_assert_eq!(got.len(), fs.len()),
+            Some(bit) => {
+                let bit = bit % (bytes.len() * 8);
+                let hit = ends.iter().position(|e| bit / 8 < *e).unwrap();
+                prop_assert!(got.len() <= hit);
+            }
+        }
+    }
+
+    #[test]
+    fn payloads_hashed_in_pieces_seal_like_whole_ones(len in 0usize..=BIG_MAX, cuts in prop::collection::vec(any::<usize>(), 0..8), kind in kind()) {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut whole = FrameSealer::new(KEY);
+        let mut pieces = FrameSealer::new(KEY);
+        // Two frames each, so the sequence numbers are checked too.
+        for _ in 0..2 {
+            let mut hasher = pieces.payload_hasher();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
+            points.push(len);
+            points.sort_unstable();
+            let mut at = 0;
+            for p in points {
+                hasher.update(&payload[at..p]);
+                at = p;
+            }
+            prop_assert_eq!(hasher.payload_len(), len as u64);
+            prop_assert_eq!(
+                pieces.seal_hashed(kind, hasher).unwrap(),
+                whole.seal(kind, &payload).unwrap()
+            );
+        }
+    }
+}
+
+proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096), cuts in prop::collection::vec(any::<usize>(), 0..4)) {
         let _ = decode_all(&bytes, &cuts, true);
