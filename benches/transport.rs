@@ -465,6 +465,32 @@ fn only(case: &str) {
         (cpu_seconds() - cpu0) / f64::from(rounds),
         wall0.elapsed().as_secs_f64() / f64::from(rounds)
     );
+    // Per thread (Linux schedstat, whole process lifetime, setup included): seconds on a CPU
+    // and seconds runnable but waiting for one (other jobs' load), per GiB.
+    if std::env::var_os("TRANSPORT_BENCH_THREADS").is_some() {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            let v: Vec<f64> = stat
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if let [run, wait, ..] = v[..]
+                && run > 1e7
+            {
+                println!(
+                    "  thread {:<16} {:.3} CPU-s/GiB, {:.3} s/GiB waiting for a CPU",
+                    name.trim(),
+                    run / 1e9 / f64::from(rounds),
+                    wait / 1e9 / f64::from(rounds)
+                );
+            }
+        }
+    }
 }
 
 criterion_group!(benches, body_1gib, round_trips);

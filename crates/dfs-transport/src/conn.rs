@@ -1,7 +1,8 @@
 //! The handshake and the framed, integrity-protected halves of one authenticated connection.
 
 use std::io::IoSlice;
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -94,34 +95,50 @@ impl FrameWriter {
         self.sealer.seal_hashed(kind, hashed)
     }
 
-    /// Write a sealed frame: one vectored write, no copy.
+    /// Write a sealed frame: vectored writes, no copy.
     pub(crate) async fn write_sealed(
         &mut self,
         header: &[u8],
         payload: &[u8],
         tag: &[u8],
     ) -> Result<()> {
-        let mut bufs = [
-            IoSlice::new(header),
-            IoSlice::new(payload),
-            IoSlice::new(tag),
-        ];
-        let mut slices: &mut [IoSlice<'_>] = &mut bufs;
-        while !slices.is_empty() {
-            let n = self
-                .io
-                .write_vectored(slices)
-                .await
-                .map_err(|e| TransportError::io("writing a frame", e))?;
+        let mut written = 0;
+        std::future::poll_fn(|cx| self.poll_write_sealed(cx, header, payload, tag, &mut written))
+            .await
+    }
+
+    /// Write what is left of a sealed frame after its first `*written` bytes (counted up as
+    /// they go out): ready once the whole frame was handed to the connection.
+    pub(crate) fn poll_write_sealed(
+        &mut self,
+        cx: &mut Context<'_>,
+        header: &[u8],
+        payload: &[u8],
+        tag: &[u8],
+        written: &mut usize,
+    ) -> Poll<Result<()>> {
+        let total = header.len() + payload.len() + tag.len();
+        while *written < total {
+            let mut bufs = [
+                IoSlice::new(header),
+                IoSlice::new(payload),
+                IoSlice::new(tag),
+            ];
+            let mut slices: &mut [IoSlice<'_>] = &mut bufs;
+            IoSlice::advance_slices(&mut slices, *written);
+            let n = match ready!(Pin::new(&mut self.io).poll_write_vectored(cx, slices)) {
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Err(TransportError::io("writing a frame", e))),
+            };
             if n == 0 {
-                return Err(TransportError::io(
+                return Poll::Ready(Err(TransportError::io(
                     "writing a frame",
                     std::io::ErrorKind::WriteZero.into(),
-                ));
+                )));
             }
-            IoSlice::advance_slices(&mut slices, n);
+            *written += n;
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     pub(crate) async fn flush(&mut self) -> Result<()> {

@@ -11,14 +11,15 @@ use bytes::{Buf, Bytes};
 use futures::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::conn::{FrameReader, FrameWriter, next_frame};
 use crate::error::{Result, TransportError};
 use crate::identity::NodeId;
 use crate::wire::{
-    Frame, FrameKind, HASH_STEP, MAX_REASON_LEN, PayloadHasher, parse_u64, u64_payload,
+    Frame, FrameKind, HASH_STEP, HEADER_LEN, MAX_REASON_LEN, PayloadHasher, TAG_LEN, parse_u64,
+    u64_payload,
 };
 
 /// One exchange with a peer: an ordered, bidirectional, authenticated channel carrying
@@ -139,19 +140,72 @@ impl Substream {
         self.write(FrameKind::BodyStart, &u64_payload(len)).await?;
         let frame_len =
             usize::try_from(len).map_or(self.data_frame_len, |l| l.min(self.data_frame_len));
-        let mut buf = vec![0u8; frame_len];
+        // Two buffers: the frame being written and the next one, read from the source and
+        // hashed 64 KiB at a time (in cache, on this task) whenever the connection cannot take
+        // more of the current one.
+        let mut cur: Vec<u8> = Vec::new();
+        let mut next: Vec<u8> = Vec::new();
+        // Bytes of the frames fully written.
         let mut sent: u64 = 0;
-        while sent < len {
+        // The frame in `cur`, sealed: (header, payload length, tag).
+        let mut queued: Option<([u8; HEADER_LEN], usize, [u8; TAG_LEN])> = None;
+        let timeout = self.timeout;
+        loop {
             if self.broken {
                 return Err(TransportError::Closed);
             }
-            let want = usize::try_from(len - sent).map_or(buf.len(), |r| r.min(buf.len()));
-            // The frame's payload is hashed piece by piece as it is read from the source, while
-            // in cache, on this task (no hand-off per frame).
-            let mut hasher = self.writer.payload_hasher();
-            if let Err((e, partial)) = fill_hashing(&mut body, &mut buf[..want], &mut hasher).await
-            {
-                // Nothing of this frame was sent: the abort takes its sequence number.
+            let queued_len = queued.map_or(0, |(_, n, _)| n as u64);
+            let want =
+                usize::try_from(len - sent - queued_len).map_or(frame_len, |r| r.min(frame_len));
+            if next.len() < want {
+                next.resize(frame_len, 0);
+            }
+            let mut fill = Fill::new(self.writer.payload_hasher(), want);
+            if let Some((header, n, tag)) = queued.take() {
+                let writer = &mut self.writer;
+                let payload = &cur[..n];
+                let buf = &mut next[..want];
+                let body = &mut body;
+                let fill = &mut fill;
+                let mut written = 0;
+                let writing = std::future::poll_fn(|cx| {
+                    loop {
+                        if let Poll::Ready(r) =
+                            writer.poll_write_sealed(cx, &header, payload, &tag, &mut written)
+                        {
+                            return Poll::Ready(r);
+                        }
+                        // The connection is full: prepare a step of the next frame meanwhile.
+                        if fill.finished() {
+                            return Poll::Pending;
+                        }
+                        ready!(fill.poll_step(cx, body, buf));
+                    }
+                });
+                match tokio::time::timeout(timeout, writing).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(TransportError::Timeout {
+                            what: "writing a frame",
+                            after: timeout,
+                        });
+                    }
+                }
+                sent += n as u64;
+            }
+            if want == 0 {
+                break;
+            }
+            std::future::poll_fn(|cx| {
+                while !fill.finished() {
+                    ready!(fill.poll_step(cx, &mut body, &mut next[..want]));
+                }
+                Poll::Ready(())
+            })
+            .await;
+            if let Some(e) = fill.failure {
+                // The frames sealed before went out, so the abort's sequence number is the
+                // next one expected.
                 let err = match e {
                     Some(e) => {
                         self.abort(&format!("the sender's body source failed: {e}"))
@@ -160,7 +214,7 @@ impl Substream {
                     }
                     None => {
                         let err = TransportError::ShortBody {
-                            got: sent + partial as u64,
+                            got: sent + fill.filled as u64,
                             expected: len,
                         };
                         self.abort(&err.to_string()).await;
@@ -169,25 +223,13 @@ impl Substream {
                 };
                 return Err(err);
             }
-            let (header, tag) = self.writer.seal_hashed(FrameKind::Data, hasher)?;
-            self.write_sealed(&header, &buf[..want], &tag).await?;
-            sent += want as u64;
+            let (header, tag) = self.writer.seal_hashed(FrameKind::Data, fill.hasher)?;
+            std::mem::swap(&mut cur, &mut next);
+            queued = Some((header, want, tag));
         }
         self.write(FrameKind::End, &u64_payload(len)).await?;
         self.flush().await?;
         Ok(len)
-    }
-
-    async fn write_sealed(&mut self, header: &[u8], payload: &[u8], tag: &[u8]) -> Result<()> {
-        match tokio::time::timeout(self.timeout, self.writer.write_sealed(header, payload, tag))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(TransportError::Timeout {
-                what: "writing a frame",
-                after: self.timeout,
-            }),
-        }
     }
 
     /// Take the incoming body the remote is sending with [`Substream::send_body`].
@@ -297,30 +339,58 @@ impl Substream {
     }
 }
 
-/// Fill `buf` completely from `body`, feeding it to `hasher` in [`HASH_STEP`] pieces as they
-/// arrive; on failure, the error (`None` if the body ended first) and how many bytes were read.
-async fn fill_hashing<R: AsyncRead + Unpin>(
-    body: &mut R,
-    buf: &mut [u8],
-    hasher: &mut PayloadHasher,
-) -> Result<usize, (Option<io::Error>, usize)> {
-    let mut filled = 0;
-    let mut hashed = 0;
-    while filled < buf.len() {
-        // Up to the next step boundary, so the pieces hashed are whole steps.
-        let end = (filled - filled % HASH_STEP + HASH_STEP).min(buf.len());
-        match body.read(&mut buf[filled..end]).await {
-            Ok(0) => return Err((None, filled)),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err((Some(e), filled)),
-        }
-        if filled == end {
-            hasher.update(&buf[hashed..filled]);
-            hashed = filled;
+/// A data frame's payload being read from the body source and hashed, [`HASH_STEP`] bytes at
+/// a time right after they were read.
+struct Fill {
+    hasher: PayloadHasher,
+    /// Payload length wanted.
+    want: usize,
+    filled: usize,
+    hashed: usize,
+    /// The source failed (`Some(e)`) or ended early (`None`).
+    failure: Option<Option<io::Error>>,
+}
+
+impl Fill {
+    fn new(hasher: PayloadHasher, want: usize) -> Self {
+        Self {
+            hasher,
+            want,
+            filled: 0,
+            hashed: 0,
+            failure: None,
         }
     }
-    Ok(filled)
+
+    /// Filled and hashed, or failed.
+    fn finished(&self) -> bool {
+        self.filled == self.want || self.failure.is_some()
+    }
+
+    /// One read from the source (up to the next step boundary), hashing the step if complete.
+    /// `buf` is the payload's buffer (`want` bytes). Call only while not finished.
+    fn poll_step<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut R,
+        buf: &mut [u8],
+    ) -> Poll<()> {
+        let end = (self.filled - self.filled % HASH_STEP + HASH_STEP).min(self.want);
+        let mut rb = ReadBuf::new(&mut buf[self.filled..end]);
+        match ready!(Pin::new(body).poll_read(cx, &mut rb)) {
+            Ok(()) if rb.filled().is_empty() => self.failure = Some(None),
+            Ok(()) => {
+                self.filled += rb.filled().len();
+                if self.filled == end {
+                    self.hasher.update(&buf[self.hashed..self.filled]);
+                    self.hashed = self.filled;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => self.failure = Some(Some(e)),
+        }
+        Poll::Ready(())
+    }
 }
 
 #[derive(Debug)]
