@@ -1,8 +1,7 @@
 //! The handshake and the framed, integrity-protected halves of one authenticated connection.
 
 use std::io::IoSlice;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,8 +11,8 @@ use tokio_util::codec::FramedRead;
 use crate::error::{Result, TransportError};
 use crate::identity::{NetworkSecret, NodeId, random_bytes};
 use crate::wire::{
-    ConnKind, Frame, FrameDecoder, FrameKind, FrameSealer, HEADER_LEN, HELLO_FIXED_LEN,
-    HELLO_PREFIX_LEN, Hello, PROOF_LEN, PayloadHasher, SessionKeys, TAG_LEN,
+    ConnKind, Frame, FrameDecoder, FrameKind, FrameSealer, HELLO_FIXED_LEN, HELLO_PREFIX_LEN,
+    Hello, PROOF_LEN, PendingFrame, SessionKeys,
 };
 
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -74,71 +73,45 @@ impl FrameWriter {
         self.write_sealed(&header, payload, &tag).await
     }
 
-    /// A hasher for the next frame's payload ([`FrameWriter::seal_hashed`] seals it).
-    pub(crate) fn payload_hasher(&self) -> PayloadHasher {
-        self.sealer.payload_hasher()
-    }
-
-    /// Header and tag of the next frame, its payload hashed by `hashed`.
-    pub(crate) fn seal_hashed(
-        &mut self,
-        kind: FrameKind,
-        hashed: PayloadHasher,
-    ) -> Result<([u8; HEADER_LEN], [u8; TAG_LEN])> {
-        let len = usize::try_from(hashed.payload_len()).unwrap_or(usize::MAX);
-        if len > self.remote_max {
+    /// Reserve the next frame's sequence number (its tag is computed by the caller).
+    pub(crate) fn reserve(&mut self, kind: FrameKind, payload_len: usize) -> Result<PendingFrame> {
+        if payload_len > self.remote_max {
             return Err(TransportError::FrameTooLarge {
-                len: hashed.payload_len(),
+                len: payload_len as u64,
                 max: self.remote_max,
             });
         }
-        self.sealer.seal_hashed(kind, hashed)
+        self.sealer.reserve(kind, payload_len)
     }
 
-    /// Write a sealed frame: vectored writes, no copy.
+    /// Write a sealed frame: one vectored write, no copy.
     pub(crate) async fn write_sealed(
         &mut self,
         header: &[u8],
         payload: &[u8],
         tag: &[u8],
     ) -> Result<()> {
-        let mut written = 0;
-        std::future::poll_fn(|cx| self.poll_write_sealed(cx, header, payload, tag, &mut written))
-            .await
-    }
-
-    /// Write what is left of a sealed frame after its first `*written` bytes (counted up as
-    /// they go out): ready once the whole frame was handed to the connection.
-    pub(crate) fn poll_write_sealed(
-        &mut self,
-        cx: &mut Context<'_>,
-        header: &[u8],
-        payload: &[u8],
-        tag: &[u8],
-        written: &mut usize,
-    ) -> Poll<Result<()>> {
-        let total = header.len() + payload.len() + tag.len();
-        while *written < total {
-            let mut bufs = [
-                IoSlice::new(header),
-                IoSlice::new(payload),
-                IoSlice::new(tag),
-            ];
-            let mut slices: &mut [IoSlice<'_>] = &mut bufs;
-            IoSlice::advance_slices(&mut slices, *written);
-            let n = match ready!(Pin::new(&mut self.io).poll_write_vectored(cx, slices)) {
-                Ok(n) => n,
-                Err(e) => return Poll::Ready(Err(TransportError::io("writing a frame", e))),
-            };
+        let mut bufs = [
+            IoSlice::new(header),
+            IoSlice::new(payload),
+            IoSlice::new(tag),
+        ];
+        let mut slices: &mut [IoSlice<'_>] = &mut bufs;
+        while !slices.is_empty() {
+            let n = self
+                .io
+                .write_vectored(slices)
+                .await
+                .map_err(|e| TransportError::io("writing a frame", e))?;
             if n == 0 {
-                return Poll::Ready(Err(TransportError::io(
+                return Err(TransportError::io(
                     "writing a frame",
                     std::io::ErrorKind::WriteZero.into(),
-                )));
+                ));
             }
-            *written += n;
+            IoSlice::advance_slices(&mut slices, n);
         }
-        Poll::Ready(Ok(()))
+        Ok(())
     }
 
     pub(crate) async fn flush(&mut self) -> Result<()> {

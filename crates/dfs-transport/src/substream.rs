@@ -11,15 +11,14 @@ use bytes::{Buf, Bytes};
 use futures::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::conn::{FrameReader, FrameWriter, next_frame};
 use crate::error::{Result, TransportError};
 use crate::identity::NodeId;
 use crate::wire::{
-    Frame, FrameKind, HASH_STEP, HEADER_LEN, MAX_REASON_LEN, PayloadHasher, TAG_LEN, parse_u64,
-    u64_payload,
+    Frame, FrameKind, HEADER_LEN, MAX_REASON_LEN, PendingFrame, TAG_LEN, parse_u64, u64_payload,
 };
 
 /// One exchange with a peer: an ordered, bidirectional, authenticated channel carrying
@@ -138,98 +137,96 @@ impl Substream {
     /// (so the remote sees an error, never a short body) and the error is returned.
     pub async fn send_body<R: AsyncRead + Unpin>(&mut self, len: u64, mut body: R) -> Result<u64> {
         self.write(FrameKind::BodyStart, &u64_payload(len)).await?;
-        let frame_len =
-            usize::try_from(len).map_or(self.data_frame_len, |l| l.min(self.data_frame_len));
-        // Two buffers: the frame being written and the next one, read from the source and
-        // hashed 64 KiB at a time (in cache, on this task) whenever the connection cannot take
-        // more of the current one.
-        let mut cur: Vec<u8> = Vec::new();
-        let mut next: Vec<u8> = Vec::new();
-        // Bytes of the frames fully written.
+        // Two buffers: while frame N is on the wire, frame N+1 is hashed on the blocking pool
+        // (large frames only; small ones are hashed inline).
+        let mut cur = vec![0u8; self.data_frame_len];
+        let mut next = vec![0u8; self.data_frame_len];
         let mut sent: u64 = 0;
-        // The frame in `cur`, sealed: (header, payload length, tag).
-        let mut queued: Option<([u8; HEADER_LEN], usize, [u8; TAG_LEN])> = None;
-        let timeout = self.timeout;
+        // The frame in `cur` ready to go: (header, payload length, tag).
+        let mut ready: Option<([u8; HEADER_LEN], usize, [u8; TAG_LEN])> = None;
         loop {
-            if self.broken {
-                return Err(TransportError::Closed);
-            }
-            let queued_len = queued.map_or(0, |(_, n, _)| n as u64);
+            let queued = ready.map_or(0, |(_, n, _)| n as u64);
             let want =
-                usize::try_from(len - sent - queued_len).map_or(frame_len, |r| r.min(frame_len));
-            if next.len() < want {
-                next.resize(frame_len, 0);
-            }
-            let mut fill = Fill::new(self.writer.payload_hasher(), want);
-            if let Some((header, n, tag)) = queued.take() {
-                let writer = &mut self.writer;
-                let payload = &cur[..n];
-                let buf = &mut next[..want];
-                let body = &mut body;
-                let fill = &mut fill;
-                let mut written = 0;
-                let writing = std::future::poll_fn(|cx| {
-                    loop {
-                        if let Poll::Ready(r) =
-                            writer.poll_write_sealed(cx, &header, payload, &tag, &mut written)
-                        {
-                            return Poll::Ready(r);
+                usize::try_from(len - sent - queued).map_or(next.len(), |r| r.min(next.len()));
+            let prepared = if want == 0 {
+                None
+            } else {
+                let filled = match fill(&mut body, &mut next[..want]).await {
+                    Ok(n) => n,
+                    Err((e, partial)) => {
+                        // The frame already sealed goes out first, so the abort's sequence
+                        // number is the next one expected.
+                        if let Some((header, n, tag)) = ready.take() {
+                            self.write_sealed(&header, &cur[..n], &tag).await?;
                         }
-                        // The connection is full: prepare a step of the next frame meanwhile.
-                        if fill.finished() {
-                            return Poll::Pending;
-                        }
-                        ready!(fill.poll_step(cx, body, buf));
-                    }
-                });
-                match tokio::time::timeout(timeout, writing).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(TransportError::Timeout {
-                            what: "writing a frame",
-                            after: timeout,
-                        });
-                    }
-                }
-                sent += n as u64;
-            }
-            if want == 0 {
-                break;
-            }
-            std::future::poll_fn(|cx| {
-                while !fill.finished() {
-                    ready!(fill.poll_step(cx, &mut body, &mut next[..want]));
-                }
-                Poll::Ready(())
-            })
-            .await;
-            if let Some(e) = fill.failure {
-                // The frames sealed before went out, so the abort's sequence number is the
-                // next one expected.
-                let err = match e {
-                    Some(e) => {
-                        self.abort(&format!("the sender's body source failed: {e}"))
-                            .await;
-                        TransportError::io("reading the body source", e)
-                    }
-                    None => {
-                        let err = TransportError::ShortBody {
-                            got: sent + fill.filled as u64,
-                            expected: len,
+                        let err = match e {
+                            Some(e) => {
+                                self.abort(&format!("the sender's body source failed: {e}"))
+                                    .await;
+                                TransportError::io("reading the body source", e)
+                            }
+                            None => {
+                                let err = TransportError::ShortBody {
+                                    got: sent + queued + partial as u64,
+                                    expected: len,
+                                };
+                                self.abort(&err.to_string()).await;
+                                err
+                            }
                         };
-                        self.abort(&err.to_string()).await;
-                        err
+                        return Err(err);
                     }
                 };
-                return Err(err);
+                Some(self.writer_reserve(FrameKind::Data, filled)?)
+            };
+            // Hash the next frame (elsewhere if large) while the current one is written.
+            let hashing = prepared.map(|p| {
+                let n = next.len().min(want);
+                let buf = std::mem::take(&mut next);
+                if n >= PIPELINE_MIN {
+                    Hashing::Spawned(tokio::task::spawn_blocking(move || {
+                        let t = p.tag(&buf[..n]);
+                        (buf, p, t)
+                    }))
+                } else {
+                    let t = p.tag(&buf[..n]);
+                    Hashing::Done(buf, p, t)
+                }
+            });
+            if let Some((header, n, tag)) = ready.take() {
+                self.write_sealed(&header, &cur[..n], &tag).await?;
+                sent += n as u64;
             }
-            let (header, tag) = self.writer.seal_hashed(FrameKind::Data, fill.hasher)?;
-            std::mem::swap(&mut cur, &mut next);
-            queued = Some((header, want, tag));
+            let Some(hashing) = hashing else { break };
+            let (buf, p, t) = hashing.finish().await?;
+            next = std::mem::replace(&mut cur, buf);
+            if next.is_empty() {
+                next = vec![0u8; self.data_frame_len];
+            }
+            ready = Some((p.header(), want, t));
         }
         self.write(FrameKind::End, &u64_payload(len)).await?;
         self.flush().await?;
         Ok(len)
+    }
+
+    fn writer_reserve(&mut self, kind: FrameKind, n: usize) -> Result<PendingFrame> {
+        if self.broken {
+            return Err(TransportError::Closed);
+        }
+        self.writer.reserve(kind, n)
+    }
+
+    async fn write_sealed(&mut self, header: &[u8], payload: &[u8], tag: &[u8]) -> Result<()> {
+        match tokio::time::timeout(self.timeout, self.writer.write_sealed(header, payload, tag))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout {
+                what: "writing a frame",
+                after: self.timeout,
+            }),
+        }
     }
 
     /// Take the incoming body the remote is sending with [`Substream::send_body`].
@@ -339,58 +336,41 @@ impl Substream {
     }
 }
 
-/// A data frame's payload being read from the body source and hashed, [`HASH_STEP`] bytes at
-/// a time right after they were read.
-struct Fill {
-    hasher: PayloadHasher,
-    /// Payload length wanted.
-    want: usize,
-    filled: usize,
-    hashed: usize,
-    /// The source failed (`Some(e)`) or ended early (`None`).
-    failure: Option<Option<io::Error>>,
+/// Frames at least this large are hashed on the blocking pool, pipelined with the I/O.
+const PIPELINE_MIN: usize = 64 * 1024;
+
+enum Hashing {
+    Spawned(tokio::task::JoinHandle<(Vec<u8>, PendingFrame, [u8; TAG_LEN])>),
+    Done(Vec<u8>, PendingFrame, [u8; TAG_LEN]),
 }
 
-impl Fill {
-    fn new(hasher: PayloadHasher, want: usize) -> Self {
-        Self {
-            hasher,
-            want,
-            filled: 0,
-            hashed: 0,
-            failure: None,
+impl Hashing {
+    async fn finish(self) -> Result<(Vec<u8>, PendingFrame, [u8; TAG_LEN])> {
+        match self {
+            Self::Done(b, p, t) => Ok((b, p, t)),
+            Self::Spawned(h) => h.await.map_err(|e| {
+                TransportError::io("hashing a frame", io::Error::other(e.to_string()))
+            }),
         }
     }
+}
 
-    /// Filled and hashed, or failed.
-    fn finished(&self) -> bool {
-        self.filled == self.want || self.failure.is_some()
-    }
-
-    /// One read from the source (up to the next step boundary), hashing the step if complete.
-    /// `buf` is the payload's buffer (`want` bytes). Call only while not finished.
-    fn poll_step<R: AsyncRead + Unpin>(
-        &mut self,
-        cx: &mut Context<'_>,
-        body: &mut R,
-        buf: &mut [u8],
-    ) -> Poll<()> {
-        let end = (self.filled - self.filled % HASH_STEP + HASH_STEP).min(self.want);
-        let mut rb = ReadBuf::new(&mut buf[self.filled..end]);
-        match ready!(Pin::new(body).poll_read(cx, &mut rb)) {
-            Ok(()) if rb.filled().is_empty() => self.failure = Some(None),
-            Ok(()) => {
-                self.filled += rb.filled().len();
-                if self.filled == end {
-                    self.hasher.update(&buf[self.hashed..self.filled]);
-                    self.hashed = self.filled;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => self.failure = Some(Some(e)),
+/// Fill `buf` completely from `body`; on failure, the error (`None` if the body ended first)
+/// and how many bytes were read.
+async fn fill<R: AsyncRead + Unpin>(
+    body: &mut R,
+    buf: &mut [u8],
+) -> Result<usize, (Option<io::Error>, usize)> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match body.read(&mut buf[filled..]).await {
+            Ok(0) => return Err((None, filled)),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err((Some(e), filled)),
         }
-        Poll::Ready(())
     }
+    Ok(filled)
 }
 
 #[derive(Debug)]
@@ -413,9 +393,9 @@ enum BodyState {
 ///
 /// Frames are verified as they arrive (a large frame's payload is hashed in pieces right
 /// after each read, while still in cache) and read only as the consumer asks for more, so a
-/// body holds one frame in memory and TCP's flow control paces the sender. A frame's bytes
-/// are released only after it passed verification, so an altered frame never yields data: it
-/// fails the body.
+/// body holds one frame in memory besides the chunk the consumer holds, and TCP's flow control
+/// paces the sender. A frame's bytes are released only after it passed verification, so an
+/// altered frame never yields data: it fails the body.
 pub struct BodyReader {
     stream: Substream,
     len: u64,

@@ -364,41 +364,6 @@ impl FrameSealer {
         Ok(pending)
     }
 
-    /// A keyed hasher for the next frame's payload, fed in pieces (e.g. as the payload is
-    /// produced, while it is in cache); [`FrameSealer::seal_hashed`] then seals the frame.
-    pub fn payload_hasher(&self) -> PayloadHasher {
-        PayloadHasher {
-            hasher: blake3::Hasher::new_keyed(&self.key),
-            len: 0,
-        }
-    }
-
-    /// Header and tag of the next frame, whose whole payload went through `hashed` (from
-    /// [`FrameSealer::payload_hasher`]): the same as [`FrameSealer::seal`] of that payload.
-    ///
-    /// # Errors
-    /// As [`FrameSealer::seal`].
-    pub fn seal_hashed(
-        &mut self,
-        kind: FrameKind,
-        hashed: PayloadHasher,
-    ) -> Result<([u8; HEADER_LEN], [u8; TAG_LEN])> {
-        let PayloadHasher { mut hasher, len } = hashed;
-        let frame_len = u32::try_from(len.saturating_add((1 + TAG_LEN) as u64)).map_err(|_| {
-            TransportError::FrameTooLarge {
-                len,
-                max: u32::MAX as usize - 1 - TAG_LEN,
-            }
-        })?;
-        let mut header = [0u8; HEADER_LEN];
-        header[..4].copy_from_slice(&frame_len.to_be_bytes());
-        header[4] = kind as u8;
-        hasher.update(&[kind as u8]);
-        hasher.update(&self.seq.to_be_bytes());
-        self.seq += 1;
-        Ok((header, *hasher.finalize().as_bytes()))
-    }
-
     /// Seal a frame into a buffer (convenient for tests and small frames).
     ///
     /// # Errors
@@ -410,35 +375,6 @@ impl FrameSealer {
         dst.put_slice(payload);
         dst.put_slice(&tag);
         Ok(())
-    }
-}
-
-/// A frame's payload hashed piece by piece ([`FrameSealer::payload_hasher`]).
-#[derive(Clone)]
-pub struct PayloadHasher {
-    hasher: blake3::Hasher,
-    len: u64,
-}
-
-impl std::fmt::Debug for PayloadHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PayloadHasher")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PayloadHasher {
-    /// Feed the next piece of the payload. Pieces of a power-of-two size (e.g. 64 KiB) keep
-    /// BLAKE3 on its widest SIMD path.
-    pub fn update(&mut self, piece: &[u8]) {
-        self.hasher.update(piece);
-        self.len += piece.len() as u64;
-    }
-
-    /// How many payload bytes were fed so far.
-    pub fn payload_len(&self) -> u64 {
-        self.len
     }
 }
 
@@ -687,7 +623,7 @@ impl Decoder for FrameSplitter {
 const HASH_AHEAD_MIN: usize = 64 * 1024;
 /// Unit of the incremental hashing: a power of two, so BLAKE3 hashes whole subtrees with all
 /// its SIMD lanes.
-pub(crate) const HASH_STEP: usize = 64 * 1024;
+const HASH_STEP: usize = 64 * 1024;
 
 /// Decodes and verifies incoming frames: a [`FrameSplitter`] (the maximum enforced before
 /// anything is allocated), then the tag checked against the expected sequence number as a

@@ -300,29 +300,6 @@ proptest! {
         }
     }
 
-    #[test]
-    fn payloads_hashed_in_pieces_seal_like_whole_ones(len in 0usize..=BIG_MAX, cuts in prop::collection::vec(any::<usize>(), 0..8), kind in kind()) {
-        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let mut whole = FrameSealer::new(KEY);
-        let mut pieces = FrameSealer::new(KEY);
-        // Two frames each, so the sequence numbers are checked too.
-        for _ in 0..2 {
-            let mut hasher = pieces.payload_hasher();
-            let mut points: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
-            points.push(len);
-            points.sort_unstable();
-            let mut at = 0;
-            for p in points {
-                hasher.update(&payload[at..p]);
-                at = p;
-            }
-            prop_assert_eq!(hasher.payload_len(), len as u64);
-            prop_assert_eq!(
-                pieces.seal_hashed(kind, hasher).unwrap(),
-                whole.seal(kind, &payload).unwrap()
-            );
-        }
-    }
 }
 
 proptest! {
