@@ -160,8 +160,9 @@ impl ConfigBuilder {
 
     /// How long `store` waits for the replica acknowledgements, counted from the local
     /// commit; default 120 s. Also how long a node receiving a replica streamed while its
-    /// origin writes it waits for the origin's next message (origins send a keep-alive at
-    /// least every quarter of their own timeout, at most every 5 s).
+    /// origin writes it waits at least for the origin's next message (origins speak at
+    /// least every quarter of their own timeout, at most 5 s apart, and announce it; the
+    /// wait is three such intervals if that is longer).
     pub fn replication_timeout(mut self, timeout: Duration) -> Self {
         self.config.replication_timeout = timeout;
         self

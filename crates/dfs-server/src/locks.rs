@@ -21,8 +21,8 @@ struct Table {
     sweep_at: usize,
 }
 
-/// The per-object lock table (clones share it).
-#[derive(Clone, Default)]
+/// The per-object lock table.
+#[derive(Default)]
 pub(crate) struct ObjectLocks {
     table: Arc<Mutex<Table>>,
 }

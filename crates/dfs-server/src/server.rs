@@ -34,7 +34,7 @@ use crate::config::{Config, Replication, Scope};
 use crate::error::{Result, ServerError};
 use crate::event::ServerEvent;
 use crate::id::{self, ObjectId};
-use crate::locks::{ObjectGuard, ObjectLocks};
+use crate::locks::ObjectLocks;
 use crate::membership::{Learned, MAX_LIST, Membership};
 use crate::names::NameIndex;
 use crate::object::{self, HeaderCheck};
@@ -922,11 +922,14 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             let result = async {
                 let mut s = match following {
                     Some(following) => {
-                        let mut s = peer.open_stream().await?;
-                        s.send(&Envelope::new(Message::PutFollow { id: object }))
-                            .await?;
-                        // Well within the peer's wait for the next message.
                         let keepalive = (this.config.replication_timeout / 4).min(KEEPALIVE);
+                        let mut s = peer.open_stream().await?;
+                        let keepalive_ms = u32::try_from(keepalive.as_millis()).unwrap_or(u32::MAX);
+                        s.send(&Envelope::new(Message::PutFollow {
+                            id: object,
+                            keepalive_ms,
+                        }))
+                        .await?;
                         following.send(&mut s, keepalive).await?;
                         s
                     }
@@ -1323,7 +1326,10 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         }
         let result = match envelope.message {
             Message::Put { id, size, hash } => self.serve_put(from.id(), s, id, size, hash).await,
-            Message::PutFollow { id } => self.serve_put_follow(from.id(), s, id).await,
+            Message::PutFollow { id, keepalive_ms } => {
+                let keepalive = Duration::from_millis(keepalive_ms.into());
+                self.serve_put_follow(from.id(), s, id, keepalive).await
+            }
             Message::Get { id } => self.serve_get(s, id).await,
             Message::Delete { id } => self.serve_delete(from.id(), s, id).await,
             other => {
@@ -1372,25 +1378,29 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     /// Receives a replica streamed while its origin writes it (`PutFollow`): `Part` bodies
     /// into the store's staging file, then `PutEnd`'s size and hash, checked before the
     /// commit. The origin's next message (a part, `Waiting` or the trailer) must come within
-    /// the replication timeout, each read within a part within the request timeout. The
-    /// object's lock is taken only for the commit, so a slow origin does not hold up local
-    /// work on the object (a blocking-pool thread does wait for its parts).
-    async fn serve_put_follow(&self, from: NodeId, s: Substream, object: ObjectId) -> Result<()> {
+    /// the replication timeout, or three of the origin's keep-alive intervals if longer (at
+    /// most [`MAX_FOLLOW_SILENCE`]), each read within a part within the request timeout;
+    /// shutdown ends the wait. The object's lock
+    /// is held throughout, as for any replica, so a delete or store of the object on this
+    /// node is ordered before or after it, never overtaken by its commit.
+    async fn serve_put_follow(
+        &self,
+        from: NodeId,
+        s: Substream,
+        object: ObjectId,
+        keepalive: Duration,
+    ) -> Result<()> {
+        let _object = self.objects.lock(object).await;
         let (tx, rx) = bridge::channel();
         let trailer = Arc::new(Mutex::new(None::<Expected>));
-        // The object lock, taken by the writer just before its commit, released after it.
-        let commit_lock = Arc::new(Mutex::new(None::<ObjectGuard>));
         let writer = {
             let (store, key) = (Arc::clone(&self.store), object.to_hex());
-            let (trailer, commit_lock) = (Arc::clone(&trailer), Arc::clone(&commit_lock));
-            let (locks, runtime) = (self.objects.clone(), tokio::runtime::Handle::current());
+            let trailer = Arc::clone(&trailer);
             tokio::task::spawn_blocking(move || {
                 store.write_expecting_later(&key, ChannelReader::new(rx), move || {
-                    let expected = lock(&trailer).take().ok_or_else(|| {
+                    lock(&trailer).take().ok_or_else(|| {
                         io::Error::other("the stream ended without its size and hash")
-                    })?;
-                    *lock(&commit_lock) = Some(runtime.block_on(locks.lock(object)));
-                    Ok(expected)
+                    })
                 })
             })
         };
@@ -1402,9 +1412,16 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 let sub = s
                     .as_mut()
                     .ok_or_else(|| io::Error::other("substream lost"))?;
-                let wait = self.config.replication_timeout;
-                let next = tokio::time::timeout(wait, sub.recv::<Envelope>())
-                    .await
+                let wait = (3 * keepalive)
+                    .min(MAX_FOLLOW_SILENCE)
+                    .max(self.config.replication_timeout);
+                let next = tokio::select! {
+                    () = self.cancel.cancelled() => {
+                        return Err(io::Error::other("this node is shutting down"));
+                    }
+                    next = tokio::time::timeout(wait, sub.recv::<Envelope>()) => next,
+                };
+                let next = next
                     .map_err(|_| {
                         io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -1448,7 +1465,6 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         .await;
         drop(tx); // without the end marker after a failure: the write fails, nothing commits
         let written = writer.await?;
-        drop(lock(&commit_lock).take());
         self.answer_put(from, object, s, received, written).await
     }
 
@@ -1462,14 +1478,17 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         received: io::Result<u64>,
         written: dfs_store::Result<u64>,
     ) -> Result<()> {
-        let reply = match (&received, &written) {
-            (Ok(_), Ok(_)) => Message::Stored,
-            (_, Err(e)) => Message::Error {
-                message: e.to_string(),
-            },
-            (Err(e), _) => Message::Error {
-                message: e.to_string(),
-            },
+        // The cause first: a receiving failure explains the store's (which only saw its
+        // source end), unless the store stopped first (then receiving found nobody reading).
+        let cause = match (&received, &written) {
+            (Ok(_), Ok(_)) => None,
+            (Err(e), Err(w)) if e.kind() == io::ErrorKind::BrokenPipe => Some(w.to_string()),
+            (Err(e), _) => Some(e.to_string()),
+            (_, Err(w)) => Some(w.to_string()),
+        };
+        let reply = match cause {
+            None => Message::Stored,
+            Some(message) => Message::Error { message },
         };
         if let Some(mut s) = s {
             s.send(&Envelope::new(reply)).await?;
@@ -1662,6 +1681,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
 const FOLLOW_PART: u64 = 4 << 20;
 /// Longest silence of an origin streaming a followed replica (see [`Following::send`]).
 const KEEPALIVE: Duration = Duration::from_secs(5);
+/// The most a node waits for the next message of a followed replica, whatever keep-alive
+/// interval its origin announces.
+const MAX_FOLLOW_SILENCE: Duration = Duration::from_secs(600);
 
 /// A local write that replicas follow while it happens ([`Store::write_tailed`]).
 #[derive(Clone)]
@@ -1696,6 +1718,9 @@ impl Following {
     async fn send(mut self, s: &mut Substream, keepalive: Duration) -> Result<()> {
         let mut follower: Follower = self.tail.follow();
         let mut idle = false;
+        // The peer must hear from us by then: reset by every message sent, not by progress
+        // (a trickling source moves the tail often yet may take long to fill a part).
+        let mut speak_by = Instant::now() + keepalive;
         loop {
             self.progress.borrow_and_update();
             let next = if idle {
@@ -1709,6 +1734,7 @@ impl Following {
                     s.send(&Envelope::new(Message::Part)).await?;
                     s.send_body(segment.len(), bridge::async_reader(segment))
                         .await?;
+                    speak_by = Instant::now() + keepalive;
                 }
                 Some(Next::End { size, hash }) => {
                     // The object is committed; the store is done once its name is too.
@@ -1725,11 +1751,12 @@ impl Following {
                 None if idle => {
                     s.send(&Envelope::new(Message::Waiting)).await?;
                     idle = false;
+                    speak_by = Instant::now() + keepalive;
                 }
                 None => {
                     // (The tail, which owns the sender, lives as long as `self`.)
                     let progress = self.progress.changed();
-                    idle = tokio::time::timeout(keepalive, progress).await.is_err();
+                    idle = tokio::time::timeout_at(speak_by, progress).await.is_err();
                 }
             }
         }
@@ -1770,6 +1797,8 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
     mut events: Events,
     cancel: CancellationToken,
 ) {
+    // Peers already warned about for speaking another protocol version.
+    let mut other_versions = HashSet::new();
     loop {
         let event = tokio::select! {
             () = cancel.cancelled() => break,
@@ -1785,6 +1814,7 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
                 let reason = reason.map_or_else(|| "closed".to_owned(), |e| e.to_string());
                 info!(node = %inner.node_id, peer = %id, %reason, "peer left");
                 lock(&inner.membership).disconnected(&id);
+                other_versions.remove(&id);
                 inner.emit(ServerEvent::PeerLeft { id });
             }
             Event::Message { .. } if inner.closing.load(Ordering::SeqCst) => {}
@@ -1794,6 +1824,9 @@ async fn drive<T: Transport, P: PathTransform, C: Cipher>(
                     message: Message::Hello { peers } | Message::Peers { peers },
                 }) => inner.on_peer_list(peers),
                 Ok(Envelope { version, .. }) if version != PROTOCOL_VERSION => {
+                    if !other_versions.insert(from.id()) {
+                        continue;
+                    }
                     warn!(
                         peer = %from.id(),
                         version,

@@ -83,7 +83,9 @@ pub enum Message {
     /// The request failed, with a human-readable `message`.
     Error { message: String },
     /// Store blob `id`, streamed while the sender writes it: `Part`s follow, then `PutEnd`.
-    PutFollow { id: ObjectId },
+    /// The sender says something at least every `keepalive_ms` milliseconds (`Waiting` if
+    /// it has nothing new).
+    PutFollow { id: ObjectId, keepalive_ms: u32 },
     /// The next bytes of a `PutFollow` blob follow as a body.
     Part,
     /// The `PutFollow` blob is complete: `size` bytes in all, whose BLAKE3 hash is `hash`.
@@ -117,7 +119,8 @@ mod tests {
             id.clone().prop_map(|id| Message::Delete { id }),
             any::<bool>().prop_map(|existed| Message::Deleted { existed }),
             ".{0,80}".prop_map(|message| Message::Error { message }),
-            id.prop_map(|id| Message::PutFollow { id }),
+            (id, any::<u32>())
+                .prop_map(|(id, keepalive_ms)| Message::PutFollow { id, keepalive_ms }),
             Just(Message::Part),
             (any::<u64>(), any::<[u8; 32]>())
                 .prop_map(|(size, hash)| Message::PutEnd { size, hash }),

@@ -1458,59 +1458,119 @@ async fn poll_until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-/// A source pausing longer than the peers' replication timeout: the origin's keep-alives
-/// (`Waiting`) keep the followed replicas going, and the store completes on every peer.
+/// A source yielding `first`, then (when `trickle` is set) 16 KiB on each tick of an
+/// interval, until the test ends it (`true`) or fails it: the shape of a slow client.
+struct Paced {
+    gated: Gated,
+    trickle: Option<tokio::time::Interval>,
+}
+
+impl AsyncRead for Paced {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let filled = buf.filled().len();
+        match Pin::new(&mut this.gated).poll_read(cx, buf) {
+            Poll::Pending => {}
+            ready => return ready,
+        }
+        debug_assert_eq!(buf.filled().len(), filled);
+        let ticked = match &mut this.trickle {
+            Some(tick) => tick.poll_tick(cx).is_ready(),
+            None => false,
+        };
+        if !ticked {
+            return Poll::Pending;
+        }
+        let n = buf.remaining().min(16 << 10);
+        buf.put_slice(&vec![0x5A; n]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A source silent (or trickling too slowly to fill a part) for longer than the peers'
+/// replication timeout: the origin's keep-alives keep the followed replicas going (the
+/// peer's staging file survives the whole pause) and the store completes on every peer.
 async fn slow_source_keeps_followed_replicas_alive<N: Net>(net: N) {
     let key = Key::generate().unwrap();
-    let d = dirs(2);
-    let short = Duration::from_secs(2);
-    let node = |dir: &Path, boot: &[String]| {
-        FileServer::start(
-            config(&net, dir, &key, boot)
-                .replication_timeout(short)
-                .build(),
-            net.transport(),
-        )
-    };
-    let a = node(d[0].path(), &[]).await.unwrap();
-    let b = node(d[1].path(), &[a.local_addr()]).await.unwrap();
-    let (watcher, mut watch) =
-        spawn_watching_replica(net.transport(), net.listen(), &a.local_addr()).await;
-    wait_until(&a, "both replicas connected", || a.peers().len() == 2).await;
+    for trickle in [false, true] {
+        let d = dirs(2);
+        let short = Duration::from_secs(2);
+        let node = |dir: &Path, boot: &[String]| {
+            FileServer::start(
+                config(&net, dir, &key, boot)
+                    .replication_timeout(short)
+                    .build(),
+                net.transport(),
+            )
+        };
+        let a = node(d[0].path(), &[]).await.unwrap();
+        let b = node(d[1].path(), &[a.local_addr()]).await.unwrap();
+        let (watcher, mut watch) =
+            spawn_watching_replica(net.transport(), net.listen(), &a.local_addr()).await;
+        wait_until(&a, "both replicas connected", || a.peers().len() == 2).await;
 
-    let (source, gate) = Gated::new(pattern(24, 1 << 20));
-    let storing = {
-        let a = a.clone();
-        tokio::spawn(async move { a.store("slow", source).await })
-    };
-    // Keep-alives for well over B's 2 s wait (one each 0.5 s) while the source is silent.
-    let (mut parts, mut waits) = (0, 0);
-    while waits < 6 {
-        match next_seen(&mut watch).await {
-            Seen::Part(n) => parts += n,
-            Seen::Waiting => waits += 1,
-            other => panic!("{other:?} before the source ended"),
+        let (gated, gate) = Gated::new(pattern(24, 1 << 20));
+        let trickle = trickle.then(|| tokio::time::interval(Duration::from_millis(100)));
+        let source = Paced { gated, trickle };
+        let storing = {
+            let a = a.clone();
+            tokio::spawn(async move { a.store("slow", source).await })
+        };
+        // B's staging file once parts arrived; it must outlive B's 2 s wait.
+        let staging = d[1].path().join("store").join("tmp");
+        poll_until("B staging parts", || staged_bytes(&staging) > 0).await;
+        let staged = files_under(&staging);
+        // Messages for well over B's 2 s wait (at least one each 0.5 s).
+        let mut heard = 0;
+        while heard < 8 {
+            match next_seen(&mut watch).await {
+                Seen::Part(_) | Seen::Waiting => heard += 1,
+                other => panic!("{other:?} before the source ended"),
+            }
         }
+        assert!(!storing.is_finished());
+        assert_eq!(files_under(&staging), staged, "B gave up and started over");
+        gate.send(true).unwrap();
+        let mut replicas = storing.await.unwrap().unwrap().replicas;
+        replicas.sort();
+        let mut expected = vec![b.node_id(), watcher];
+        expected.sort();
+        assert_eq!(replicas, expected);
+        let original = a.get_bytes("slow").await.unwrap();
+        a.shutdown().await.unwrap();
+        assert!(b.get_bytes("slow").await.unwrap() == original);
+        b.shutdown().await.unwrap();
     }
-    assert!(parts > 0, "what was written went out as a short part");
-    assert!(!storing.is_finished());
-    gate.send(true).unwrap();
-    let mut replicas = storing.await.unwrap().unwrap().replicas;
-    replicas.sort();
-    let mut expected = vec![b.node_id(), watcher];
-    expected.sort();
-    assert_eq!(replicas, expected);
-    a.shutdown().await.unwrap();
-    assert_eq!(b.get_bytes("slow").await.unwrap(), pattern(24, 1 << 20));
-    b.shutdown().await.unwrap();
+}
+
+/// How a test origin ends a followed put.
+enum Ending {
+    Trailer([u8; 32]),
+    /// Drops the exchange.
+    Cut,
+    /// Says nothing more.
+    Silent,
 }
 
 /// A node receiving a followed put commits it only with a matching trailer: a wrong hash
-/// is refused (and said so to the origin), a stream cut before its trailer leaves nothing.
+/// is refused (and said so to the origin), a stream cut before its trailer leaves nothing,
+/// an origin silent for longer than the replication timeout is told so, and shutdown is not
+/// held up by an origin that keeps saying `Waiting`.
 async fn followed_puts_are_checked_against_their_trailer<N: Net>(net: N) {
     let key = Key::generate().unwrap();
     let d = dirs(1);
-    let b = start(&net, d[0].path(), &key, &[]).await;
+    let b = FileServer::start(
+        config(&net, d[0].path(), &key, &[])
+            .replication_timeout(Duration::from_secs(1))
+            .build(),
+        net.transport(),
+    )
+    .await
+    .unwrap();
     let (endpoint, _events) = Endpoint::bind(
         net.transport(),
         net.listen(),
@@ -1521,12 +1581,13 @@ async fn followed_puts_are_checked_against_their_trailer<N: Net>(net: N) {
     let peer = endpoint.connect(&b.local_addr()).await.unwrap();
     let data = pattern(25, 3 << 20);
     let right = *blake3::hash(&data).as_bytes();
-    let send = |trailer: Option<[u8; 32]>, id: u8| {
+    let send = |ending: Ending, id: u8| {
         let (peer, data) = (peer.clone(), data.clone());
         async move {
             let mut s = peer.open_stream().await.unwrap();
             let id = dfs_server::ObjectId([id; 32]);
-            s.send(&Envelope::new(Message::PutFollow { id }))
+            let keepalive_ms = 100;
+            s.send(&Envelope::new(Message::PutFollow { id, keepalive_ms }))
                 .await
                 .unwrap();
             for chunk in data.chunks(1 << 20) {
@@ -1534,33 +1595,64 @@ async fn followed_puts_are_checked_against_their_trailer<N: Net>(net: N) {
                 s.send_body(chunk.len() as u64, chunk).await.unwrap();
                 s.send(&Envelope::new(Message::Waiting)).await.unwrap();
             }
-            let hash = trailer?;
-            let size = data.len() as u64;
-            s.send(&Envelope::new(Message::PutEnd { size, hash }))
-                .await
-                .unwrap();
+            match ending {
+                Ending::Trailer(hash) => {
+                    let size = data.len() as u64;
+                    s.send(&Envelope::new(Message::PutEnd { size, hash }))
+                        .await
+                        .unwrap();
+                }
+                Ending::Cut => return None,
+                Ending::Silent => {}
+            }
             Some(s.recv::<Envelope>().await.unwrap().unwrap().message)
         }
     };
-    let wrong = send(Some([9; 32]), 1).await;
+    let wrong = send(Ending::Trailer([9; 32]), 1).await;
     assert!(
         matches!(&wrong, Some(Message::Error { message }) if message.contains("BLAKE3")),
         "{wrong:?}"
     );
-    assert!(send(None, 2).await.is_none());
+    assert!(send(Ending::Cut, 2).await.is_none());
     let staging = d[0].path().join("store").join("tmp");
     poll_until("the cut stream's staging file removed", || {
         files_under(&staging).is_empty()
     })
     .await;
+    let silent = send(Ending::Silent, 3).await;
+    assert!(
+        matches!(&silent, Some(Message::Error { message }) if message.contains("nothing from the origin")),
+        "{silent:?}"
+    );
     assert!(b.list().await.unwrap().is_empty(), "nothing committed");
 
-    let stored = send(Some(right), 3).await;
+    let stored = send(Ending::Trailer(right), 4).await;
     assert!(matches!(stored, Some(Message::Stored)), "{stored:?}");
     let listed = b.list().await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].id, dfs_server::ObjectId([3; 32]).to_hex());
+    assert_eq!(listed[0].id, dfs_server::ObjectId([4; 32]).to_hex());
+
+    // An origin that only ever says `Waiting` does not hold up shutdown.
+    let mut s = peer.open_stream().await.unwrap();
+    let id = dfs_server::ObjectId([5; 32]);
+    s.send(&Envelope::new(Message::PutFollow {
+        id,
+        keepalive_ms: 100,
+    }))
+    .await
+    .unwrap();
+    s.send(&Envelope::new(Message::Waiting)).await.unwrap();
+    let chatter = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            every.tick().await;
+            if s.send(&Envelope::new(Message::Waiting)).await.is_err() {
+                return;
+            }
+        }
+    });
     b.shutdown().await.unwrap();
+    chatter.abort();
 }
 
 /// Stores a big generated file on A (replicated to B as it is written... after it is
