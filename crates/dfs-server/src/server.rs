@@ -435,7 +435,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     ///
     /// Errors: [`ServerError::NotFound`] when this node holds no copy, the damage error when
     /// its copy is damaged (nothing is sent; [`scrub`](Self::scrub) repairs it), and
-    /// [`ServerError::ReplicationIncomplete`] as for `store`.
+    /// [`ServerError::ReplicationIncomplete`] as for `store`. The receipt's sizes are the
+    /// copy's when the call began; if a `store` of the same name commits meanwhile, peers
+    /// may get the newer version (each copy sent is whole and verified).
     ///
     /// ```no_run
     /// # async fn demo(node: dfs_server::FileServer<dfs_transport::TcpTransport>) -> dfs_server::Result<()> {
