@@ -5,6 +5,8 @@
 //! - `stage-disk-write-fsync`: `std::fs` write of the bytes plus `sync_all` (anchor).
 //! - `stage-auth-encrypt`: `Aes256CtrBlake3` encryption of the bytes into a sink (anchor).
 //! - `stage-loopback-tcp`: plain tokio TCP copy of the bytes over 127.0.0.1 (anchor).
+//! - `two-disk-writes-fsync-at-once`: two such `std::fs` writes in two threads at once, the
+//!   least a store with one replica on the same disk must do (a reference, not a stage).
 //! - `fetch-a-to-b`: node B gets a file only node A holds: A streams its stored ciphertext,
 //!   B stages, verifies (length, BLAKE3, key fingerprint), fsyncs and commits it.
 //! - `store-replicated`: `store` on A with one replica on B: encrypt + local fsynced write,
@@ -15,7 +17,6 @@
 //!
 //! Run: `cargo bench -p dfs-benches --bench cluster` (`DFS_BENCH_MIB=1024` for 1 GiB).
 
-use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -119,14 +120,24 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(len));
 
     let scratch = tempfile::tempdir().expect("tempdir");
+    let write_plain = |path: &std::path::Path| {
+        let mut file = std::fs::File::create(path).expect("create");
+        std::io::copy(&mut Gen::new(len), &mut file).expect("write");
+        file.sync_all().expect("fsync");
+    };
     group.bench_function("stage-disk-write-fsync", |b| {
         let path = scratch.path().join("plain.bin");
+        b.iter(|| write_plain(&path));
+    });
+    // Not a stage: what a store with one replica on the same disk must do at least.
+    group.bench_function("two-disk-writes-fsync-at-once", |b| {
+        let paths = [0, 1].map(|i| scratch.path().join(format!("plain{i}.bin")));
         b.iter(|| {
-            let mut file = std::fs::File::create(&path).expect("create");
-            let mut src = Gen::new(len);
-            std::io::copy(&mut src, &mut file).expect("write");
-            file.sync_all().expect("fsync");
-            file.flush().expect("flush");
+            std::thread::scope(|s| {
+                for path in &paths {
+                    s.spawn(|| write_plain(path));
+                }
+            });
         });
     });
 
