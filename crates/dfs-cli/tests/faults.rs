@@ -68,8 +68,19 @@ fn a_node_with_the_wrong_network_secret_cannot_join_and_says_so() {
         &a.addr,
     ]);
     assert_eq!(status.code(), Some(5), "{log}");
-    assert!(log.contains("cannot join the network at"), "{log}");
-    assert!(log.contains("network secret"), "{log}");
+    // `serve` logs on stderr too; its failure is one `dfs: error:` line, the last one.
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("dfs: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert_eq!(log.lines().last(), Some(errors[0]), "{log}");
+    assert!(
+        errors[0].contains(&format!("cannot join the network at {}", a.addr)),
+        "{log}"
+    );
+    assert!(errors[0].contains("network secret"), "{log}");
+    assert!(errors[0].contains("--secret-file"), "{log}");
 
     // No secret at all against a node that has one.
     let (status, log) = serve_expect_failure(&[
