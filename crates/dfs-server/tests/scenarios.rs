@@ -113,6 +113,15 @@ async fn start<N: Net>(net: &N, dir: &Path, key: &Key, bootstrap: &[String]) -> 
         .expect("node starts")
 }
 
+/// Two meshed nodes sharing `key`, in fresh directories (`a` bootstraps `b`).
+async fn pair<N: Net>(net: &N, key: &Key) -> (Vec<TempDir>, FileServer<N::T>, FileServer<N::T>) {
+    let d = dirs(2);
+    let a = start(net, d[0].path(), key, &[]).await;
+    let b = start(net, d[1].path(), key, &[a.local_addr()]).await;
+    mesh(&[&a, &b]).await;
+    (d, a, b)
+}
+
 /// Waits until every node sees all the others.
 async fn mesh<T: Transport>(nodes: &[&FileServer<T>]) {
     for node in nodes {
@@ -853,10 +862,7 @@ async fn fetch_never_overwrites_a_newer_store<N: Net>(net: N) {
 /// it. With no peer to ask, `get` reports the damage, not "not found".
 async fn damaged_local_copy_is_fetched_again<N: Net>(net: N) {
     let key = Key::generate().unwrap();
-    let d = dirs(2);
-    let a = start(&net, d[0].path(), &key, &[]).await;
-    let b = start(&net, d[1].path(), &key, &[a.local_addr()]).await;
-    mesh(&[&a, &b]).await;
+    let (d, a, b) = pair(&net, &key).await;
     let data = pattern(5, 100_000);
     let receipt = a.store_bytes("report.pdf", &data).await.unwrap();
     assert_eq!(receipt.replicas, vec![b.node_id()]);
@@ -1405,10 +1411,7 @@ async fn replicas_follow_the_local_write<N: Net>(net: N) {
 /// and a later store of the name replicates whole.
 async fn failed_local_write_commits_no_replica<N: Net>(net: N) {
     let key = Key::generate().unwrap();
-    let d = dirs(2);
-    let a = start(&net, d[0].path(), &key, &[]).await;
-    let b = start(&net, d[1].path(), &key, &[a.local_addr()]).await;
-    mesh(&[&a, &b]).await;
+    let (d, a, b) = pair(&net, &key).await;
     let (source, gate) = Gated::new(pattern(22, 9 << 20));
     let storing = {
         let a = a.clone();
@@ -1713,10 +1716,7 @@ async fn shutdown_refuses_new_work() {
 /// stores nothing.
 async fn shutdown_drains_in_flight_store<N: Net>(net: N) {
     let key = Key::generate().unwrap();
-    let d = dirs(2);
-    let a = start(&net, d[0].path(), &key, &[]).await;
-    let b = start(&net, d[1].path(), &key, &[a.local_addr()]).await;
-    mesh(&[&a, &b]).await;
+    let (_dirs, a, b) = pair(&net, &key).await;
 
     let err = a
         .store("broken", (&b"half a file"[..]).chain(Failing))
@@ -1802,10 +1802,7 @@ async fn other_chunk_size_reports_the_true_length() {
 async fn scrub_repairs_damaged_copies_from_peers() {
     let net = Mem(MemoryTransport::new());
     let key = Key::generate().unwrap();
-    let d = dirs(2);
-    let a = start(&net, d[0].path(), &key, &[]).await;
-    let b = start(&net, d[1].path(), &key, &[a.local_addr()]).await;
-    mesh(&[&a, &b]).await;
+    let (d, a, b) = pair(&net, &key).await;
     let data = pattern(21, 700_000);
     let receipt = a.store_bytes("ledger.db", &data).await.unwrap();
     a.store_bytes("other.txt", b"untouched").await.unwrap();
