@@ -129,66 +129,71 @@ fn xor_in_place(data: &mut [u8], keystream: &[u8]) {
     }
 }
 
+/// The keystream bytes from a byte position to the end of its block: empty when the position
+/// is block-aligned.
+struct Head {
+    block: [u8; 16],
+    start: usize,
+    end: usize,
+}
+
+impl Head {
+    /// The head of the keystream at byte `position` (of the keystream that begins at counter
+    /// block zero), at most `len` bytes, and the counter of the first whole block after it.
+    fn at(key: &CtrKey, position: u64, len: usize) -> (Head, u128) {
+        let counter = u128::from(position / 16);
+        let skip = (position % 16) as usize;
+        let mut head = Head {
+            block: [0; 16],
+            start: skip,
+            end: skip,
+        };
+        if skip == 0 {
+            return (head, counter);
+        }
+        key.apply(counter, &mut head.block);
+        head.end = (skip + len).min(16);
+        (head, counter + 1)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.block[self.start..self.end]
+    }
+}
+
 /// `dst = src XOR keystream`, where `src` starts at byte `position` of the keystream that
 /// begins at counter block zero.
 pub(crate) fn xor_at(key: &CtrKey, position: u64, src: &[u8], dst: &mut [u8]) {
     let len = src.len().min(dst.len());
-    let (src, dst) = (&src[..len], &mut dst[..len]);
-    let counter = u128::from(position / 16);
-    let skip = (position % 16) as usize;
-    if skip == 0 {
-        key.apply_b2b(counter, src, dst);
-        return;
-    }
-    let mut block = [0u8; 16];
-    key.apply(counter, &mut block);
-    let head = len.min(16 - skip);
-    for ((d, s), k) in dst[..head].iter_mut().zip(&src[..head]).zip(&block[skip..]) {
+    let (head, counter) = Head::at(key, position, len);
+    let n = head.bytes().len();
+    for ((d, s), k) in dst[..n].iter_mut().zip(&src[..n]).zip(head.bytes()) {
         *d = s ^ k;
     }
-    key.apply_b2b(counter + 1, &src[head..], &mut dst[head..]);
+    key.apply_b2b(counter, &src[n..len], &mut dst[n..len]);
 }
 
 /// XORs into `data` the keystream from byte `position` on (of the keystream that begins at
 /// counter block zero).
 pub(crate) fn apply_at(key: &CtrKey, position: u64, data: &mut [u8]) {
-    let counter = u128::from(position / 16);
-    let skip = (position % 16) as usize;
-    if skip == 0 {
-        key.apply(counter, data);
-        return;
-    }
-    let mut block = [0u8; 16];
-    key.apply(counter, &mut block);
-    let head = data.len().min(16 - skip);
-    for (d, k) in data[..head].iter_mut().zip(&block[skip..]) {
+    let (head, counter) = Head::at(key, position, data.len());
+    let n = head.bytes().len();
+    for (d, k) in data[..n].iter_mut().zip(head.bytes()) {
         *d ^= k;
     }
-    key.apply(counter + 1, &mut data[head..]);
+    key.apply(counter, &mut data[n..]);
 }
 
 /// [`apply_at`], also copying the result into `copy` (of the same length) in the same pass.
 pub(crate) fn apply_at_copy(key: &CtrKey, position: u64, data: &mut [u8], copy: &mut [u8]) {
     let len = data.len().min(copy.len());
-    let (data, copy) = (&mut data[..len], &mut copy[..len]);
-    let counter = u128::from(position / 16);
-    let skip = (position % 16) as usize;
-    if skip == 0 {
-        key.apply_copy(counter, data, copy);
-        return;
-    }
-    let mut block = [0u8; 16];
-    key.apply(counter, &mut block);
-    let head = len.min(16 - skip);
-    for ((d, c), k) in data[..head]
-        .iter_mut()
-        .zip(&mut copy[..head])
-        .zip(&block[skip..])
-    {
+    let (head, counter) = Head::at(key, position, len);
+    let n = head.bytes().len();
+    for ((d, c), k) in data[..n].iter_mut().zip(&mut copy[..n]).zip(head.bytes()) {
         *d ^= k;
         *c = *d;
     }
-    key.apply_copy(counter + 1, &mut data[head..], &mut copy[head..]);
+    key.apply_copy(counter, &mut data[n..len], &mut copy[n..len]);
 }
 
 /// A byte-granular CTR stream: a key, a starting counter block and a byte position.
