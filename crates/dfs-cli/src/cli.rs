@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Do not fsync stored files (faster, not crash-safe; for tests and benchmarks).
     #[arg(long)]
     pub no_fsync: bool,
+    /// How many peer transfers (replicas received, files sent) the node serves at once;
+    /// more wait, then are answered "busy" (default 64).
+    #[arg(long, value_name = "N")]
+    pub max_incoming_transfers: Option<usize>,
 }
 
 /// Arguments of `dfs put`.
@@ -263,6 +267,8 @@ mod tests {
             "127.0.0.1:1,127.0.0.1:2",
             "--bootstrap",
             "127.0.0.1:3",
+            "--max-incoming-transfers",
+            "8",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -272,6 +278,7 @@ mod tests {
             args.bootstrap,
             ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
         );
+        assert_eq!(args.max_incoming_transfers, Some(8));
         let cli = Cli::try_parse_from(["dfs", "rm", "x", "--everywhere", "-d", "/tmp/a"]).unwrap();
         assert!(matches!(
             cli.command,

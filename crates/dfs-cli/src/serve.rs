@@ -61,6 +61,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(key) = key {
         builder = builder.data_key(key);
     }
+    if let Some(n) = args.max_incoming_transfers {
+        builder = builder.max_incoming_transfers(n);
+    }
     if let Some(n) = args.replicas {
         builder = builder.replication(if n == 0 {
             Replication::None

@@ -59,6 +59,7 @@ pub struct Config {
     pub(crate) bootstrap_attempts: u32,
     pub(crate) fsync: bool,
     pub(crate) event_capacity: usize,
+    pub(crate) max_incoming_transfers: usize,
 }
 
 impl Config {
@@ -77,6 +78,7 @@ impl Config {
                 bootstrap_attempts: 8,
                 fsync: true,
                 event_capacity: 1024,
+                max_incoming_transfers: 64,
             },
         }
     }
@@ -115,6 +117,11 @@ impl Config {
     /// Whether writes are fsynced before they count as durable.
     pub fn fsync(&self) -> bool {
         self.fsync
+    }
+
+    /// How many peer requests that move file bytes this node serves at once.
+    pub fn max_incoming_transfers(&self) -> usize {
+        self.max_incoming_transfers
     }
 }
 
@@ -190,6 +197,24 @@ impl ConfigBuilder {
     /// Capacity of the event channel (slow receivers miss the oldest events); default 1024.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.config.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// How many peer requests that move file bytes (replicas received, files sent to a
+    /// fetching peer) this node serves at once; default 64, at least 1. Each holds a
+    /// thread of the blocking pool and a staging file or an open object for as long as
+    /// its peer keeps it going. A request beyond the limit waits for a slot up to the
+    /// request timeout, then is answered "busy" (a replicating origin retries later, a
+    /// fetching peer asks another holder). Local calls (`store`, `get`) are not counted.
+    ///
+    /// ```
+    /// let config = dfs_server::Config::builder("/tmp/dfs-node")
+    ///     .max_incoming_transfers(8)
+    ///     .build();
+    /// assert_eq!(config.max_incoming_transfers(), 8);
+    /// ```
+    pub fn max_incoming_transfers(mut self, n: usize) -> Self {
+        self.config.max_incoming_transfers = n.max(1);
         self
     }
 

@@ -20,7 +20,7 @@ use dfs_transport::{
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Semaphore, SemaphorePermit, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::io::StreamReader;
@@ -199,6 +199,8 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     membership: Mutex<Membership>,
     /// Orders local writes, fetch commits, incoming replicas and deletes of one object.
     objects: ObjectLocks,
+    /// Slots for peer requests that move file bytes (`Config::max_incoming_transfers`).
+    incoming: Semaphore,
     /// Opens a stored object's plaintext with `cipher` (built where the cipher's reader is
     /// known to be `Send`, so reads can move between blocking-pool threads).
     decryptor: Decryptor,
@@ -312,6 +314,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             background: Mutex::new(Vec::new()),
             membership: Mutex::new(Membership::default()),
             objects: ObjectLocks::default(),
+            incoming: Semaphore::new(config.max_incoming_transfers),
             config,
         });
         info!(node = %node_id, addr = %inner.endpoint.local_addr(), "file server started");
@@ -1326,6 +1329,20 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 .await;
             return;
         }
+        let _slot = match &envelope.message {
+            Message::Put { .. } | Message::PutFollow { .. } | Message::Get { .. } => {
+                match self.transfer_slot().await {
+                    Ok(slot) => Some(slot),
+                    Err(message) => {
+                        debug!(peer = %from.id(), %message, "request refused");
+                        let _ = s.send(&Envelope::new(Message::Error { message })).await;
+                        let _ = s.finish().await;
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
         let result = match envelope.message {
             Message::Put { id, size, hash } => self.serve_put(from.id(), s, id, size, hash).await,
             Message::PutFollow { id, keepalive_ms } => {
@@ -1345,6 +1362,24 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         };
         if let Err(e) = result {
             debug!(peer = %from.id(), error = %e, "request failed");
+        }
+    }
+
+    /// Waits for a free slot of `Config::max_incoming_transfers` (at most the request
+    /// timeout; shutdown ends the wait), or says why there is none.
+    async fn transfer_slot(&self) -> std::result::Result<SemaphorePermit<'_>, String> {
+        let limit = self.config.max_incoming_transfers;
+        tokio::select! {
+            () = self.cancel.cancelled() => Err("this node is shutting down".to_owned()),
+            slot = tokio::time::timeout(self.config.request_timeout, self.incoming.acquire()) => {
+                match slot {
+                    Ok(Ok(slot)) => Ok(slot),
+                    Ok(Err(_)) => Err("this node is shutting down".to_owned()),
+                    Err(_) => Err(format!(
+                        "busy: serving {limit} transfers already (try again later)"
+                    )),
+                }
+            }
         }
     }
 

@@ -285,6 +285,7 @@ both_transports!(
     failed_local_write_commits_no_replica,
     slow_source_keeps_followed_replicas_alive,
     followed_puts_are_checked_against_their_trailer,
+    incoming_transfers_are_bounded,
     shutdown_drains_in_flight_store,
     big_file_across_nodes,
 );
@@ -1656,6 +1657,76 @@ async fn followed_puts_are_checked_against_their_trailer<N: Net>(net: N) {
     });
     b.shutdown().await.unwrap();
     chatter.abort();
+}
+
+/// A node serves at most `max_incoming_transfers` peer transfers at once: while its one
+/// slot is held by a followed put whose origin holds back the trailer, a get waits and is
+/// answered "busy" after the request timeout (without the limit: "not found"); once the put
+/// ends, the next request is served.
+async fn incoming_transfers_are_bounded<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(1);
+    let b = FileServer::start(
+        config(&net, d[0].path(), &key, &[])
+            .max_incoming_transfers(1)
+            .request_timeout(Duration::from_millis(500))
+            .build(),
+        net.transport(),
+    )
+    .await
+    .unwrap();
+    let (endpoint, _events) = Endpoint::bind(
+        net.transport(),
+        net.listen(),
+        EndpointConfig::new(NodeId::random()),
+    )
+    .await
+    .unwrap();
+    let peer = endpoint.connect(&b.local_addr()).await.unwrap();
+    let data = pattern(26, 1 << 20);
+    let (size, hash) = (data.len() as u64, *blake3::hash(&data).as_bytes());
+
+    let mut first = peer.open_stream().await.unwrap();
+    let id = dfs_server::ObjectId([1; 32]);
+    first
+        .send(&Envelope::new(Message::PutFollow {
+            id,
+            keepalive_ms: 100,
+        }))
+        .await
+        .unwrap();
+    first.send(&Envelope::new(Message::Part)).await.unwrap();
+    first.send_body(size, &data[..]).await.unwrap();
+    let staging = d[0].path().join("store").join("tmp");
+    poll_until("the first put staged", || !files_under(&staging).is_empty()).await;
+
+    let get = |id: u8| {
+        let peer = peer.clone();
+        async move {
+            let mut s = peer.open_stream().await.unwrap();
+            let id = dfs_server::ObjectId([id; 32]);
+            s.send(&Envelope::new(Message::Get { id })).await.unwrap();
+            s.recv::<Envelope>().await.unwrap().unwrap().message
+        }
+    };
+    let busy = get(9).await;
+    assert!(
+        matches!(&busy, Message::Error { message } if message.contains("busy")),
+        "{busy:?}"
+    );
+
+    first
+        .send(&Envelope::new(Message::PutEnd { size, hash }))
+        .await
+        .unwrap();
+    let stored = first.recv::<Envelope>().await.unwrap().unwrap().message;
+    assert!(matches!(stored, Message::Stored), "{stored:?}");
+    let found = get(1).await;
+    assert!(
+        matches!(found, Message::Found { size: got, .. } if got == size),
+        "{found:?}"
+    );
+    b.shutdown().await.unwrap();
 }
 
 /// Stores a big generated file on A (replicated to B as it is written... after it is
