@@ -1560,29 +1560,43 @@ enum Ending {
     Silent,
 }
 
-/// A node receiving a followed put commits it only with a matching trailer: a wrong hash
-/// is refused (and said so to the origin), a stream cut before its trailer leaves nothing,
-/// an origin silent for longer than the replication timeout is told so, and shutdown is not
-/// held up by an origin that keeps saying `Waiting`.
-async fn followed_puts_are_checked_against_their_trailer<N: Net>(net: N) {
+/// One node configured by `configure`, and a bare endpoint connected to it that speaks
+/// the wire protocol by hand (the endpoint and its events are returned to keep them open).
+async fn node_and_raw_peer<N: Net>(
+    net: &N,
+    configure: impl FnOnce(dfs_server::ConfigBuilder) -> dfs_server::ConfigBuilder,
+) -> (
+    Vec<TempDir>,
+    FileServer<N::T>,
+    (Endpoint<N::T>, dfs_transport::Events),
+    dfs_transport::Peer,
+) {
     let key = Key::generate().unwrap();
     let d = dirs(1);
-    let b = FileServer::start(
-        config(&net, d[0].path(), &key, &[])
-            .replication_timeout(Duration::from_secs(1))
-            .build(),
+    let node = FileServer::start(
+        configure(config(net, d[0].path(), &key, &[])).build(),
         net.transport(),
     )
     .await
     .unwrap();
-    let (endpoint, _events) = Endpoint::bind(
+    let (endpoint, events) = Endpoint::bind(
         net.transport(),
         net.listen(),
         EndpointConfig::new(NodeId::random()),
     )
     .await
     .unwrap();
-    let peer = endpoint.connect(&b.local_addr()).await.unwrap();
+    let peer = endpoint.connect(&node.local_addr()).await.unwrap();
+    (d, node, (endpoint, events), peer)
+}
+
+/// A node receiving a followed put commits it only with a matching trailer: a wrong hash
+/// is refused (and said so to the origin), a stream cut before its trailer leaves nothing,
+/// an origin silent for longer than the replication timeout is told so, and shutdown is not
+/// held up by an origin that keeps saying `Waiting`.
+async fn followed_puts_are_checked_against_their_trailer<N: Net>(net: N) {
+    let (d, b, _raw, peer) =
+        node_and_raw_peer(&net, |c| c.replication_timeout(Duration::from_secs(1))).await;
     let data = pattern(25, 3 << 20);
     let right = *blake3::hash(&data).as_bytes();
     let send = |ending: Ending, id: u8| {
@@ -1664,25 +1678,11 @@ async fn followed_puts_are_checked_against_their_trailer<N: Net>(net: N) {
 /// answered "busy" after the request timeout (without the limit: "not found"); once the put
 /// ends, the next request is served.
 async fn incoming_transfers_are_bounded<N: Net>(net: N) {
-    let key = Key::generate().unwrap();
-    let d = dirs(1);
-    let b = FileServer::start(
-        config(&net, d[0].path(), &key, &[])
-            .max_incoming_transfers(1)
+    let (d, b, _raw, peer) = node_and_raw_peer(&net, |c| {
+        c.max_incoming_transfers(1)
             .request_timeout(Duration::from_millis(500))
-            .build(),
-        net.transport(),
-    )
-    .await
-    .unwrap();
-    let (endpoint, _events) = Endpoint::bind(
-        net.transport(),
-        net.listen(),
-        EndpointConfig::new(NodeId::random()),
-    )
-    .await
-    .unwrap();
-    let peer = endpoint.connect(&b.local_addr()).await.unwrap();
+    })
+    .await;
     let data = pattern(26, 1 << 20);
     let (size, hash) = (data.len() as u64, *blake3::hash(&data).as_bytes());
 
