@@ -38,6 +38,10 @@ pub struct Substream {
     /// Set after the remote broke the protocol (bad frame, bad postcard): the substream is
     /// over, every later call fails.
     broken: bool,
+    /// Set while a write is under way, and left set if it failed, timed out or was
+    /// cancelled (its future dropped): a frame may then be half-written, so every later
+    /// write fails instead of going out on a desynchronised stream (reads still work).
+    writing: bool,
 }
 
 impl std::fmt::Debug for Substream {
@@ -66,6 +70,7 @@ impl Substream {
             data_frame_len,
             remote_finished: false,
             broken: false,
+            writing: false,
         }
     }
 
@@ -80,8 +85,31 @@ impl Substream {
             op: "encode",
             source,
         })?;
-        self.write(FrameKind::Message, &bytes).await?;
-        self.flush().await
+        self.begin_write()?;
+        let result = async {
+            self.write(FrameKind::Message, &bytes).await?;
+            self.flush().await
+        }
+        .await;
+        self.end_write(result)
+    }
+
+    /// Starts one write operation: refused if an earlier one did not complete.
+    fn begin_write(&mut self) -> Result<()> {
+        if self.broken || self.writing {
+            return Err(TransportError::Closed);
+        }
+        self.writing = true;
+        Ok(())
+    }
+
+    /// Ends a write operation begun with [`Substream::begin_write`]: only success makes the
+    /// substream writable again.
+    fn end_write<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.is_ok() {
+            self.writing = false;
+        }
+        result
     }
 
     /// Receive the next message; `Ok(None)` once the remote finished the substream cleanly.
@@ -102,29 +130,26 @@ impl Substream {
         result
     }
 
+    /// The next message. A substream carries no `Ping` (PROTOCOL.md section 3): one would
+    /// keep a read alive without progress, so it is an error like any unexpected frame.
     async fn recv_inner<M: DeserializeOwned>(&mut self) -> Result<Option<M>> {
-        loop {
-            let frame = self.next().await?;
-            match frame.kind {
-                FrameKind::Ping => continue,
-                FrameKind::Close => {
-                    self.remote_finished = true;
-                    return Ok(None);
-                }
-                FrameKind::Message => {
-                    return postcard::from_bytes(&frame.payload)
-                        .map(Some)
-                        .map_err(|source| TransportError::Decode {
-                            op: "decode",
-                            source,
-                        });
-                }
-                other => {
-                    return Err(TransportError::protocol(format!(
-                        "expected a message, got a {other:?} frame"
-                    )));
-                }
+        let frame = self.next().await?;
+        match frame.kind {
+            FrameKind::Close => {
+                self.remote_finished = true;
+                Ok(None)
             }
+            FrameKind::Message => {
+                postcard::from_bytes(&frame.payload)
+                    .map(Some)
+                    .map_err(|source| TransportError::Decode {
+                        op: "decode",
+                        source,
+                    })
+            }
+            other => Err(TransportError::protocol(format!(
+                "expected a message, got a {other:?} frame"
+            ))),
         }
     }
 
@@ -135,7 +160,17 @@ impl Substream {
     /// # Errors
     /// If `body` fails or ends before `len` bytes, an abort frame carrying the reason is sent
     /// (so the remote sees an error, never a short body) and the error is returned.
-    pub async fn send_body<R: AsyncRead + Unpin>(&mut self, len: u64, mut body: R) -> Result<u64> {
+    pub async fn send_body<R: AsyncRead + Unpin>(&mut self, len: u64, body: R) -> Result<u64> {
+        self.begin_write()?;
+        let result = self.send_body_inner(len, body).await;
+        self.end_write(result)
+    }
+
+    async fn send_body_inner<R: AsyncRead + Unpin>(
+        &mut self,
+        len: u64,
+        mut body: R,
+    ) -> Result<u64> {
         self.write(FrameKind::BodyStart, &u64_payload(len)).await?;
         // Two buffers: while frame N is on the wire, frame N+1 is hashed on the blocking pool
         // (large frames only; small ones are hashed inline).
@@ -246,23 +281,18 @@ impl Substream {
     }
 
     async fn recv_body_start(&mut self) -> Result<u64> {
-        loop {
-            let frame = self.next().await?;
-            match frame.kind {
-                FrameKind::Ping => continue,
-                FrameKind::BodyStart => return parse_u64(&frame.payload, "body start"),
-                FrameKind::Close => {
-                    self.remote_finished = true;
-                    return Err(TransportError::protocol(
-                        "the remote finished the substream instead of sending a body",
-                    ));
-                }
-                other => {
-                    return Err(TransportError::protocol(format!(
-                        "expected a body, got a {other:?} frame"
-                    )));
-                }
+        let frame = self.next().await?;
+        match frame.kind {
+            FrameKind::BodyStart => parse_u64(&frame.payload, "body start"),
+            FrameKind::Close => {
+                self.remote_finished = true;
+                Err(TransportError::protocol(
+                    "the remote finished the substream instead of sending a body",
+                ))
             }
+            other => Err(TransportError::protocol(format!(
+                "expected a body, got a {other:?} frame"
+            ))),
         }
     }
 
@@ -273,6 +303,7 @@ impl Substream {
     /// case there is nobody left to tell and this succeeds.
     pub async fn finish(mut self) -> Result<()> {
         let result = async {
+            self.begin_write()?;
             self.write(FrameKind::Close, &[0]).await?;
             self.flush().await?;
             self.writer.shutdown().await
@@ -541,6 +572,10 @@ impl BodyReader {
         match frame.kind {
             FrameKind::Data => {
                 let n = frame.payload.len() as u64;
+                if n == 0 {
+                    // It would reset the idle deadline without progress.
+                    return Err(TransportError::protocol("empty data frame inside a body"));
+                }
                 if n > self.len - self.received {
                     return Err(TransportError::protocol(format!(
                         "body longer than its announced {} bytes",
@@ -565,7 +600,6 @@ impl BodyReader {
                     reason: String::from_utf8_lossy(&frame.payload).into_owned(),
                 });
             }
-            FrameKind::Ping => {}
             other => {
                 return Err(TransportError::protocol(format!(
                     "unexpected {other:?} frame inside a body"

@@ -283,6 +283,72 @@ async fn sender_failure_mid_body_is_an_error<T: Net>() {
     assert!(r.into_substream().is_err());
 }
 
+/// A substream frame that carries no progress is a protocol error, not a reason to keep
+/// waiting: a `Ping` (substreams carry none) before a message or inside a body, and an
+/// empty data frame inside a body. Each would otherwise reset the idle deadline forever.
+async fn frames_without_progress_end_the_substream<T: Net>() {
+    use dfs_transport::wire::{ConnKind, FrameKind};
+    init_tracing();
+    let net = T::fresh();
+    let (a, mut a_ev) = node(&net, config()).await;
+    let protocol_error = |r: std::result::Result<Vec<u8>, TransportError>, what: &str| {
+        assert!(
+            matches!(&r, Err(TransportError::Protocol { reason }) if reason.contains(what)),
+            "{r:?}"
+        );
+    };
+
+    for filler in [FrameKind::Ping, FrameKind::Data] {
+        let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Substream).await;
+        let stream = next_stream(&mut a_ev).await;
+        raw.send_frame(FrameKind::BodyStart, &10u64.to_be_bytes())
+            .await;
+        raw.send_frame(filler, &[]).await;
+        let mut body = stream.recv_body().await.unwrap();
+        let read = within("the body to fail", body.next_chunk()).await;
+        let expected = match filler {
+            FrameKind::Ping => "Ping",
+            _ => "empty data frame",
+        };
+        protocol_error(
+            read.map(|c| c.map(|c| c.to_vec()).unwrap_or_default()),
+            expected,
+        );
+    }
+
+    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Substream).await;
+    let mut stream = next_stream(&mut a_ev).await;
+    raw.send_frame(FrameKind::Ping, &[]).await;
+    let got = within("the message read to fail", stream.recv::<Msg>()).await;
+    protocol_error(got.map(|_| Vec::new()), "Ping");
+}
+
+/// A write cut short (here: the caller gives up on a body the remote does not read) may leave
+/// half a frame on the wire, so the substream refuses every later write instead of sending
+/// frames the remote can only see as corrupt.
+async fn a_write_cut_short_poisons_the_substream<T: Net>() {
+    init_tracing();
+    let net = T::fresh();
+    let (a, _a_ev) = node(&net, config()).await;
+    let (b, mut b_ev) = node(&net, config()).await;
+    let peer = a.connect(&b.local_addr()).await.unwrap();
+    let mut s = peer.open_stream().await.unwrap();
+    let _remote = next_stream(&mut b_ev).await; // held, never read
+    let len = 64u64 << 20;
+    // 64 MiB cannot fit in any buffer on the way: the body is still being written when the
+    // caller gives up on it.
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        s.send_body(len, Generated::new(len)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    let next = s.send(&Msg::Ack { ok: true }).await;
+    assert!(matches!(next, Err(TransportError::Closed)), "{next:?}");
+    let body = s.send_body(1, &[1u8][..]).await;
+    assert!(matches!(body, Err(TransportError::Closed)), "{body:?}");
+}
+
 async fn auth_right_secret<T: Net>() {
     let net = T::fresh();
     let secret = NetworkSecret::generate();
@@ -1155,6 +1221,14 @@ macro_rules! conformance {
             #[tokio::test]
             async fn slow_consumer_is_not_a_stalled_sender() {
                 super::slow_consumer_is_not_a_stalled_sender::<$t>().await;
+            }
+            #[tokio::test]
+            async fn frames_without_progress_end_the_substream() {
+                super::frames_without_progress_end_the_substream::<$t>().await;
+            }
+            #[tokio::test]
+            async fn a_write_cut_short_poisons_the_substream() {
+                super::a_write_cut_short_poisons_the_substream::<$t>().await;
             }
             #[tokio::test]
             async fn random_ids_differ() {
