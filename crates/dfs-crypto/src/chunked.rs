@@ -578,8 +578,9 @@ impl SealState {
 
 /// How many bytes past a record the decryptor reads. One byte is enough to know the record is
 /// not the last; 64 keep the bulk reads into the record buffer cache-line aligned (the
-/// lookahead bytes move to the front, the next read lands right after them). Never more than
-/// a record, so the lookahead alone is never a whole further record.
+/// lookahead bytes move to the front, the next read lands right after them). At most one
+/// record (exactly one at chunk size 32): the carried bytes start the next record and are
+/// verified with it, by the next `filled` or by `finish`.
 fn lookahead(chunk_size: usize) -> usize {
     if chunk_size + TAG_LEN >= 64 { 64 } else { 1 }
 }

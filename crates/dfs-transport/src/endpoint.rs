@@ -21,7 +21,7 @@ use crate::error::{Result, TransportError};
 use crate::identity::{NetworkSecret, NodeId};
 use crate::substream::Substream;
 use crate::transport::{Listener, Transport};
-use crate::wire::{ConnKind, FrameKind, TAG_LEN};
+use crate::wire::{ConnKind, FrameKind, MAX_ADDR_LEN, TAG_LEN};
 
 /// Welcome status: accepted.
 const WELCOME_OK: u8 = 0;
@@ -62,7 +62,7 @@ pub struct EndpointConfig {
 }
 
 impl EndpointConfig {
-    /// Defaults: no secret, 1 MiB max frame, 256 KiB data frames, 10 s handshake timeout,
+    /// Defaults: no secret, 1 MiB max frame, 1 MiB data frames, 10 s handshake timeout,
     /// 60 s idle timeout with a keepalive every 15 s, 10 s to drain on close.
     pub fn new(node_id: NodeId) -> Self {
         Self {
@@ -182,8 +182,25 @@ impl EndpointConfig {
         if self.send_queue == 0 || self.event_queue == 0 || self.max_pending_handshakes == 0 {
             return bad("queue sizes must be non-zero");
         }
+        if let Some(addr) = &self.advertise_addr {
+            check_advertise_addr(addr)?;
+        }
         Ok(())
     }
+}
+
+/// The handshake carries at most [`MAX_ADDR_LEN`] bytes of address: a longer one is a
+/// configuration error, never a truncated (or split mid-character) address.
+fn check_advertise_addr(addr: &str) -> Result<()> {
+    if addr.len() > MAX_ADDR_LEN {
+        return Err(TransportError::Config {
+            reason: format!(
+                "the advertised address is {} bytes (at most {MAX_ADDR_LEN})",
+                addr.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A small control message received from a peer; decode it with [`Payload::decode`].
@@ -362,8 +379,10 @@ impl Peer {
 
 struct ConnEntry {
     conn_id: u64,
+    /// The address the node advertised (unverified: any node can claim any address).
     addr: Arc<str>,
-    /// The address we dialled, if we did.
+    /// An address we dialled and found this node at (by its handshake): the only kind of
+    /// address [`Endpoint::connect`] matches to an existing connection.
     dialed: Option<Arc<str>>,
     we_dialed: bool,
     remote_max: usize,
@@ -496,6 +515,7 @@ impl<T: Transport> Endpoint<T> {
             .advertise_addr
             .clone()
             .unwrap_or_else(|| local_addr.clone());
+        check_advertise_addr(&advertise)?;
         let (events_tx, rx) = mpsc::channel(config.event_queue);
         let shared = Arc::new(Shared {
             transport,
@@ -540,7 +560,10 @@ impl<T: Transport> Endpoint<T> {
         self.shared.config.node_id
     }
 
-    /// Dial and handshake, or return the existing connection to the node at `addr`.
+    /// Dial and handshake, or return the existing connection to the node at `addr`: one we
+    /// dialled at that address before (a node's advertised address is not trusted for this,
+    /// since any node can claim any address; a node connected to us only by its own dial is
+    /// dialled once, and the duplicate connection resolved as below).
     ///
     /// At most one control connection exists per remote node, even when both sides dial at
     /// once: the connection dialled by the node with the smaller id wins on both sides.
@@ -697,6 +720,9 @@ impl<T: Transport> Shared<T> {
         }
     }
 
+    /// The connected node we found at `addr` when we dialled it. A node's advertised address
+    /// is not matched: any node can claim any address, and `connect(addr)` must reach the
+    /// node that answers there.
     fn peer_by_addr(self: &Arc<Self>, addr: &str) -> Option<Peer> {
         let found = {
             let table = lock(&self.table);
@@ -709,7 +735,7 @@ impl<T: Transport> Shared<T> {
                 .iter()
                 .map(|(id, h)| (id, &h.addr, h.dialed.as_ref()));
             live.chain(handed_over)
-                .find(|(_, a, dialed)| &***a == addr || dialed.map(|d| &**d) == Some(addr))
+                .find(|(_, _, dialed)| dialed.map(|d| &**d) == Some(addr))
                 .map(|(id, a, _)| (*id, Arc::clone(a)))?
         };
         Some(self.peer_handle(found.0, found.1))
@@ -779,6 +805,11 @@ impl<T: Transport> Shared<T> {
                 // The remote keeps a connection it prefers, which is registered here too, or
                 // is about to be.
                 if let Some(p) = self.wait_for_peer(&id).await {
+                    // That node answered at `addr`: later `connect(addr)` calls find it
+                    // without a dial.
+                    if let Some(entry) = lock(&self.table).peers.get_mut(&id) {
+                        entry.dialed.get_or_insert_with(|| Arc::from(addr));
+                    }
                     return Ok(p);
                 }
                 let e = duplicate_rejection();

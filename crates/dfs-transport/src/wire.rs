@@ -96,10 +96,15 @@ pub struct Hello {
 }
 
 impl Hello {
-    /// Encode (version [`VERSION`]).
+    /// Encode (version [`VERSION`]). An address longer than [`MAX_ADDR_LEN`] bytes is cut
+    /// at the last character boundary within it, so the remote's UTF-8 check still passes;
+    /// `Endpoint::bind` refuses such an address, so an endpoint never sends one.
     pub fn encode(&self) -> Vec<u8> {
         let addr = self.addr.as_bytes();
-        let addr_len = addr.len().min(MAX_ADDR_LEN);
+        let mut addr_len = addr.len().min(MAX_ADDR_LEN);
+        while !self.addr.is_char_boundary(addr_len) {
+            addr_len -= 1;
+        }
         let mut out = Vec::with_capacity(HELLO_FIXED_LEN + addr_len);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());

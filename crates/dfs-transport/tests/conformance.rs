@@ -349,6 +349,47 @@ async fn a_write_cut_short_poisons_the_substream<T: Net>() {
     assert!(matches!(body, Err(TransportError::Closed)), "{body:?}");
 }
 
+/// `connect(addr)` reaches the node that answers at `addr`, not a node that merely
+/// advertised that address in its handshake; and an advertised address too long for the
+/// handshake is refused when binding, never cut.
+async fn advertised_addresses_are_not_trusted<T: Net>() {
+    use dfs_transport::wire::{ConnKind, MAX_ADDR_LEN};
+    init_tracing();
+    let net = T::fresh();
+    let (b, mut b_ev) = node(&net, config()).await;
+    let (c, _c_ev) = node(&net, config()).await;
+    let squatter = NodeId::random();
+    let _raw = raw_connect_as(
+        &net,
+        &b.local_addr(),
+        None,
+        ConnKind::Control,
+        squatter,
+        &c.local_addr(),
+    )
+    .await;
+    wait_for(&mut b_ev, "the squatter connected", |e| match e {
+        Event::PeerConnected(p) if p.id() == squatter => Some(()),
+        _ => None,
+    })
+    .await;
+    let peer = b.connect(&c.local_addr()).await.unwrap();
+    assert_eq!(peer.id(), c.node_id(), "connect returned the squatter");
+    // Found by address from now on, without a new dial.
+    let again = b.connect(&c.local_addr()).await.unwrap();
+    assert_eq!(again.id(), c.node_id());
+
+    let long = format!("a{}", "\u{e9}".repeat(MAX_ADDR_LEN / 2));
+    let refused =
+        dfs_transport::Endpoint::bind(net.clone(), T::any_addr(), config().advertise_addr(long))
+            .await;
+    assert!(
+        matches!(&refused, Err(TransportError::Config { reason }) if reason.contains("advertised address")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+}
+
 async fn auth_right_secret<T: Net>() {
     let net = T::fresh();
     let secret = NetworkSecret::generate();
@@ -1229,6 +1270,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn a_write_cut_short_poisons_the_substream() {
                 super::a_write_cut_short_poisons_the_substream::<$t>().await;
+            }
+            #[tokio::test]
+            async fn advertised_addresses_are_not_trusted() {
+                super::advertised_addresses_are_not_trusted::<$t>().await;
             }
             #[tokio::test]
             async fn random_ids_differ() {

@@ -324,6 +324,15 @@ proptest! {
     }
 
     #[test]
+    fn overlong_hello_addresses_are_cut_at_a_character(addr in ".{1000,1100}") {
+        let h = Hello { kind: ConnKind::Control, auth: false, node_id: NodeId([3; 32]), nonce: [9; 32], max_frame_len: 1 << 20, addr };
+        let (back, _) = Hello::decode(&h.encode()).unwrap();
+        prop_assert!(back.addr.len() <= dfs_transport::wire::MAX_ADDR_LEN);
+        prop_assert!(h.addr.starts_with(&back.addr));
+        prop_assert!(h.addr.len() <= dfs_transport::wire::MAX_ADDR_LEN || h.addr[back.addr.len()..].chars().next().map_or(0, char::len_utf8) + back.addr.len() > dfs_transport::wire::MAX_ADDR_LEN);
+    }
+
+    #[test]
     fn proofs_depend_on_every_hello_byte_and_the_secret(bit in 0usize..(82 * 8)) {
         let a = Hello { kind: ConnKind::Control, auth: true, node_id: NodeId([1; 32]), nonce: [2; 32], max_frame_len: 1 << 20, addr: "x".into() }.encode();
         let b = Hello { kind: ConnKind::Control, auth: true, node_id: NodeId([4; 32]), nonce: [5; 32], max_frame_len: 1 << 20, addr: "y".into() }.encode();

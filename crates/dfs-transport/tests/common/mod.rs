@@ -122,15 +122,26 @@ pub async fn raw_connect<T: Net>(
     secret: Option<&NetworkSecret>,
     kind: ConnKind,
 ) -> RawConn<T::Stream> {
+    raw_connect_as(net, addr, secret, kind, NodeId::random(), "raw-client").await
+}
+
+/// [`raw_connect`] claiming node id `id` and the dial-back address `advertise`.
+pub async fn raw_connect_as<T: Net>(
+    net: &T,
+    addr: &str,
+    secret: Option<&NetworkSecret>,
+    kind: ConnKind,
+    id: NodeId,
+    advertise: &str,
+) -> RawConn<T::Stream> {
     let mut stream = net.dial(addr).await.expect("dial");
-    let id = NodeId::random();
     let ours = Hello {
         kind,
         auth: secret.is_some(),
         node_id: id,
         nonce: NodeId::random().0,
         max_frame_len: 1 << 20,
-        addr: "raw-client".to_owned(),
+        addr: advertise.to_owned(),
     };
     let our_bytes = ours.encode();
     stream.write_all(&our_bytes).await.expect("write hello");
