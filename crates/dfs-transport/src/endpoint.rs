@@ -59,6 +59,7 @@ pub struct EndpointConfig {
     send_queue: usize,
     event_queue: usize,
     max_pending_handshakes: usize,
+    max_inbound_substreams: usize,
 }
 
 impl EndpointConfig {
@@ -78,6 +79,7 @@ impl EndpointConfig {
             send_queue: 256,
             event_queue: 1024,
             max_pending_handshakes: 256,
+            max_inbound_substreams: 256,
         }
     }
 
@@ -156,6 +158,21 @@ impl EndpointConfig {
         self
     }
 
+    /// Inbound substreams open at once (welcomed, and not yet dropped by the application);
+    /// more are refused at their welcome (the dialler gets [`TransportError::Rejected`]).
+    /// Bounds the connections, tasks and frame buffers remote nodes can make this endpoint
+    /// hold. Default 256.
+    ///
+    /// ```
+    /// use dfs_transport::{EndpointConfig, NodeId};
+    /// let config = EndpointConfig::new(NodeId::random()).max_inbound_substreams(64);
+    /// # let _ = config;
+    /// ```
+    pub fn max_inbound_substreams(mut self, n: usize) -> Self {
+        self.max_inbound_substreams = n;
+        self
+    }
+
     /// The node id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
@@ -179,8 +196,12 @@ impl EndpointConfig {
         if self.handshake_timeout.is_zero() {
             return bad("handshake_timeout must be non-zero");
         }
-        if self.send_queue == 0 || self.event_queue == 0 || self.max_pending_handshakes == 0 {
-            return bad("queue sizes must be non-zero");
+        if self.send_queue == 0
+            || self.event_queue == 0
+            || self.max_pending_handshakes == 0
+            || self.max_inbound_substreams == 0
+        {
+            return bad("queue sizes and connection limits must be non-zero");
         }
         if let Some(addr) = &self.advertise_addr {
             check_advertise_addr(addr)?;
@@ -428,6 +449,8 @@ struct Shared<T: Transport> {
     shutdown: CancellationToken,
     next_conn: AtomicU64,
     dial_locks: DialLocks,
+    /// Permits for open inbound substreams (`EndpointConfig::max_inbound_substreams`).
+    substream_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// An authenticated endpoint: listens, dials, keeps one control connection per remote node,
@@ -517,6 +540,7 @@ impl<T: Transport> Endpoint<T> {
             .unwrap_or_else(|| local_addr.clone());
         check_advertise_addr(&advertise)?;
         let (events_tx, rx) = mpsc::channel(config.event_queue);
+        let substream_slots = Arc::new(tokio::sync::Semaphore::new(config.max_inbound_substreams));
         let shared = Arc::new(Shared {
             transport,
             config,
@@ -528,6 +552,7 @@ impl<T: Transport> Endpoint<T> {
             shutdown: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
             dial_locks: Mutex::new(HashMap::new()),
+            substream_slots,
         });
         tokio::spawn(accept_loop(Arc::clone(&shared), listener));
         let weak = Arc::downgrade(&shared);
@@ -1104,9 +1129,16 @@ impl<T: Transport> Shared<T> {
                 let _ = self.install(est, None).await;
             }
             ConnKind::Substream => {
-                if self.shutdown.is_cancelled() {
+                let slot = Arc::clone(&self.substream_slots).try_acquire_owned();
+                if self.shutdown.is_cancelled() || slot.is_err() {
+                    let reason: &[u8] = if self.shutdown.is_cancelled() {
+                        b"the endpoint is closing"
+                    } else {
+                        warn!(peer = %id, "too many open substreams: refusing one");
+                        b"too many open substreams"
+                    };
                     let mut status = vec![WELCOME_REFUSED];
-                    status.extend_from_slice(b"the endpoint is closing");
+                    status.extend_from_slice(reason);
                     let _ = self
                         .with_timeout("refusing", async {
                             est.writer.write_frame(FrameKind::Welcome, &status).await?;
@@ -1134,6 +1166,7 @@ impl<T: Transport> Shared<T> {
                     est.writer,
                     self.config.idle_timeout,
                     self.config.data_frame_len,
+                    slot.ok(),
                 );
                 self.emit(Event::Stream { from, stream }).await;
             }
@@ -1222,6 +1255,7 @@ impl<T: Transport> PeerHost for Shared<T> {
                 est.writer,
                 self.config.idle_timeout,
                 self.config.data_frame_len,
+                None,
             ))
         })
     }

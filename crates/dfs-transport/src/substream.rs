@@ -42,6 +42,9 @@ pub struct Substream {
     /// cancelled (its future dropped): a frame may then be half-written, so every later
     /// write fails instead of going out on a desynchronised stream (reads still work).
     writing: bool,
+    /// An inbound substream's place under `EndpointConfig::max_inbound_substreams`,
+    /// released when the substream (or the body reader holding it) is dropped.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Substream {
@@ -60,6 +63,7 @@ impl Substream {
         writer: FrameWriter,
         timeout: Duration,
         data_frame_len: usize,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Self {
         let data_frame_len = data_frame_len.min(writer.remote_max).max(1);
         Self {
@@ -71,6 +75,7 @@ impl Substream {
             remote_finished: false,
             broken: false,
             writing: false,
+            _slot: slot,
         }
     }
 

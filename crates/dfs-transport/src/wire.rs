@@ -78,6 +78,9 @@ impl FrameKind {
     }
 }
 
+/// How much of a frame must have arrived before the decoder reserves room for all of it.
+const RESERVE_AFTER: usize = 64 * 1024;
+
 /// The hello either side sends first (see `PROTOCOL.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -566,8 +569,16 @@ impl FrameSplitter {
         };
         if src.len() < whole {
             // Room for the rest of this frame (the length is already bounded by the maximum),
-            // and the codec below is only ever handed whole frames.
-            src.reserve(whole - src.len());
+            // and the codec below is only ever handed whole frames. A large frame gets its
+            // whole length only once its first RESERVE_AFTER bytes are here, so a peer cannot
+            // make a connection hold a maximum-size buffer by sending a length prefix alone
+            // (it costs one copy of those first bytes per large frame).
+            let room = if src.len() >= RESERVE_AFTER {
+                whole
+            } else {
+                whole.min(RESERVE_AFTER)
+            };
+            src.reserve(room - src.len());
             return Ok(None);
         }
         let Some(mut frame) = self

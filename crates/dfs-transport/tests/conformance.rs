@@ -390,6 +390,42 @@ async fn advertised_addresses_are_not_trusted<T: Net>() {
     );
 }
 
+/// An endpoint keeps at most `max_inbound_substreams` inbound substreams open: one more is
+/// refused at its welcome, and a slot frees when the application drops a substream.
+async fn inbound_substreams_are_bounded<T: Net>() {
+    init_tracing();
+    let net = T::fresh();
+    let (a, _a_ev) = node(&net, config()).await;
+    let (b, mut b_ev) = node(&net, config().max_inbound_substreams(2)).await;
+    let peer = a.connect(&b.local_addr()).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let _ours = peer.open_stream().await.unwrap();
+        held.push(next_stream(&mut b_ev).await);
+    }
+    let refused = peer.open_stream().await;
+    assert!(
+        matches!(&refused, Err(TransportError::Rejected { reason }) if reason.contains("too many open substreams")),
+        "{refused:?}"
+    );
+    held.pop();
+    let mut s = within("a slot to free", async {
+        loop {
+            if let Ok(s) = peer.open_stream().await {
+                return s;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let mut theirs = next_stream(&mut b_ev).await;
+    s.send(&Msg::Ack { ok: true }).await.unwrap();
+    assert_eq!(
+        theirs.recv::<Msg>().await.unwrap(),
+        Some(Msg::Ack { ok: true })
+    );
+}
+
 async fn auth_right_secret<T: Net>() {
     let net = T::fresh();
     let secret = NetworkSecret::generate();
@@ -1274,6 +1310,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn advertised_addresses_are_not_trusted() {
                 super::advertised_addresses_are_not_trusted::<$t>().await;
+            }
+            #[tokio::test]
+            async fn inbound_substreams_are_bounded() {
+                super::inbound_substreams_are_bounded::<$t>().await;
             }
             #[tokio::test]
             async fn random_ids_differ() {

@@ -369,3 +369,30 @@ fn oversized_length_is_refused_before_allocating() {
         buf.capacity()
     );
 }
+
+/// A length prefix alone does not make the decoder reserve a maximum-size frame: it reserves
+/// the whole frame only once the first 64 KiB of it arrived, and still decodes it.
+#[test]
+fn a_length_prefix_alone_reserves_no_large_buffer() {
+    let key = [7u8; 32];
+    let payload = vec![5u8; 1 << 20];
+    let mut wire = BytesMut::new();
+    FrameSealer::new(key)
+        .encode_to(FrameKind::Data, &payload, &mut wire)
+        .unwrap();
+    let mut decoder = FrameDecoder::new(key, 1 << 20);
+    let mut buf = BytesMut::from(&wire[..4]);
+    assert!(decoder.decode(&mut buf).unwrap().is_none());
+    assert!(
+        buf.capacity() <= 64 * 1024,
+        "4 bytes reserved {} bytes",
+        buf.capacity()
+    );
+    buf.extend_from_slice(&wire[4..64 * 1024]);
+    assert!(decoder.decode(&mut buf).unwrap().is_none());
+    assert!(buf.capacity() >= wire.len(), "{}", buf.capacity());
+    buf.extend_from_slice(&wire[64 * 1024..]);
+    let frame = decoder.decode(&mut buf).unwrap().expect("a whole frame");
+    assert_eq!(frame.kind, FrameKind::Data);
+    assert_eq!(&frame.payload[..], &payload[..]);
+}
