@@ -60,6 +60,7 @@ pub struct EndpointConfig {
     event_queue: usize,
     max_pending_handshakes: usize,
     max_inbound_substreams: usize,
+    max_peers: usize,
 }
 
 impl EndpointConfig {
@@ -80,6 +81,7 @@ impl EndpointConfig {
             event_queue: 1024,
             max_pending_handshakes: 256,
             max_inbound_substreams: 256,
+            max_peers: 1024,
         }
     }
 
@@ -173,6 +175,20 @@ impl EndpointConfig {
         self
     }
 
+    /// Nodes connected at once; a control connection from one more node is refused at its
+    /// welcome (the dialler gets [`TransportError::Rejected`]). Without a network secret
+    /// anyone can connect under fresh node ids: this bounds what that costs. Default 1024.
+    ///
+    /// ```
+    /// use dfs_transport::{EndpointConfig, NodeId};
+    /// let config = EndpointConfig::new(NodeId::random()).max_peers(64);
+    /// # let _ = config;
+    /// ```
+    pub fn max_peers(mut self, n: usize) -> Self {
+        self.max_peers = n;
+        self
+    }
+
     /// The node id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
@@ -200,6 +216,7 @@ impl EndpointConfig {
             || self.event_queue == 0
             || self.max_pending_handshakes == 0
             || self.max_inbound_substreams == 0
+            || self.max_peers == 0
         {
             return bad("queue sizes and connection limits must be non-zero");
         }
@@ -1090,6 +1107,18 @@ impl<T: Transport> Shared<T> {
         }
     }
 
+    /// Answers an inbound connection with a refusing welcome carrying `reason`, and closes it.
+    async fn refuse(&self, est: &mut Established, reason: &str) {
+        let mut status = vec![WELCOME_REFUSED];
+        status.extend_from_slice(reason.as_bytes());
+        let _ = self
+            .with_timeout("refusing", async {
+                est.writer.write_frame(FrameKind::Welcome, &status).await?;
+                est.writer.shutdown().await
+            })
+            .await;
+    }
+
     async fn handle_inbound(
         self: Arc<Self>,
         stream: T::Stream,
@@ -1114,37 +1143,32 @@ impl<T: Transport> Shared<T> {
         let id = est.remote.node_id;
         if id == self.config.node_id {
             warn!(%remote, "refusing a connection from our own node id");
-            let mut status = vec![WELCOME_REFUSED];
-            status.extend_from_slice(b"same node id as the acceptor");
-            let _ = self
-                .with_timeout("refusing", async {
-                    est.writer.write_frame(FrameKind::Welcome, &status).await?;
-                    est.writer.shutdown().await
-                })
-                .await;
+            self.refuse(&mut est, "same node id as the acceptor").await;
             return;
         }
         match est.remote.kind {
             ConnKind::Control => {
+                let full = {
+                    let table = lock(&self.table);
+                    table.peers.len() >= self.config.max_peers && !table.peers.contains_key(&id)
+                };
+                if full {
+                    warn!(%remote, peer = %id, "too many peers: refusing a control connection");
+                    self.refuse(&mut est, "too many peers").await;
+                    return;
+                }
                 let _ = self.install(est, None).await;
             }
             ConnKind::Substream => {
                 let slot = Arc::clone(&self.substream_slots).try_acquire_owned();
                 if self.shutdown.is_cancelled() || slot.is_err() {
-                    let reason: &[u8] = if self.shutdown.is_cancelled() {
-                        b"the endpoint is closing"
+                    let reason = if self.shutdown.is_cancelled() {
+                        "the endpoint is closing"
                     } else {
                         warn!(peer = %id, "too many open substreams: refusing one");
-                        b"too many open substreams"
+                        "too many open substreams"
                     };
-                    let mut status = vec![WELCOME_REFUSED];
-                    status.extend_from_slice(reason);
-                    let _ = self
-                        .with_timeout("refusing", async {
-                            est.writer.write_frame(FrameKind::Welcome, &status).await?;
-                            est.writer.shutdown().await
-                        })
-                        .await;
+                    self.refuse(&mut est, reason).await;
                     return;
                 }
                 let r = self

@@ -391,13 +391,22 @@ async fn advertised_addresses_are_not_trusted<T: Net>() {
 }
 
 /// An endpoint keeps at most `max_inbound_substreams` inbound substreams open: one more is
-/// refused at its welcome, and a slot frees when the application drops a substream.
-async fn inbound_substreams_are_bounded<T: Net>() {
+/// refused at its welcome, and a slot frees when the application drops a substream. Control
+/// connections from more than `max_peers` nodes are refused the same way.
+async fn inbound_connections_are_bounded<T: Net>() {
     init_tracing();
     let net = T::fresh();
     let (a, _a_ev) = node(&net, config()).await;
-    let (b, mut b_ev) = node(&net, config().max_inbound_substreams(2)).await;
+    let limits = config().max_inbound_substreams(2).max_peers(1);
+    let (b, mut b_ev) = node(&net, limits).await;
     let peer = a.connect(&b.local_addr()).await.unwrap();
+    let (c, _c_ev) = node(&net, config()).await;
+    let refused = c.connect(&b.local_addr()).await;
+    assert!(
+        matches!(&refused, Err(TransportError::Rejected { reason }) if reason.contains("too many peers")),
+        "{:?}",
+        refused.map(|p| p.id())
+    );
     let mut held = Vec::new();
     for _ in 0..2 {
         let _ours = peer.open_stream().await.unwrap();
@@ -1312,8 +1321,8 @@ macro_rules! conformance {
                 super::advertised_addresses_are_not_trusted::<$t>().await;
             }
             #[tokio::test]
-            async fn inbound_substreams_are_bounded() {
-                super::inbound_substreams_are_bounded::<$t>().await;
+            async fn inbound_connections_are_bounded() {
+                super::inbound_connections_are_bounded::<$t>().await;
             }
             #[tokio::test]
             async fn random_ids_differ() {
