@@ -241,6 +241,19 @@ fn check_advertise_addr(addr: &str) -> Result<()> {
     Ok(())
 }
 
+/// Addresses remembered per node for [`Endpoint::connect`] (the first ones found win).
+const MAX_ALIASES: usize = 8;
+
+/// Adds `new` addresses to a node's verified `aliases`, without duplicates, up to
+/// [`MAX_ALIASES`].
+fn add_aliases(aliases: &mut Vec<Arc<str>>, new: impl IntoIterator<Item = Arc<str>>) {
+    for addr in new {
+        if aliases.len() < MAX_ALIASES && !aliases.contains(&addr) {
+            aliases.push(addr);
+        }
+    }
+}
+
 /// A small control message received from a peer; decode it with [`Payload::decode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload(Bytes);
@@ -419,9 +432,10 @@ struct ConnEntry {
     conn_id: u64,
     /// The address the node advertised (unverified: any node can claim any address).
     addr: Arc<str>,
-    /// An address we dialled and found this node at (by its handshake): the only kind of
-    /// address [`Endpoint::connect`] matches to an existing connection.
-    dialed: Option<Arc<str>>,
+    /// Addresses we dialled and found this node at (by its handshake), kept across
+    /// replaced connections: the only addresses [`Endpoint::connect`] matches to an existing
+    /// connection. At most [`MAX_ALIASES`].
+    dialed: Vec<Arc<str>>,
     we_dialed: bool,
     remote_max: usize,
     tx: mpsc::Sender<Cmd>,
@@ -434,7 +448,7 @@ struct ConnEntry {
 /// messages sent to it wait in `tx` and go out on the replacement, in order.
 struct Handover {
     addr: Arc<str>,
-    dialed: Option<Arc<str>>,
+    dialed: Vec<Arc<str>>,
     remote_max: usize,
     tx: mpsc::Sender<Cmd>,
     rx: mpsc::Receiver<Cmd>,
@@ -768,16 +782,13 @@ impl<T: Transport> Shared<T> {
     fn peer_by_addr(self: &Arc<Self>, addr: &str) -> Option<Peer> {
         let found = {
             let table = lock(&self.table);
-            let live = table
-                .peers
-                .iter()
-                .map(|(id, e)| (id, &e.addr, e.dialed.as_ref()));
+            let live = table.peers.iter().map(|(id, e)| (id, &e.addr, &e.dialed));
             let handed_over = table
                 .superseded
                 .iter()
-                .map(|(id, h)| (id, &h.addr, h.dialed.as_ref()));
+                .map(|(id, h)| (id, &h.addr, &h.dialed));
             live.chain(handed_over)
-                .find(|(_, _, dialed)| dialed.map(|d| &**d) == Some(addr))
+                .find(|(_, _, dialed)| dialed.iter().any(|d| &**d == addr))
                 .map(|(id, a, _)| (*id, Arc::clone(a)))?
         };
         Some(self.peer_handle(found.0, found.1))
@@ -850,7 +861,7 @@ impl<T: Transport> Shared<T> {
                     // That node answered at `addr`: later `connect(addr)` calls find it
                     // without a dial.
                     if let Some(entry) = lock(&self.table).peers.get_mut(&id) {
-                        entry.dialed.get_or_insert_with(|| Arc::from(addr));
+                        add_aliases(&mut entry.dialed, [Arc::from(addr)]);
                     }
                     return Ok(p);
                 }
@@ -913,7 +924,7 @@ impl<T: Transport> Shared<T> {
         let entry = ConnEntry {
             conn_id,
             addr: Arc::from(est.remote.addr.as_str()),
-            dialed,
+            dialed: dialed.into_iter().collect(),
             we_dialed,
             remote_max: est.writer.remote_max,
             tx,
@@ -1017,6 +1028,7 @@ impl<T: Transport> Shared<T> {
             None => {
                 // The node stayed connected through the handover: keep its queue.
                 let queue = handover.take().map(|h| {
+                    add_aliases(&mut entry.dialed, h.dialed);
                     entry.tx = h.tx;
                     h.rx
                 });
@@ -1029,11 +1041,15 @@ impl<T: Transport> Shared<T> {
                 let local_is_smaller = self.config.node_id < id;
                 let new_preferred = entry.we_dialed == local_is_smaller;
                 if old.we_dialed == entry.we_dialed || new_preferred {
+                    add_aliases(&mut entry.dialed, old.dialed.iter().cloned());
                     table
                         .peers
                         .insert(id, entry)
                         .map_or(Registered::New, Registered::Replaced)
                 } else {
+                    if let Some(old) = table.peers.get_mut(&id) {
+                        add_aliases(&mut old.dialed, entry.dialed);
+                    }
                     Registered::Kept
                 }
             }

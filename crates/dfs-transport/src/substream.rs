@@ -38,9 +38,10 @@ pub struct Substream {
     /// Set after the remote broke the protocol (bad frame, bad postcard): the substream is
     /// over, every later call fails.
     broken: bool,
-    /// Set while a write is under way, and left set if it failed, timed out or was
-    /// cancelled (its future dropped): a frame may then be half-written, so every later
-    /// write fails instead of going out on a desynchronised stream (reads still work).
+    /// Set while a write (a message, a whole body, the finish) is under way, and left set if
+    /// it failed, timed out or was cancelled (its future dropped): a frame may then be
+    /// half-written, so every later write fails instead of going out on a desynchronised
+    /// stream (reads still work). A body that ended in an abort counts as failed too.
     writing: bool,
     /// An inbound substream's place under `EndpointConfig::max_inbound_substreams`,
     /// released when the substream (or the body reader holding it) is dropped.
