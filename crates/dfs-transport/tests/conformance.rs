@@ -435,6 +435,25 @@ async fn inbound_connections_are_bounded<T: Net>() {
     );
 }
 
+/// Every address `connect` found a node at is remembered, across the connections that
+/// replace each other: alternating between two addresses of one node dials each once.
+async fn connect_remembers_the_addresses_it_found_a_node_at<T: Net>() {
+    init_tracing();
+    let net = T::fresh();
+    let (a, _a_ev) = node(&net, config()).await;
+    let (b, _b_ev) = node(&net, config()).await;
+    let (via, dials) = relay_counted(&net, b.local_addr()).await;
+    for _ in 0..3 {
+        assert_eq!(a.connect(&b.local_addr()).await.unwrap().id(), b.node_id());
+        assert_eq!(a.connect(&via).await.unwrap().id(), b.node_id());
+    }
+    assert_eq!(
+        dials.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the relayed address was dialled again"
+    );
+}
+
 async fn auth_right_secret<T: Net>() {
     let net = T::fresh();
     let secret = NetworkSecret::generate();
@@ -1323,6 +1342,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn inbound_connections_are_bounded() {
                 super::inbound_connections_are_bounded::<$t>().await;
+            }
+            #[tokio::test]
+            async fn connect_remembers_the_addresses_it_found_a_node_at() {
+                super::connect_remembers_the_addresses_it_found_a_node_at::<$t>().await;
             }
             #[tokio::test]
             async fn random_ids_differ() {

@@ -246,10 +246,26 @@ pub async fn relay_later<T: Net>(
     target: Arc<std::sync::OnceLock<String>>,
     tamper: Option<Tamper>,
 ) -> String {
+    relay_inner(net, target, tamper).await.0
+}
+
+/// A relay in front of `target`, and the number of connections it has accepted.
+pub async fn relay_counted<T: Net>(net: &T, target: String) -> (String, Arc<AtomicUsize>) {
+    let cell = Arc::new(std::sync::OnceLock::new());
+    cell.set(target).expect("fresh cell");
+    relay_inner(net, cell, None).await
+}
+
+async fn relay_inner<T: Net>(
+    net: &T,
+    target: Arc<std::sync::OnceLock<String>>,
+    tamper: Option<Tamper>,
+) -> (String, Arc<AtomicUsize>) {
     let mut listener = net.listen(T::any_addr()).await.expect("relay listen");
     let addr = listener.local_addr();
     let net = net.clone();
     let count = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::clone(&count);
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
             let n = count.fetch_add(1, Ordering::SeqCst);
@@ -261,7 +277,7 @@ pub async fn relay_later<T: Net>(
             tokio::spawn(pump(inbound, outbound, flip));
         }
     });
-    addr
+    (addr, accepted)
 }
 
 async fn pump<S>(a: S, b: S, flip: Option<u64>)
