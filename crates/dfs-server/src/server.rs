@@ -1156,11 +1156,17 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let timeout = self.config.request_timeout;
         let peer = s.peer_id();
         s.send(&Envelope::new(Message::Proceed)).await?;
+        // (A holder that can no longer serve its offer, busy or with a changed copy, answers
+        // `Error` instead of the body.)
         let mut body: BodyReader = tokio::time::timeout(timeout, s.recv_body())
             .await
             .map_err(|_| ServerError::Timeout {
                 what: format!("body from {peer}"),
-            })??;
+            })?
+            .map_err(|e| ServerError::Remote {
+                peer,
+                message: format!("no body after Proceed (busy, or its copy changed): {e}"),
+            })?;
         if body.len() != size {
             return Err(ServerError::Remote {
                 peer,
@@ -1329,18 +1335,17 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 .await;
             return;
         }
+        // (A `Get` takes its slot only once the requester says `Proceed`: see `serve_get`.)
         let _slot = match &envelope.message {
-            Message::Put { .. } | Message::PutFollow { .. } | Message::Get { .. } => {
-                match self.transfer_slot().await {
-                    Ok(slot) => Some(slot),
-                    Err(message) => {
-                        debug!(peer = %from.id(), %message, "request refused");
-                        let _ = s.send(&Envelope::new(Message::Error { message })).await;
-                        let _ = s.finish().await;
-                        return;
-                    }
+            Message::Put { .. } | Message::PutFollow { .. } => match self.transfer_slot().await {
+                Ok(slot) => Some(slot),
+                Err(message) => {
+                    debug!(peer = %from.id(), %message, "request refused");
+                    let _ = s.send(&Envelope::new(Message::Error { message })).await;
+                    let _ = s.finish().await;
+                    return;
                 }
-            }
+            },
             _ => None,
         };
         let result = match envelope.message {
@@ -1349,7 +1354,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 let keepalive = Duration::from_millis(keepalive_ms.into());
                 self.serve_put_follow(from.id(), s, id, keepalive).await
             }
-            Message::Get { id } => self.serve_get(s, id).await,
+            Message::Get { id } => self.serve_get(from.id(), s, id).await,
             Message::Delete { id } => self.serve_delete(from.id(), s, id).await,
             other => {
                 let _ = s
@@ -1542,12 +1547,18 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         Ok(())
     }
 
-    async fn serve_get(&self, mut s: Substream, object: ObjectId) -> Result<()> {
+    /// Answers a `Get`: `Found{size, hash}` from the object's header (nothing is kept open
+    /// while the requester decides), then, on `Proceed`, a transfer slot and the body. The
+    /// requester asks every holder at once and keeps the offers it does not take yet, so an
+    /// offer must cost nothing but its substream. The object opened after `Proceed` must
+    /// still be the one offered (same size and hash); else, or when no slot frees up in
+    /// time, the answer is an `Error` and the requester takes another offer.
+    async fn serve_get(&self, from: NodeId, mut s: Substream, object: ObjectId) -> Result<()> {
         let key = object.to_hex();
         let store = Arc::clone(&self.store);
-        let opened = tokio::task::spawn_blocking(move || store.read(&key)).await?;
-        let reader = match opened {
-            Ok(reader) => reader,
+        let stat = tokio::task::spawn_blocking(move || store.stat(&key)).await?;
+        let (size, hash) = match stat {
+            Ok(meta) => (meta.size(), *meta.hash()),
             Err(e) if e.is_not_found() => {
                 s.send(&Envelope::new(Message::NotFound)).await?;
                 let _ = s.finish().await;
@@ -1562,7 +1573,6 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 return Err(e.into());
             }
         };
-        let (size, hash) = (reader.size(), *reader.hash());
         s.send(&Envelope::new(Message::Found { size, hash }))
             .await?;
         let next = tokio::select! {
@@ -1577,6 +1587,33 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             // The requester took another peer's copy (or went away).
             _ => return Ok(()),
         }
+        let _slot = match self.transfer_slot().await {
+            Ok(slot) => slot,
+            Err(message) => {
+                debug!(peer = %from, %message, "request refused");
+                let _ = s.send(&Envelope::new(Message::Error { message })).await;
+                let _ = s.finish().await;
+                return Ok(());
+            }
+        };
+        let key = object.to_hex();
+        let store = Arc::clone(&self.store);
+        let opened = tokio::task::spawn_blocking(move || store.read(&key)).await?;
+        let refusal = match &opened {
+            Ok(reader) if reader.size() == size && *reader.hash() == hash => None,
+            Ok(_) => Some("the object changed since it was offered".to_owned()),
+            Err(e) if e.is_not_found() => {
+                Some("the object is gone since it was offered".to_owned())
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(message) = refusal {
+            debug!(peer = %from, %object, %message, "offer withdrawn");
+            let _ = s.send(&Envelope::new(Message::Error { message })).await;
+            let _ = s.finish().await;
+            return opened.map(drop).map_err(ServerError::from);
+        }
+        let reader = opened?;
         s.send_body(size, bridge::async_reader(reader)).await?;
         let _ = s.finish().await;
         Ok(())

@@ -13,7 +13,8 @@
 //!   write has new bytes (`Waiting` when it has had none for a while), then `PutEnd` with
 //!   the size and hash → `Stored` or `Error`;
 //! - fetch: `Get` → `Found` or `NotFound`; after `Found` the requester sends `Proceed` and
-//!   receives the body (or drops the substream to decline);
+//!   receives the body (or drops the substream to decline), or `Error` when the holder can
+//!   no longer serve that offer (busy, or its copy changed or is gone since);
 //! - delete: `Delete` → `Deleted`.
 
 use dfs_transport::NodeId;

@@ -286,6 +286,7 @@ both_transports!(
     slow_source_keeps_followed_replicas_alive,
     followed_puts_are_checked_against_their_trailer,
     incoming_transfers_are_bounded,
+    queued_offers_hold_no_transfer_slot,
     shutdown_drains_in_flight_store,
     big_file_across_nodes,
 );
@@ -1674,15 +1675,18 @@ async fn followed_puts_are_checked_against_their_trailer<N: Net>(net: N) {
 }
 
 /// A node serves at most `max_incoming_transfers` peer transfers at once: while its one
-/// slot is held by a followed put whose origin holds back the trailer, a get waits and is
-/// answered "busy" after the request timeout (without the limit: "not found"); once the put
-/// ends, the next request is served.
+/// slot is held by a followed put whose origin holds back the trailer, a get is still
+/// answered `Found` (an offer holds no slot), but its `Proceed` waits and is answered
+/// "busy" after the request timeout; once the put ends, the next request is served.
 async fn incoming_transfers_are_bounded<N: Net>(net: N) {
     let (d, b, _raw, peer) = node_and_raw_peer(&net, |c| {
         c.max_incoming_transfers(1)
+            .replication(Replication::None)
             .request_timeout(Duration::from_millis(500))
     })
     .await;
+    b.store_bytes("held", b"a file b holds").await.unwrap();
+    let held = b.object_id("held");
     let data = pattern(26, 1 << 20);
     let (size, hash) = (data.len() as u64, *blake3::hash(&data).as_bytes());
 
@@ -1700,16 +1704,19 @@ async fn incoming_transfers_are_bounded<N: Net>(net: N) {
     let staging = d[0].path().join("store").join("tmp");
     poll_until("the first put staged", || !files_under(&staging).is_empty()).await;
 
-    let get = |id: u8| {
+    let get = |id: dfs_server::ObjectId| {
         let peer = peer.clone();
         async move {
             let mut s = peer.open_stream().await.unwrap();
-            let id = dfs_server::ObjectId([id; 32]);
             s.send(&Envelope::new(Message::Get { id })).await.unwrap();
-            s.recv::<Envelope>().await.unwrap().unwrap().message
+            let reply = s.recv::<Envelope>().await.unwrap().unwrap().message;
+            (s, reply)
         }
     };
-    let busy = get(9).await;
+    let (mut s, offer) = get(held).await;
+    assert!(matches!(offer, Message::Found { .. }), "{offer:?}");
+    s.send(&Envelope::new(Message::Proceed)).await.unwrap();
+    let busy = s.recv::<Envelope>().await.unwrap().unwrap().message;
     assert!(
         matches!(&busy, Message::Error { message } if message.contains("busy")),
         "{busy:?}"
@@ -1721,11 +1728,62 @@ async fn incoming_transfers_are_bounded<N: Net>(net: N) {
         .unwrap();
     let stored = first.recv::<Envelope>().await.unwrap().unwrap().message;
     assert!(matches!(stored, Message::Stored), "{stored:?}");
-    let found = get(1).await;
+    let (_, found) = get(id).await;
     assert!(
         matches!(found, Message::Found { size: got, .. } if got == size),
         "{found:?}"
     );
+    b.shutdown().await.unwrap();
+}
+
+/// A fetching node asks every holder at once and keeps the offers it does not take yet:
+/// an offer (`Found`) holds no transfer slot and no open object, so with one slot, an
+/// offer never taken does not keep a second requester from being served, and a
+/// requester's `Proceed` is served only while the object is still the one offered (else
+/// `Error`, and the requester takes another offer).
+async fn queued_offers_hold_no_transfer_slot<N: Net>(net: N) {
+    let (_d, b, _raw, peer) = node_and_raw_peer(&net, |c| {
+        c.max_incoming_transfers(1)
+            .replication(Replication::None)
+            .request_timeout(Duration::from_millis(500))
+    })
+    .await;
+    let data = pattern(27, (1 << 20) + 5);
+    let receipt = b.store_bytes("offered", &data).await.unwrap();
+    let id = receipt.object;
+    let offer = || {
+        let peer = peer.clone();
+        async move {
+            let mut s = peer.open_stream().await.unwrap();
+            s.send(&Envelope::new(Message::Get { id })).await.unwrap();
+            match s.recv::<Envelope>().await.unwrap().unwrap().message {
+                Message::Found { size, hash } => (s, size, hash),
+                other => panic!("expected an offer, got {other:?}"),
+            }
+        }
+    };
+    // Offers never taken (a fetch downloading from another holder meanwhile).
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        queued.push(offer().await);
+    }
+    let (mut s, size, hash) = offer().await;
+    assert_eq!(size, receipt.stored_size);
+    s.send(&Envelope::new(Message::Proceed)).await.unwrap();
+    let body = s.recv_body().await.unwrap();
+    let (got, got_hash) = hash_stream(body).await;
+    assert_eq!((got, *got_hash.as_bytes()), (size, hash));
+
+    // Stored again after the offer: the offered copy is gone, so is the offer.
+    let (mut stale, _, _) = queued.pop().unwrap();
+    b.store_bytes("offered", b"another version").await.unwrap();
+    stale.send(&Envelope::new(Message::Proceed)).await.unwrap();
+    let changed = stale.recv::<Envelope>().await.unwrap().unwrap().message;
+    assert!(
+        matches!(&changed, Message::Error { message } if message.contains("changed")),
+        "{changed:?}"
+    );
+    drop(queued);
     b.shutdown().await.unwrap();
 }
 
