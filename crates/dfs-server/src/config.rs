@@ -169,13 +169,14 @@ impl ConfigBuilder {
     /// commit; default 120 s. Also how long a node receiving a replica streamed while its
     /// origin writes it waits at least for the origin's next message (origins speak at
     /// least every quarter of their own timeout, at most 5 s apart, and announce it; the
-    /// wait is three such intervals if that is longer).
+    /// wait is three such intervals if that is longer). `Duration::MAX` means no limit.
     pub fn replication_timeout(mut self, timeout: Duration) -> Self {
         self.config.replication_timeout = timeout;
         self
     }
 
     /// Per-peer timeout of a `get`: for the reply and for each read of the body; default 10 s.
+    /// `Duration::MAX` means no limit.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
         self

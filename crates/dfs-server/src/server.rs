@@ -653,7 +653,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     /// Waits until at least `n` peers are connected, or fails after `within`.
     pub async fn wait_for_peers(&self, n: usize, within: Duration) -> Result<()> {
         let mut events = self.events();
-        let deadline = Instant::now() + within;
+        let deadline = deadline_after(within);
         loop {
             let have = self.peers().len();
             if have >= n {
@@ -706,6 +706,16 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         Ok(())
     }
 }
+
+/// `d` from now: a configured duration too long to add to the clock (`Duration::MAX`, say,
+/// for "no timeout") means a deadline in the far future rather than a panic.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + FAR_FUTURE)
+}
+
+/// What [`deadline_after`] gives for durations the clock cannot add: about 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
 fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -831,7 +841,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let mut committed = following.map(|f| f.committed.clone());
         let mut deadline = match committed {
             Some(_) => None,
-            None => Some(Instant::now() + timeout),
+            None => Some(deadline_after(timeout)),
         };
         let mut acked = Vec::new();
         let mut failed: Vec<(NodeId, String)> = Vec::new();
@@ -843,7 +853,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                     done = committed.wait_for(|done| *done) => {
                         // The clock starts at the commit (or now, if the store gave up).
                         let _ = done;
-                        deadline = Some(Instant::now() + timeout);
+                        deadline = Some(deadline_after(timeout));
                         continue;
                     }
                 },
@@ -1794,7 +1804,7 @@ impl Following {
         let mut idle = false;
         // The peer must hear from us by then: reset by every message sent, not by progress
         // (a trickling source moves the tail often yet may take long to fill a part).
-        let mut speak_by = Instant::now() + keepalive;
+        let mut speak_by = deadline_after(keepalive);
         loop {
             self.progress.borrow_and_update();
             let next = if idle {
@@ -1808,7 +1818,7 @@ impl Following {
                     s.send(&Envelope::new(Message::Part)).await?;
                     s.send_body(segment.len(), bridge::async_reader(segment))
                         .await?;
-                    speak_by = Instant::now() + keepalive;
+                    speak_by = deadline_after(keepalive);
                 }
                 Some(Next::End { size, hash }) => {
                     // The object is committed; the store is done once its name is too.
@@ -1825,7 +1835,7 @@ impl Following {
                 None if idle => {
                     s.send(&Envelope::new(Message::Waiting)).await?;
                     idle = false;
-                    speak_by = Instant::now() + keepalive;
+                    speak_by = deadline_after(keepalive);
                 }
                 None => {
                     // (The tail, which owns the sender, lives as long as `self`.)

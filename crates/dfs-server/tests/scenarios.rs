@@ -287,6 +287,7 @@ both_transports!(
     followed_puts_are_checked_against_their_trailer,
     incoming_transfers_are_bounded,
     queued_offers_hold_no_transfer_slot,
+    unbounded_timeouts,
     shutdown_drains_in_flight_store,
     big_file_across_nodes,
 );
@@ -1784,6 +1785,34 @@ async fn queued_offers_hold_no_transfer_slot<N: Net>(net: N) {
         "{changed:?}"
     );
     drop(queued);
+    b.shutdown().await.unwrap();
+}
+
+/// `Duration::MAX` as a timeout means "no timeout": a store and a `replicate` with a
+/// replica, and a wait for peers, with every configured timeout that long.
+async fn unbounded_timeouts<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let node = |dir: &Path, boot: &[String]| {
+        FileServer::start(
+            config(&net, dir, &key, boot)
+                .replication_timeout(Duration::MAX)
+                .request_timeout(Duration::MAX)
+                .build(),
+            net.transport(),
+        )
+    };
+    let a = node(d[0].path(), &[]).await.unwrap();
+    let b = node(d[1].path(), &[a.local_addr()]).await.unwrap();
+    a.wait_for_peers(1, Duration::MAX).await.unwrap();
+    b.wait_for_peers(1, Duration::MAX).await.unwrap();
+    let data = pattern(28, 100_000);
+    let receipt = a.store_bytes("forever", &data).await.unwrap();
+    assert_eq!(receipt.replicas, [b.node_id()]);
+    let again = a.replicate("forever").await.unwrap();
+    assert_eq!(again.replicas, [b.node_id()]);
+    a.shutdown().await.unwrap();
+    assert!(b.get_bytes("forever").await.unwrap() == data);
     b.shutdown().await.unwrap();
 }
 
