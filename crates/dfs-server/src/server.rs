@@ -277,7 +277,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
                 .transform(paths)
                 .durability(durability)
                 .open()?;
-            let names = NameIndex::open(root.join("names"))?;
+            let names = NameIndex::open(root.join("names"), durability == Durability::Fsync)?;
             Ok((node_id, store, names))
         })
         .await??;
@@ -707,6 +707,15 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     }
 }
 
+/// Removes the name just recorded for `object` when a write of it failed and no older copy
+/// is there either (the name only labels an object; this keeps the index tidy). The caller
+/// holds the object's lock.
+fn forget_unused_name<P: PathTransform>(store: &Store<P>, names: &NameIndex, object: &ObjectId) {
+    if matches!(store.has(&object.to_hex()), Ok(false)) {
+        let _ = names.remove(object);
+    }
+}
+
 /// `d` from now: a configured duration too long to add to the clock (`Duration::MAX`, say,
 /// for "no timeout") means a deadline in the far future rather than a panic.
 fn deadline_after(d: Duration) -> Instant {
@@ -772,14 +781,20 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let key = object.to_hex();
         let owned_name = name.to_owned();
         let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let src = ChannelReader::new(rx);
-            let reader = object::encrypting(&*cipher, &fingerprint, src)?;
-            let stored = match &tail {
-                Some(tail) => store.write_tailed(&key, reader, tail)?,
-                None => store.write(&key, reader)?,
-            };
+            // The name first: once the object is committed the store has succeeded (and its
+            // replicas get their trailer), so nothing may fail after that.
             names.put(&object, &owned_name)?;
-            Ok(stored)
+            let src = ChannelReader::new(rx);
+            let written = object::encrypting(&*cipher, &fingerprint, src).and_then(|reader| {
+                Ok(match &tail {
+                    Some(tail) => store.write_tailed(&key, reader, tail)?,
+                    None => store.write(&key, reader)?,
+                })
+            });
+            if written.is_err() {
+                forget_unused_name(&store, &names, &object);
+            }
+            written
         });
         let pumped = bridge::pump(data, &tx).await;
         drop(tx);
@@ -1215,16 +1230,20 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 path: key.clone().into(),
                 source,
             })?;
-            // The store's own hashing pass checks the announced size and hash.
-            let n = store.write_expecting(
-                &key,
-                io::Cursor::new(head).chain(src),
-                Expected::new(size, hash),
-            )?;
+            // The name before the commit, as for a local store.
             if remember {
                 names.put(&object, &owned_name)?;
             }
-            Ok(n)
+            // The store's own hashing pass checks the announced size and hash.
+            let written = store.write_expecting(
+                &key,
+                io::Cursor::new(head).chain(src),
+                Expected::new(size, hash),
+            );
+            if written.is_err() && remember {
+                forget_unused_name(&store, &names, &object);
+            }
+            Ok(written?)
         });
         let pumped = bridge::pump_body(&mut body, &tx, Some(timeout)).await;
         drop(tx);
@@ -1795,7 +1814,7 @@ impl Following {
 
     /// Sends the bytes as they reach the local file, as `Part` bodies of up to
     /// [`FOLLOW_PART`], then `PutEnd` with the committed size and hash once the store is
-    /// complete (the local commit and its name). Waits for progress without holding a
+    /// complete (its name recorded, then the local commit). Waits for progress without holding a
     /// thread; when nothing new came for `keepalive`, sends what there is, or `Waiting`, so
     /// the peer can tell a slow source from a dead origin. A failed local write is an error
     /// here (the peer then never gets the trailer, so it commits nothing).
@@ -1821,7 +1840,8 @@ impl Following {
                     speak_by = deadline_after(keepalive);
                 }
                 Some(Next::End { size, hash }) => {
-                    // The object is committed; the store is done once its name is too.
+                    // The object is committed (its name was recorded before); the store is
+                    // done once `committed` says so.
                     if self.committed.wait_for(|done| *done).await.is_err() {
                         return Err(ServerError::Remote {
                             peer: s.peer_id(),

@@ -288,6 +288,7 @@ both_transports!(
     incoming_transfers_are_bounded,
     queued_offers_hold_no_transfer_slot,
     unbounded_timeouts,
+    failed_name_write_keeps_the_old_copy,
     shutdown_drains_in_flight_store,
     big_file_across_nodes,
 );
@@ -1813,6 +1814,35 @@ async fn unbounded_timeouts<N: Net>(net: N) {
     assert_eq!(again.replicas, [b.node_id()]);
     a.shutdown().await.unwrap();
     assert!(b.get_bytes("forever").await.unwrap() == data);
+    b.shutdown().await.unwrap();
+}
+
+/// A store whose name cannot be recorded fails before anything is committed: the old copy
+/// stays, here and on the replica (which never gets the trailer), and `list` and `get`
+/// still work; once the name can be written again, the store goes through everywhere.
+async fn failed_name_write_keeps_the_old_copy<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let (d, a, b) = pair(&net, &key).await;
+    let receipt = a.store_bytes("x", b"old").await.unwrap();
+    assert_eq!(receipt.replicas, [b.node_id()]);
+    let name_file = d[0].path().join("names").join(a.object_id("x").to_hex());
+    std::fs::remove_file(&name_file).unwrap();
+    std::fs::create_dir(&name_file).unwrap(); // the name file cannot be replaced now
+    let failed = a.store_bytes("x", b"new").await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(a.get_bytes("x").await.unwrap(), b"old");
+    assert_eq!(b.get_bytes("x").await.unwrap(), b"old");
+    let listed = a.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+
+    std::fs::remove_dir(&name_file).unwrap();
+    let receipt = a.store_bytes("x", b"new").await.unwrap();
+    assert_eq!(receipt.replicas, [b.node_id()]);
+    assert_eq!(a.get_bytes("x").await.unwrap(), b"new");
+    assert_eq!(b.get_bytes("x").await.unwrap(), b"new");
+    let listed = a.list().await.unwrap();
+    assert_eq!(listed[0].name.as_deref(), Some("x"));
+    a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
 
