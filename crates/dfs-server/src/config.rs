@@ -6,6 +6,10 @@ use std::time::Duration;
 use dfs_crypto::Key;
 use dfs_transport::NetworkSecret;
 
+/// The most [`ConfigBuilder::max_incoming_transfers`] accepts: half of tokio's default
+/// blocking pool (512 threads), as each transfer served may hold one of its threads.
+pub const MAX_INCOMING_TRANSFERS: usize = 256;
+
 /// How many peers must acknowledge a durable copy before [`store`](crate::FileServer::store)
 /// returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,7 +123,8 @@ impl Config {
         self.fsync
     }
 
-    /// How many peer requests that move file bytes this node serves at once.
+    /// How many peer requests that move file bytes this node serves at once (a peer holds
+    /// at most half of them, at least one).
     pub fn max_incoming_transfers(&self) -> usize {
         self.max_incoming_transfers
     }
@@ -202,20 +207,29 @@ impl ConfigBuilder {
     }
 
     /// How many peer requests that move file bytes (replicas received, files sent to a
-    /// fetching peer) this node serves at once; default 64, at least 1. Each holds a
-    /// thread of the blocking pool and a staging file or an open object for as long as
-    /// its peer keeps it going. A request beyond the limit waits for a slot up to the
-    /// request timeout, then is answered "busy" (a replicating origin retries later, a
-    /// fetching peer asks another holder). Local calls (`store`, `get`) are not counted.
+    /// fetching peer once it said `Proceed`) this node serves at once; default 64, at least
+    /// 1 and at most [`MAX_INCOMING_TRANSFERS`] (256, half of tokio's default blocking
+    /// pool): larger values are clamped. Each holds a thread of the blocking pool and a
+    /// staging file or an open object for as long as its peer keeps it going.
+    ///
+    /// One peer may hold at most half of them (at least one) at once, so a single peer
+    /// keeping its transfers going cannot take every slot. A request beyond the node's
+    /// limit or its peer's share waits for a slot up to the request timeout, then is
+    /// answered "busy" (a replicating origin retries later, a fetching peer asks another
+    /// holder). Local calls (`store`, `get`) are not counted.
     ///
     /// ```
     /// let config = dfs_server::Config::builder("/tmp/dfs-node")
-    ///     .max_incoming_transfers(8)
+    ///     .max_incoming_transfers(8) // a peer holds at most 4 of them
     ///     .build();
     /// assert_eq!(config.max_incoming_transfers(), 8);
+    /// let clamped = dfs_server::Config::builder("/tmp/dfs-node")
+    ///     .max_incoming_transfers(10_000)
+    ///     .build();
+    /// assert_eq!(clamped.max_incoming_transfers(), dfs_server::MAX_INCOMING_TRANSFERS);
     /// ```
     pub fn max_incoming_transfers(mut self, n: usize) -> Self {
-        self.config.max_incoming_transfers = n.max(1);
+        self.config.max_incoming_transfers = n.clamp(1, MAX_INCOMING_TRANSFERS);
         self
     }
 

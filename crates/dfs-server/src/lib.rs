@@ -12,10 +12,11 @@ mod membership;
 mod names;
 mod object;
 mod server;
+mod slots;
 mod verify;
 pub mod wire;
 
-pub use config::{Config, ConfigBuilder, Replication, Scope};
+pub use config::{Config, ConfigBuilder, MAX_INCOMING_TRANSFERS, Replication, Scope};
 pub use error::{Result, ServerError};
 pub use event::ServerEvent;
 pub use id::ObjectId;

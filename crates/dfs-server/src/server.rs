@@ -20,7 +20,7 @@ use dfs_transport::{
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::{Semaphore, SemaphorePermit, broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::io::StreamReader;
@@ -38,6 +38,7 @@ use crate::locks::ObjectLocks;
 use crate::membership::{Learned, MAX_LIST, Membership};
 use crate::names::NameIndex;
 use crate::object::{self, HeaderCheck};
+use crate::slots::{Refused, Slot, TransferSlots};
 use crate::verify::Verified;
 use crate::wire::{Envelope, Message, PROTOCOL_VERSION, PeerAddr};
 
@@ -199,8 +200,9 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     membership: Mutex<Membership>,
     /// Orders local writes, fetch commits, incoming replicas and deletes of one object.
     objects: ObjectLocks,
-    /// Slots for peer requests that move file bytes (`Config::max_incoming_transfers`).
-    incoming: Semaphore,
+    /// Slots for peer requests that move file bytes (`Config::max_incoming_transfers`, a
+    /// share of them per peer).
+    incoming: TransferSlots,
     /// Opens a stored object's plaintext with `cipher` (built where the cipher's reader is
     /// known to be `Send`, so reads can move between blocking-pool threads).
     decryptor: Decryptor,
@@ -314,7 +316,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             background: Mutex::new(Vec::new()),
             membership: Mutex::new(Membership::default()),
             objects: ObjectLocks::default(),
-            incoming: Semaphore::new(config.max_incoming_transfers),
+            incoming: TransferSlots::new(config.max_incoming_transfers),
             config,
         });
         info!(node = %node_id, addr = %inner.endpoint.local_addr(), "file server started");
@@ -1366,15 +1368,17 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         }
         // (A `Get` takes its slot only once the requester says `Proceed`: see `serve_get`.)
         let _slot = match &envelope.message {
-            Message::Put { .. } | Message::PutFollow { .. } => match self.transfer_slot().await {
-                Ok(slot) => Some(slot),
-                Err(message) => {
-                    debug!(peer = %from.id(), %message, "request refused");
-                    let _ = s.send(&Envelope::new(Message::Error { message })).await;
-                    let _ = s.finish().await;
-                    return;
+            Message::Put { .. } | Message::PutFollow { .. } => {
+                match self.transfer_slot(from.id()).await {
+                    Ok(slot) => Some(slot),
+                    Err(message) => {
+                        debug!(peer = %from.id(), %message, "request refused");
+                        let _ = s.send(&Envelope::new(Message::Error { message })).await;
+                        let _ = s.finish().await;
+                        return;
+                    }
                 }
-            },
+            }
             _ => None,
         };
         let result = match envelope.message {
@@ -1399,21 +1403,23 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         }
     }
 
-    /// Waits for a free slot of `Config::max_incoming_transfers` (at most the request
+    /// Waits for a free transfer slot for a request of `peer`: below the node's
+    /// `Config::max_incoming_transfers` and the peer's share of them (at most the request
     /// timeout; shutdown ends the wait), or says why there is none.
-    async fn transfer_slot(&self) -> std::result::Result<SemaphorePermit<'_>, String> {
-        let limit = self.config.max_incoming_transfers;
+    async fn transfer_slot(&self, peer: NodeId) -> std::result::Result<Slot<'_>, String> {
+        let deadline = deadline_after(self.config.request_timeout);
         tokio::select! {
             () = self.cancel.cancelled() => Err("this node is shutting down".to_owned()),
-            slot = tokio::time::timeout(self.config.request_timeout, self.incoming.acquire()) => {
-                match slot {
-                    Ok(Ok(slot)) => Ok(slot),
-                    Ok(Err(_)) => Err("this node is shutting down".to_owned()),
-                    Err(_) => Err(format!(
-                        "busy: serving {limit} transfers already (try again later)"
-                    )),
+            slot = self.incoming.acquire(peer, deadline) => slot.map_err(|refused| match refused {
+                Refused::Closed => "this node is shutting down".to_owned(),
+                Refused::Node(limit) => {
+                    format!("busy: serving {limit} transfers already (try again later)")
                 }
-            }
+                Refused::PeerShare(share) => format!(
+                    "busy: serving this peer's share of {share} transfers already \
+                     (try again later)"
+                ),
+            }),
         }
     }
 
@@ -1616,7 +1622,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             // The requester took another peer's copy (or went away).
             _ => return Ok(()),
         }
-        let _slot = match self.transfer_slot().await {
+        let _slot = match self.transfer_slot(from).await {
             Ok(slot) => slot,
             Err(message) => {
                 debug!(peer = %from, %message, "request refused");

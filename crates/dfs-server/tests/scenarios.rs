@@ -289,6 +289,7 @@ both_transports!(
     queued_offers_hold_no_transfer_slot,
     unbounded_timeouts,
     failed_name_write_keeps_the_old_copy,
+    one_peer_gets_half_the_transfer_slots,
     shutdown_drains_in_flight_store,
     big_file_across_nodes,
 );
@@ -1843,6 +1844,81 @@ async fn failed_name_write_keeps_the_old_copy<N: Net>(net: N) {
     let listed = a.list().await.unwrap();
     assert_eq!(listed[0].name.as_deref(), Some("x"));
     a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// One peer holds at most half of `max_incoming_transfers` at once: with 4 slots, a peer
+/// keeping 2 followed puts going is told "busy" for a third, while another peer's `Put`
+/// is still served; once one of its puts ends, the first peer gets a slot again.
+async fn one_peer_gets_half_the_transfer_slots<N: Net>(net: N) {
+    let (d, b, _raw, greedy) = node_and_raw_peer(&net, |c| {
+        c.max_incoming_transfers(4)
+            .request_timeout(Duration::from_millis(500))
+            .replication_timeout(Duration::from_secs(1))
+    })
+    .await;
+    let data = pattern(29, 100_000);
+    let (size, hash) = (data.len() as u64, *blake3::hash(&data).as_bytes());
+    let staging = d[0].path().join("store").join("tmp");
+    // A followed put that has sent a part, its origin announcing a long keep-alive.
+    let follow = |id: u8, keepalive_ms: u32| {
+        let (peer, data) = (greedy.clone(), data.clone());
+        async move {
+            let mut s = peer.open_stream().await.unwrap();
+            let id = dfs_server::ObjectId([id; 32]);
+            s.send(&Envelope::new(Message::PutFollow { id, keepalive_ms }))
+                .await
+                .unwrap();
+            s.send(&Envelope::new(Message::Part)).await.unwrap();
+            s.send_body(data.len() as u64, &data[..]).await.unwrap();
+            s
+        }
+    };
+    let mut held = vec![follow(1, 60_000).await, follow(2, 60_000).await];
+    poll_until("two followed puts staged", || {
+        files_under(&staging).len() == 2
+    })
+    .await;
+    // (Without the share it would get a slot, then be dropped for silence after 1 s.)
+    let mut third = follow(3, 100).await;
+    let busy = third.recv::<Envelope>().await.unwrap().unwrap().message;
+    assert!(
+        matches!(&busy, Message::Error { message } if message.contains("busy")),
+        "{busy:?}"
+    );
+
+    let (other, _events) = Endpoint::bind(
+        net.transport(),
+        net.listen(),
+        EndpointConfig::new(NodeId::random()),
+    )
+    .await
+    .unwrap();
+    let put = |peer: dfs_transport::Peer, id: u8| {
+        let data = data.clone();
+        async move {
+            let mut s = peer.open_stream().await.unwrap();
+            let id = dfs_server::ObjectId([id; 32]);
+            s.send(&Envelope::new(Message::Put { id, size, hash }))
+                .await
+                .unwrap();
+            s.send_body(size, &data[..]).await.unwrap();
+            s.recv::<Envelope>().await.unwrap().unwrap().message
+        }
+    };
+    let honest = other.connect(&b.local_addr()).await.unwrap();
+    let stored = put(honest, 4).await;
+    assert!(matches!(stored, Message::Stored), "{stored:?}");
+
+    let mut done = held.pop().unwrap();
+    done.send(&Envelope::new(Message::PutEnd { size, hash }))
+        .await
+        .unwrap();
+    let stored = done.recv::<Envelope>().await.unwrap().unwrap().message;
+    assert!(matches!(stored, Message::Stored), "{stored:?}");
+    let stored = put(greedy.clone(), 5).await;
+    assert!(matches!(stored, Message::Stored), "{stored:?}");
+    drop(held);
     b.shutdown().await.unwrap();
 }
 
