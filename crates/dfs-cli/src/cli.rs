@@ -109,8 +109,9 @@ pub struct ServeArgs {
     /// Do not fsync stored files (faster, not crash-safe; for tests and benchmarks).
     #[arg(long)]
     pub no_fsync: bool,
-    /// How many peer transfers (replicas received, files sent) the node serves at once;
-    /// more wait, then are answered "busy" (default 64).
+    /// How many peer transfers (replicas received, files sent) the node serves at once,
+    /// one peer at most half of them; more wait, then are answered "busy" (default 64, at
+    /// most 256).
     #[arg(long, value_name = "N")]
     pub max_incoming_transfers: Option<usize>,
 }

@@ -284,7 +284,11 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         })
         .await??;
 
-        let endpoint_config = EndpointConfig::new(node_id).secret(config.network_secret.clone());
+        // Requests waiting for a transfer slot keep their substreams open: leave room for
+        // them, so a node past its limit answers "busy" rather than refusing connections.
+        let endpoint_config = EndpointConfig::new(node_id)
+            .secret(config.network_secret.clone())
+            .max_inbound_substreams((4 * config.max_incoming_transfers).max(256));
         let (endpoint, events) =
             Endpoint::bind(transport, &config.listen_addr, endpoint_config).await?;
         let (event_tx, _) = broadcast::channel(config.event_capacity);
