@@ -167,8 +167,9 @@ impl<P: PathTransform> AsyncStore<P> {
         self.write_expecting(key, bridge, expected).await
     }
 
-    /// [`Store::read`] as an [`AsyncRead`]: a blocking task streams verified chunks
-    /// through a small bounded channel (memory does not grow with the object).
+    /// [`Store::read`] as an [`AsyncRead`]: verified chunks stream through a small bounded
+    /// channel (memory does not grow with the object), read on the blocking pool only while
+    /// the channel has room, so a reader nobody drains holds no blocking thread.
     pub async fn read(&self, key: &str) -> Result<AsyncObjectReader> {
         let key = key.to_owned();
         let reader = self.run(move |s| s.read(&key)).await?;
@@ -223,10 +224,22 @@ impl<P: PathTransform> AsyncStore<P> {
     }
 }
 
+/// One item of a reader's channel: a chunk, the end marker (`Ok(None)`, sent only after
+/// the object's hash checked out), or the error that ended the read.
+type Item = io::Result<Option<Vec<u8>>>;
+
 /// An [`AsyncRead`] over a verified object; see [`AsyncStore::read`].
+///
+/// Chunks are read on tokio's blocking pool only while the channel has room for them: a
+/// blocking job reads while there is room and hands the reader back when the channel is
+/// full, so a reader nobody drains holds no thread, only the chunks in flight (at most
+/// about six chunks of 64 KiB are in memory at once: four queued, one being read, one being
+/// consumed). The stream ends only
+/// with an explicit end marker sent after the last read verified the object's hash; a
+/// channel that closes without it (a cancelled or panicked task) is an error.
 pub struct AsyncObjectReader {
     size: u64,
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    rx: mpsc::Receiver<Item>,
     chunk: Vec<u8>,
     pos: usize,
     delivered: u64,
@@ -243,27 +256,11 @@ impl fmt::Debug for AsyncObjectReader {
 }
 
 impl AsyncObjectReader {
-    fn spawn(mut reader: ObjectReader) -> AsyncObjectReader {
+    /// Starts the producer task; must be called inside a tokio runtime.
+    fn spawn(reader: ObjectReader) -> AsyncObjectReader {
         let size = reader.size();
         let (tx, rx) = mpsc::channel(READ_AHEAD);
-        tokio::task::spawn_blocking(move || {
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let item = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Ok(buf)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => Err(e),
-                };
-                let failed = item.is_err();
-                if tx.blocking_send(item).is_err() || failed {
-                    break; // consumer gone, or error delivered
-                }
-            }
-        });
+        tokio::spawn(drain(Box::new(reader), tx));
         AsyncObjectReader {
             size,
             rx,
@@ -279,6 +276,101 @@ impl AsyncObjectReader {
     pub fn size(&self) -> u64 {
         self.size
     }
+}
+
+/// How one blocking read job of [`drain`] ended.
+enum Job {
+    /// The channel is full: wait for room, then run another job with the reader.
+    Full(Box<ObjectReader>),
+    /// The reader is done (end or error) but the channel had no room for this last item.
+    Last(Item),
+    /// Everything was sent, or the consumer went away.
+    Done,
+}
+
+/// The producer task of an [`AsyncObjectReader`]: waits (without a thread) for room in the
+/// channel, then runs a blocking job that reads while there is room. Stops quietly when the
+/// consumer goes away.
+async fn drain(mut reader: Box<ObjectReader>, tx: mpsc::Sender<Item>) {
+    loop {
+        let Ok(permit) = tx.clone().reserve_owned().await else {
+            return; // consumer gone
+        };
+        let last = match tokio::task::spawn_blocking(move || read_while_room(reader, permit)).await
+        {
+            Ok(Job::Full(back)) => {
+                reader = back;
+                continue;
+            }
+            Ok(Job::Done) => return,
+            Ok(Job::Last(item)) => item,
+            Err(e) => Err(io::Error::other(format!("object reader task failed: {e}"))),
+        };
+        if let Ok(permit) = tx.reserve().await {
+            permit.send(last);
+        }
+        return;
+    }
+}
+
+/// One blocking job: reads chunks into the channel while it has room, starting with the
+/// slot `permit` holds.
+fn read_while_room(mut reader: Box<ObjectReader>, mut permit: mpsc::OwnedPermit<Item>) -> Job {
+    loop {
+        let (chunk, result) = read_chunk(&mut reader);
+        let last = match result {
+            Ok(false) => None,
+            Ok(true) => Some(Ok(None)),
+            Err(e) => Some(Err(e)),
+        };
+        let (tx, last) = match (chunk.is_empty(), last) {
+            (true, Some(last)) => {
+                permit.send(last);
+                return Job::Done;
+            }
+            // `read_chunk` returns no bytes only at the end or on an error.
+            (true, None) => return Job::Full(reader),
+            (false, last) => (permit.send(Ok(Some(chunk))), last),
+        };
+        permit = match tx.try_reserve_owned() {
+            Ok(next) => next,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return match last {
+                    Some(last) => Job::Last(last),
+                    None => Job::Full(reader),
+                };
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Job::Done,
+        };
+        if let Some(last) = last {
+            permit.send(last);
+            return Job::Done;
+        }
+    }
+}
+
+/// Reads up to one whole chunk (fewer only at the end or on an error, to keep channel items
+/// large). Returns the bytes read, and whether the end was reached, or the error. The
+/// [`ObjectReader`] checks the hash on the read that delivers the last byte, so the end is
+/// reported only for a verified object.
+fn read_chunk(reader: &mut ObjectReader) -> (Vec<u8>, io::Result<bool>) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut filled = 0;
+    let result = loop {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break Ok(true),
+            Ok(n) => {
+                filled += n;
+                if filled == buf.len() {
+                    break Ok(false);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    buf.truncate(filled);
+    (buf, result)
 }
 
 impl AsyncRead for AsyncObjectReader {
@@ -297,15 +389,23 @@ impl AsyncRead for AsyncObjectReader {
             }
             match this.rx.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) if this.delivered != this.size => {
-                    // The reading task ended early (it panicked or was cancelled).
+                Poll::Ready(None) => {
+                    // The reading task ended without the end marker (it panicked or was
+                    // cancelled).
                     this.failed = true;
                     return Poll::Ready(Err(io::Error::other(
                         "object reader task ended before the end of the object",
                     )));
                 }
-                Poll::Ready(None) => this.done = true,
-                Poll::Ready(Some(Ok(chunk))) => {
+                Poll::Ready(Some(Ok(None))) if this.delivered != this.size => {
+                    this.failed = true;
+                    return Poll::Ready(Err(io::Error::other(format!(
+                        "object reader ended after {} of {} bytes",
+                        this.delivered, this.size
+                    ))));
+                }
+                Poll::Ready(Some(Ok(None))) => this.done = true,
+                Poll::Ready(Some(Ok(Some(chunk)))) => {
                     this.delivered += chunk.len() as u64;
                     this.chunk = chunk;
                     this.pos = 0;

@@ -125,3 +125,37 @@ async fn async_write_expecting() {
     .await
     .unwrap();
 }
+
+/// A reader nobody drains must not hold a blocking-pool thread: with a pool of one thread,
+/// other blocking work still runs while a 4 MiB object's reader sits unread, and the
+/// reader still delivers the whole verified object afterwards.
+#[test]
+fn undrained_reader_holds_no_blocking_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AsyncStore::new(Store::open(dir.path()).unwrap());
+        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        store
+            .write("big", std::io::Cursor::new(data.clone()))
+            .await
+            .unwrap();
+        let mut reader = store.read("big").await.unwrap();
+        let other = timeout(Duration::from_secs(10), tokio::task::spawn_blocking(|| 42))
+            .await
+            .expect("the blocking pool is still held by an undrained reader")
+            .unwrap();
+        assert_eq!(other, 42);
+        let mut out = Vec::new();
+        timeout(LIMIT, reader.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out == data, "the object read back differs");
+    });
+}
