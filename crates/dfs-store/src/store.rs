@@ -1,10 +1,12 @@
 //! [`Store`]: the verbs, atomic writes, verified reads, listing and scrubbing.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
 use crate::error::{Mismatch, Result, StoreError};
 use crate::format::{FIXED_LEN, Header};
@@ -35,7 +37,8 @@ const COMMIT_ATTEMPTS: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Durability {
-    /// fsync the object and its directory (and any directory created for it) before
+    /// fsync the object and its directory (and any directory created for it, or created
+    /// by a concurrent writer whose fsync of its parent has not succeeded yet) before
     /// `write` returns; `delete` and `clear` fsync the directories they change. The default.
     #[default]
     Fsync,
@@ -94,8 +97,11 @@ impl<P: PathTransform> StoreBuilder<P> {
             tmp,
             transform: self.transform,
             durability: self.durability,
+            unsynced_dirs: UnsyncedDirs::default(),
             #[cfg(test)]
             fail_writes_after: None,
+            #[cfg(test)]
+            dir_syncs: Mutex::default(),
         };
         store.sweep_staging()?;
         Ok(store)
@@ -131,8 +137,78 @@ pub struct Store<P: PathTransform = HashPath> {
     tmp: PathBuf,
     transform: P,
     durability: Durability,
+    unsynced_dirs: UnsyncedDirs,
     #[cfg(test)]
     pub(crate) fail_writes_after: Option<u64>,
+    #[cfg(test)]
+    pub(crate) dir_syncs: Mutex<DirSyncs>,
+}
+
+/// Directories this store created (with [`Durability::Fsync`]) whose parent has not been
+/// fsynced successfully since: until it is, the directory itself (and every object under
+/// it) could vanish in a crash on a file system without a journal. A commit whose path
+/// goes through such a directory fsyncs its parent itself before reporting success (see
+/// [`Store::commit`]). A directory is recorded, under the lock, *before* it is created, so
+/// no other writer can see it on disk without also finding the record.
+#[derive(Debug, Default)]
+struct UnsyncedDirs {
+    set: Mutex<HashSet<PathBuf>>,
+    /// Whether `set` may be non-empty (written under the lock): all the commit hot path reads.
+    any: AtomicBool,
+}
+
+impl UnsyncedDirs {
+    fn lock(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
+        self.set.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether any directory may be waiting for its parent's fsync.
+    fn any(&self) -> bool {
+        self.any.load(Ordering::SeqCst)
+    }
+
+    /// Records `dir`, then creates it (both under the lock). A record that turns out to be
+    /// needless (`dir` existed and nobody had recorded it, or creating it failed) is
+    /// dropped again.
+    fn create(&self, dir: &Path) -> io::Result<()> {
+        let mut set = self.lock();
+        let fresh = set.insert(dir.to_path_buf());
+        self.any.store(true, Ordering::SeqCst);
+        let result = fs::create_dir(dir);
+        if result.is_err() && fresh {
+            set.remove(dir);
+            self.any.store(!set.is_empty(), Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// The recorded directories among `leaf` and its ancestors inside `objects`.
+    fn on_path(&self, leaf: &Path, objects: &Path) -> Vec<PathBuf> {
+        let set = self.lock();
+        leaf.ancestors()
+            .take_while(|d| d.starts_with(objects))
+            .filter(|d| set.contains(*d))
+            .map(Path::to_path_buf)
+            .collect()
+    }
+
+    /// Drops `dir`'s record: its parent was fsynced after it was created.
+    fn synced(&self, dir: &Path) {
+        let mut set = self.lock();
+        set.remove(dir);
+        self.any.store(!set.is_empty(), Ordering::SeqCst);
+    }
+}
+
+/// Test-only record of the directory fsyncs a store's commits did, with one injectable
+/// failure.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct DirSyncs {
+    /// Directories fsynced successfully, in order.
+    pub(crate) done: Vec<PathBuf>,
+    /// The next fsync of this directory fails (once).
+    pub(crate) fail: Option<PathBuf>,
 }
 
 impl<P: PathTransform + fmt::Debug> fmt::Debug for Store<P> {
@@ -446,14 +522,25 @@ impl<P: PathTransform> Store<P> {
             }
         }
         if self.durability == Durability::Fsync {
-            sync_dir(parent)?;
+            self.sync_dir(parent)?;
+            // A directory on the path may have been created by another writer that has not
+            // fsynced its parent yet (or failed to): the object is durable only once it is.
+            if self.unsynced_dirs.any() {
+                for dir in self.unsynced_dirs.on_path(parent, &self.objects) {
+                    let up = dir.parent().unwrap_or(&self.root);
+                    self.sync_dir(up)?;
+                    self.unsynced_dirs.synced(&dir);
+                }
+            }
         }
         Ok(())
     }
 
     /// Creates the objects directory and the directories of `loc`, fsyncing the parent of
-    /// each one created. Errors carry the directory concerned.
+    /// each one created (with [`Durability::Fsync`], each new directory stays recorded in
+    /// `unsynced_dirs` until that fsync succeeds). Errors carry the directory concerned.
     fn create_dirs(&self, loc: &PathKey) -> Result<(), (PathBuf, io::Error)> {
+        let fsync = self.durability == Durability::Fsync;
         let mut dir = self.objects.clone();
         let mut parent = self.root.clone();
         for segment in std::iter::once(None).chain(loc.dirs().iter().map(Some)) {
@@ -461,10 +548,16 @@ impl<P: PathTransform> Store<P> {
                 parent.clone_from(&dir);
                 dir.push(segment);
             }
-            match fs::create_dir(&dir) {
+            let created = if fsync {
+                self.unsynced_dirs.create(&dir)
+            } else {
+                fs::create_dir(&dir)
+            };
+            match created {
                 Ok(()) => {
-                    if self.durability == Durability::Fsync {
-                        sync_dir_io(&parent).map_err(|e| (parent.clone(), e))?;
+                    if fsync {
+                        self.sync_dir_io(&parent).map_err(|e| (parent.clone(), e))?;
+                        self.unsynced_dirs.synced(&dir);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
@@ -472,6 +565,31 @@ impl<P: PathTransform> Store<P> {
             }
         }
         Ok(())
+    }
+
+    /// fsyncs a directory for a commit (through the test hook in tests).
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        self.sync_dir_io(dir)
+            .map_err(|e| StoreError::io("fsync directory", dir, e))
+    }
+
+    fn sync_dir_io(&self, dir: &Path) -> io::Result<()> {
+        #[cfg(test)]
+        {
+            let mut hook = self
+                .dir_syncs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if hook.fail.as_deref() == Some(dir) {
+                hook.fail = None;
+                return Err(io::Error::other("injected: directory fsync failed"));
+            }
+            sync_dir_io(dir)?;
+            hook.done.push(dir.to_path_buf());
+            Ok(())
+        }
+        #[cfg(not(test))]
+        sync_dir_io(dir)
     }
 
     /// Opens `key` for a streaming, verified read.
@@ -602,13 +720,22 @@ impl<P: PathTransform> Store<P> {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io("rename away", &self.objects, e)),
         }
-        match fs::create_dir(&self.objects) {
+        let fsync = self.durability == Durability::Fsync;
+        // Recorded like any directory a write creates: a write landing in the new
+        // `objects/` before the root's fsync below succeeds fsyncs the root itself.
+        let created = if fsync {
+            self.unsynced_dirs.create(&self.objects)
+        } else {
+            fs::create_dir(&self.objects)
+        };
+        match created {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(StoreError::io("create directory", &self.objects, e)),
         }
-        if self.durability == Durability::Fsync {
-            sync_dir(&self.root)?;
+        if fsync {
+            self.sync_dir(&self.root)?;
+            self.unsynced_dirs.synced(&self.objects);
         }
         // A write committing at the very moment of the swap may still land in the old
         // directory (its path lookup passed `objects` before the rename): such a write is
@@ -1793,6 +1920,91 @@ mod tests {
 
     fn staging_files(store: &Store) -> usize {
         fs::read_dir(store.root().join(TMP_DIR)).unwrap().count()
+    }
+
+    /// Takes the directory fsyncs recorded so far.
+    fn dir_syncs<P: PathTransform>(store: &Store<P>) -> Vec<PathBuf> {
+        std::mem::take(&mut store.dir_syncs.lock().unwrap().done)
+    }
+
+    #[test]
+    fn a_directory_whose_parent_fsync_failed_is_synced_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), crate::PlainPath).unwrap();
+        let objects = dir.path().join(OBJECTS_DIR);
+        let (ab, cd) = (objects.join("ab"), objects.join("ab/cd"));
+
+        // W1 creates objects/ab (fsyncing objects/) and objects/ab/cd, whose parent fsync
+        // fails: W1's write fails, the directory stays, recorded as not yet durable.
+        store.dir_syncs.lock().unwrap().fail = Some(ab.clone());
+        let err = store.write("ab/cd/one", &b"1"[..]).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Io { path, source, .. }
+                if *path == ab && source.to_string().contains("injected")),
+            "{err:?}"
+        );
+        assert!(cd.is_dir());
+        assert_eq!(dir_syncs(&store), std::slice::from_ref(&objects));
+        assert!(store.unsynced_dirs.any());
+
+        // W2, same leaf: nothing to create, but it must fsync objects/ab itself.
+        store.write("ab/cd/two", &b"2"[..]).unwrap();
+        assert_eq!(dir_syncs(&store), [cd.clone(), ab.clone()]);
+        assert!(!store.unsynced_dirs.any());
+        assert!(store.unsynced_dirs.lock().is_empty());
+
+        // Once that succeeded, writers are back to the common case: their leaf only.
+        store.write("ab/cd/three", &b"3"[..]).unwrap();
+        assert_eq!(dir_syncs(&store), std::slice::from_ref(&cd));
+        // A new leaf: its parent is fsynced by its creator, and the record dropped.
+        store.write("ab/ef/four", &b"4"[..]).unwrap();
+        assert_eq!(dir_syncs(&store), [ab.clone(), objects.join("ab/ef")]);
+        assert!(!store.unsynced_dirs.any());
+        assert_eq!(store.keys().count(), 3);
+
+        // clear() recreates objects/ and fsyncs the root; if that fails, the next write
+        // (which recreates the tree below) fsyncs the root itself.
+        store.dir_syncs.lock().unwrap().fail = Some(dir.path().to_path_buf());
+        assert!(store.clear().is_err());
+        assert!(store.unsynced_dirs.any());
+        store.write("ab/cd/five", &b"5"[..]).unwrap();
+        let synced = dir_syncs(&store);
+        assert_eq!(synced.last(), Some(&dir.path().to_path_buf()), "{synced:?}");
+        assert!(!store.unsynced_dirs.any());
+    }
+
+    #[test]
+    fn a_directory_still_being_synced_by_its_creator_is_synced_by_others_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), crate::PlainPath).unwrap();
+        let objects = dir.path().join(OBJECTS_DIR);
+        let (ab, cd) = (objects.join("ab"), objects.join("ab/cd"));
+        fs::create_dir(&ab).unwrap();
+        // W1 has created objects/ab/cd and not fsynced objects/ab yet.
+        store.unsynced_dirs.create(&cd).unwrap();
+        // Recording a directory that exists and nobody recorded is undone.
+        assert!(store.unsynced_dirs.create(&ab).is_err());
+        assert_eq!(
+            store.unsynced_dirs.on_path(&cd, &objects),
+            std::slice::from_ref(&cd)
+        );
+
+        store.write("ab/cd/k", &b"v"[..]).unwrap();
+        assert_eq!(dir_syncs(&store), [cd.clone(), ab.clone()]);
+        assert!(!store.unsynced_dirs.any());
+    }
+
+    #[test]
+    fn no_directory_records_without_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::builder(dir.path())
+            .transform(crate::PlainPath)
+            .durability(Durability::None)
+            .open()
+            .unwrap();
+        store.write("ab/cd/k", &b"v"[..]).unwrap();
+        assert!(!store.unsynced_dirs.any());
+        assert!(dir_syncs(&store).is_empty());
     }
 
     #[test]
