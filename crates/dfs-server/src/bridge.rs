@@ -2,21 +2,20 @@
 //!
 //! Bytes cross in chunks of [`CHUNK`] (received bodies: in the transport's verified data
 //! frames, passed on without a copy) over a channel of [`DEPTH`] slots, so a transfer holds
-//! at most about `DEPTH + 2` chunks or frames in memory whatever its size. Both directions end
-//! with an explicit end marker: a channel that closes without it (a cancelled or panicked
-//! task) is an error, never a silently short file.
+//! at most about `DEPTH + 2` chunks or frames in memory whatever its size. Async to sync:
+//! [`pump`] / [`pump_body`] into a [`ChannelReader`]; sync to async: [`async_reader`], a
+//! [`dfs_store::BlockingReader`]. Both directions end with an explicit end marker: a channel
+//! that closes without it (a cancelled or panicked task) is an error, never a silently
+//! short file.
 
 use std::io::{self, Read};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use dfs_store::BlockingReader;
 use dfs_transport::BodyReader;
-use futures::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
-use tokio_util::io::StreamReader;
 
 /// Bytes per chunk.
 pub(crate) const CHUNK: usize = 256 * 1024;
@@ -153,149 +152,12 @@ fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "consumer stopped")
 }
 
-/// Streams a blocking reader as an async one. Chunks are read on the blocking pool, each
-/// only once the channel has room for it: a job keeps reading while there is room and hands
-/// the reader back when the channel is full, so a steady consumer keeps one thread busy (no
-/// hop per chunk) while a consumer that stops reading (an idle
-/// [`FileReader`](crate::FileReader), a slow peer) holds no thread, only the chunks in
-/// flight. Ends with the end marker, or the reader's error.
-pub(crate) fn async_reader<R: Read + Send + 'static>(src: R) -> StreamReader<ChunkStream, Bytes> {
-    let (tx, rx) = channel();
-    tokio::spawn(drain(src, tx));
-    StreamReader::new(ChunkStream::new(rx))
-}
-
-/// How a blocking read job of [`drain`] ended.
-enum Job<R> {
-    /// The channel is full: wait for room, then run another job with the reader.
-    Full(R),
-    /// The reader is done but the channel had no room for this last item.
-    Last(Item),
-    /// Everything was sent, or the consumer went away.
-    Done,
-}
-
-/// The producer task of [`async_reader`]. Stops quietly when the consumer goes away.
-async fn drain<R: Read + Send + 'static>(mut src: R, tx: mpsc::Sender<Item>) {
-    loop {
-        let Ok(permit) = tx.clone().reserve_owned().await else {
-            return;
-        };
-        let last = match tokio::task::spawn_blocking(move || read_while_room(src, permit)).await {
-            Ok(Job::Full(back)) => {
-                src = back;
-                continue;
-            }
-            Ok(Job::Done) => return,
-            Ok(Job::Last(item)) => item,
-            Err(e) => Err(io::Error::other(format!("reader task failed: {e}"))),
-        };
-        if let Ok(permit) = tx.reserve().await {
-            permit.send(last);
-        }
-        return;
-    }
-}
-
-/// One blocking job: reads chunks into the channel while it has room (starting with the
-/// slot `permit` holds).
-fn read_while_room<R: Read>(mut src: R, mut permit: mpsc::OwnedPermit<Item>) -> Job<R> {
-    loop {
-        let (chunk, result) = read_chunk(&mut src);
-        let last = match result {
-            Ok(false) => None,
-            Ok(true) => Some(Ok(None)),
-            Err(e) => Some(Err(e)),
-        };
-        let (tx, last) = match (chunk.is_empty(), last) {
-            (true, Some(last)) => {
-                permit.send(last);
-                return Job::Done;
-            }
-            // `read_chunk` returns nothing only at the end or on an error.
-            (true, None) => return Job::Full(src),
-            (false, last) => (permit.send(Ok(Some(chunk))), last),
-        };
-        permit = match tx.try_reserve_owned() {
-            Ok(next) => next,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return match last {
-                    Some(last) => Job::Last(last),
-                    None => Job::Full(src),
-                };
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Job::Done,
-        };
-        if let Some(last) = last {
-            permit.send(last);
-            return Job::Done;
-        }
-    }
-}
-
-/// Reads up to one whole chunk (fewer only at the end or on an error, to keep channel items
-/// large). Returns the bytes read, and whether the end was reached or the error.
-fn read_chunk(src: &mut impl Read) -> (Bytes, io::Result<bool>) {
-    let mut buf = vec![0u8; CHUNK];
-    let mut filled = 0;
-    let result = loop {
-        match src.read(&mut buf[filled..]) {
-            Ok(0) => break Ok(true),
-            Ok(n) => {
-                filled += n;
-                if filled == buf.len() {
-                    break Ok(false);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
-        }
-    };
-    buf.truncate(filled);
-    (Bytes::from(buf), result)
-}
-
-/// The async side of a bridge channel: a stream of chunks for
-/// [`tokio_util::io::StreamReader`]. A channel closed without the end marker yields an error.
-#[derive(Debug)]
-pub(crate) struct ChunkStream {
-    rx: mpsc::Receiver<Item>,
-    done: bool,
-}
-
-impl ChunkStream {
-    pub(crate) fn new(rx: mpsc::Receiver<Item>) -> Self {
-        ChunkStream { rx, done: false }
-    }
-}
-
-impl Stream for ChunkStream {
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(Some(chunk)))) => Poll::Ready(Some(Ok(chunk))),
-            Poll::Ready(Some(Ok(None))) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.done = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "reader task stopped before the end of the stream",
-                ))))
-            }
-        }
-    }
+/// Streams a blocking reader as an async one, [`CHUNK`] bytes at a time, at most [`DEPTH`]
+/// chunks ahead: a steady consumer keeps one blocking-pool thread busy, while a consumer that
+/// stops reading (an idle [`FileReader`](crate::FileReader), a slow peer) holds no thread,
+/// only the chunks in flight. Ends after the reader's end, or with its error.
+pub(crate) fn async_reader<R: Read + Send + 'static>(src: R) -> BlockingReader {
+    BlockingReader::new(src, CHUNK, DEPTH)
 }
 
 /// A channel pair of the bridge's depth.
@@ -306,8 +168,6 @@ pub(crate) fn channel() -> (mpsc::Sender<Item>, mpsc::Receiver<Item>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
-    use tokio_util::io::StreamReader;
 
     #[tokio::test]
     async fn pump_into_channel_reader_round_trip() {
@@ -328,16 +188,6 @@ mod tests {
         let (tx, rx) = channel();
         tx.send(Ok(Some(Bytes::from_static(b"abc")))).await.unwrap();
         drop(tx);
-        let mut out = Vec::new();
-        let err = StreamReader::new(ChunkStream::new(rx))
-            .read_to_end(&mut out)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-
-        let (tx, rx) = channel();
-        tx.send(Ok(Some(Bytes::from_static(b"abc")))).await.unwrap();
-        drop(tx);
         let res = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             ChannelReader::new(rx).read_to_end(&mut out)
@@ -345,58 +195,5 @@ mod tests {
         .await
         .unwrap();
         assert!(res.is_err());
-    }
-
-    #[tokio::test]
-    async fn async_reader_round_trip_and_errors() {
-        let data: Vec<u8> = (0..CHUNK * 2 + 5).map(|i| (i * 7) as u8).collect();
-        let mut out = Vec::new();
-        async_reader(io::Cursor::new(data.clone()))
-            .read_to_end(&mut out)
-            .await
-            .unwrap();
-        assert_eq!(out, data);
-
-        // A source failing after some bytes: the bytes, then its error (never a clean end).
-        let failing = Read::chain(io::Cursor::new(vec![1u8; CHUNK + 3]), Broken);
-        let mut out = Vec::new();
-        let err = async_reader(failing)
-            .read_to_end(&mut out)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::Other);
-        assert_eq!(out.len(), CHUNK + 3);
-    }
-
-    struct Broken;
-
-    impl Read for Broken {
-        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            Err(io::Error::other("disk on fire"))
-        }
-    }
-
-    /// Readers nobody reads from hold no blocking thread: with a pool of one, other
-    /// blocking work still runs.
-    #[test]
-    fn idle_readers_hold_no_blocking_thread() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let idle: Vec<_> = (0..4)
-                .map(|_| async_reader(Read::take(io::repeat(7), 64 * CHUNK as u64)))
-                .collect();
-            let other = tokio::task::spawn_blocking(|| 42);
-            let got = tokio::time::timeout(Duration::from_secs(20), other)
-                .await
-                .expect("the blocking pool is not held by idle readers")
-                .unwrap();
-            assert_eq!(got, 42);
-            drop(idle);
-        });
     }
 }

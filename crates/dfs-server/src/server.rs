@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use dfs_crypto::{Aes256CtrBlake3, Cipher, Key};
 use dfs_store::{
-    Durability, Expected, Follower, HashPath, Next, ObjectReader, PathTransform, Store, Tail,
+    BlockingReader, Durability, Expected, Follower, HashPath, Next, ObjectReader, PathTransform,
+    Store, Tail,
 };
 use dfs_transport::{
     BodyReader, Endpoint, EndpointConfig, Event, Events, NodeId, Peer, Substream, Transport,
@@ -23,13 +23,12 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::io::StreamReader;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, warn};
 
-use crate::bridge::{self, ChannelReader, ChunkStream};
+use crate::bridge::{self, ChannelReader};
 use crate::config::{Config, Replication, Scope};
 use crate::error::{Result, ServerError};
 use crate::event::ServerEvent;
@@ -151,7 +150,7 @@ pub struct PeerInfo {
 /// verified bytes: damage shows up as an `io::Error` from `read`, never as wrong bytes.
 #[derive(Debug)]
 pub struct FileReader {
-    inner: StreamReader<ChunkStream, Bytes>,
+    inner: BlockingReader,
     len: u64,
 }
 
@@ -1007,10 +1006,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
 
     /// Opens the stored bytes of `object` as an async reader (verified by the store as it
     /// streams). Returns (size, BLAKE3 hash, reader).
-    async fn open_stored(
-        &self,
-        object: ObjectId,
-    ) -> Result<(u64, [u8; 32], StreamReader<ChunkStream, Bytes>)> {
+    async fn open_stored(&self, object: ObjectId) -> Result<(u64, [u8; 32], BlockingReader)> {
         let key = object.to_hex();
         let store = Arc::clone(&self.store);
         let reader = tokio::task::spawn_blocking(move || store.read(&key)).await??;

@@ -4,10 +4,11 @@ use std::fmt;
 use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::mpsc;
+
+use crate::blocking_reader::BlockingReader;
 
 use crate::error::{Result, StoreError};
 use crate::path::{HashPath, PathTransform};
@@ -224,27 +225,17 @@ impl<P: PathTransform> AsyncStore<P> {
     }
 }
 
-/// One item of a reader's channel: a chunk, the end marker (`Ok(None)`, sent only after
-/// the object's hash checked out), or the error that ended the read.
-type Item = io::Result<Option<Vec<u8>>>;
-
 /// An [`AsyncRead`] over a verified object; see [`AsyncStore::read`].
 ///
-/// Chunks are read on tokio's blocking pool only while the channel has room for them: a
-/// blocking job reads while there is room and hands the reader back when the channel is
-/// full, so a reader nobody drains holds no thread, only the chunks in flight (at most
-/// about six chunks of 64 KiB are in memory at once: four queued, one being read, one being
-/// consumed). The stream ends only
-/// with an explicit end marker sent after the last read verified the object's hash; a
-/// channel that closes without it (a cancelled or panicked task) is an error.
+/// A [`BlockingReader`] over the object's [`ObjectReader`]: chunks of 64 KiB are read on
+/// tokio's blocking pool only while at most four wait for the consumer, so a reader nobody
+/// drains holds no thread, only the chunks in flight. The [`ObjectReader`] checks the
+/// object's hash on the read that delivers its last byte, so the stream ends cleanly only
+/// for a verified object; and it must end after exactly [`size`](Self::size) bytes.
 pub struct AsyncObjectReader {
     size: u64,
-    rx: mpsc::Receiver<Item>,
-    chunk: Vec<u8>,
-    pos: usize,
+    inner: BlockingReader,
     delivered: u64,
-    done: bool,
-    failed: bool,
 }
 
 impl fmt::Debug for AsyncObjectReader {
@@ -256,19 +247,12 @@ impl fmt::Debug for AsyncObjectReader {
 }
 
 impl AsyncObjectReader {
-    /// Starts the producer task; must be called inside a tokio runtime.
+    /// Starts the reading task; must be called inside a tokio runtime.
     fn spawn(reader: ObjectReader) -> AsyncObjectReader {
-        let size = reader.size();
-        let (tx, rx) = mpsc::channel(READ_AHEAD);
-        tokio::spawn(drain(Box::new(reader), tx));
         AsyncObjectReader {
-            size,
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
+            size: reader.size(),
+            inner: BlockingReader::new(reader, CHUNK, READ_AHEAD),
             delivered: 0,
-            done: false,
-            failed: false,
         }
     }
 
@@ -278,101 +262,6 @@ impl AsyncObjectReader {
     }
 }
 
-/// How one blocking read job of [`drain`] ended.
-enum Job {
-    /// The channel is full: wait for room, then run another job with the reader.
-    Full(Box<ObjectReader>),
-    /// The reader is done (end or error) but the channel had no room for this last item.
-    Last(Item),
-    /// Everything was sent, or the consumer went away.
-    Done,
-}
-
-/// The producer task of an [`AsyncObjectReader`]: waits (without a thread) for room in the
-/// channel, then runs a blocking job that reads while there is room. Stops quietly when the
-/// consumer goes away.
-async fn drain(mut reader: Box<ObjectReader>, tx: mpsc::Sender<Item>) {
-    loop {
-        let Ok(permit) = tx.clone().reserve_owned().await else {
-            return; // consumer gone
-        };
-        let last = match tokio::task::spawn_blocking(move || read_while_room(reader, permit)).await
-        {
-            Ok(Job::Full(back)) => {
-                reader = back;
-                continue;
-            }
-            Ok(Job::Done) => return,
-            Ok(Job::Last(item)) => item,
-            Err(e) => Err(io::Error::other(format!("object reader task failed: {e}"))),
-        };
-        if let Ok(permit) = tx.reserve().await {
-            permit.send(last);
-        }
-        return;
-    }
-}
-
-/// One blocking job: reads chunks into the channel while it has room, starting with the
-/// slot `permit` holds.
-fn read_while_room(mut reader: Box<ObjectReader>, mut permit: mpsc::OwnedPermit<Item>) -> Job {
-    loop {
-        let (chunk, result) = read_chunk(&mut reader);
-        let last = match result {
-            Ok(false) => None,
-            Ok(true) => Some(Ok(None)),
-            Err(e) => Some(Err(e)),
-        };
-        let (tx, last) = match (chunk.is_empty(), last) {
-            (true, Some(last)) => {
-                permit.send(last);
-                return Job::Done;
-            }
-            // `read_chunk` returns no bytes only at the end or on an error.
-            (true, None) => return Job::Full(reader),
-            (false, last) => (permit.send(Ok(Some(chunk))), last),
-        };
-        permit = match tx.try_reserve_owned() {
-            Ok(next) => next,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return match last {
-                    Some(last) => Job::Last(last),
-                    None => Job::Full(reader),
-                };
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Job::Done,
-        };
-        if let Some(last) = last {
-            permit.send(last);
-            return Job::Done;
-        }
-    }
-}
-
-/// Reads up to one whole chunk (fewer only at the end or on an error, to keep channel items
-/// large). Returns the bytes read, and whether the end was reached, or the error. The
-/// [`ObjectReader`] checks the hash on the read that delivers the last byte, so the end is
-/// reported only for a verified object.
-fn read_chunk(reader: &mut ObjectReader) -> (Vec<u8>, io::Result<bool>) {
-    let mut buf = vec![0u8; CHUNK];
-    let mut filled = 0;
-    let result = loop {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break Ok(true),
-            Ok(n) => {
-                filled += n;
-                if filled == buf.len() {
-                    break Ok(false);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
-        }
-    };
-    buf.truncate(filled);
-    (buf, result)
-}
-
 impl AsyncRead for AsyncObjectReader {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -380,45 +269,16 @@ impl AsyncRead for AsyncObjectReader {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        while this.pos == this.chunk.len() {
-            if this.failed {
-                return Poll::Ready(Err(io::Error::other("object read already failed")));
-            }
-            if this.done {
-                return Poll::Ready(Ok(()));
-            }
-            match this.rx.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    // The reading task ended without the end marker (it panicked or was
-                    // cancelled).
-                    this.failed = true;
-                    return Poll::Ready(Err(io::Error::other(
-                        "object reader task ended before the end of the object",
-                    )));
-                }
-                Poll::Ready(Some(Ok(None))) if this.delivered != this.size => {
-                    this.failed = true;
-                    return Poll::Ready(Err(io::Error::other(format!(
-                        "object reader ended after {} of {} bytes",
-                        this.delivered, this.size
-                    ))));
-                }
-                Poll::Ready(Some(Ok(None))) => this.done = true,
-                Poll::Ready(Some(Ok(Some(chunk)))) => {
-                    this.delivered += chunk.len() as u64;
-                    this.chunk = chunk;
-                    this.pos = 0;
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.failed = true;
-                    return Poll::Ready(Err(e));
-                }
-            }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        this.delivered += n as u64;
+        if n == 0 && buf.remaining() > 0 && this.delivered != this.size {
+            return Poll::Ready(Err(io::Error::other(format!(
+                "object reader ended after {} of {} bytes",
+                this.delivered, this.size
+            ))));
         }
-        let n = buf.remaining().min(this.chunk.len() - this.pos);
-        buf.put_slice(&this.chunk[this.pos..this.pos + n]);
-        this.pos += n;
         Poll::Ready(Ok(()))
     }
 }

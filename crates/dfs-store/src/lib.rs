@@ -13,6 +13,8 @@ mod crypto;
 
 #[cfg(feature = "tokio")]
 mod async_store;
+#[cfg(feature = "tokio")]
+mod blocking_reader;
 
 pub use error::{Mismatch, Result, StoreError};
 pub use path::{
@@ -30,3 +32,5 @@ pub use crypto::DecryptingReader;
 
 #[cfg(feature = "tokio")]
 pub use async_store::{AsyncObjectReader, AsyncStore};
+#[cfg(feature = "tokio")]
+pub use blocking_reader::BlockingReader;
