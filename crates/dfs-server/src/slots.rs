@@ -158,6 +158,11 @@ mod tests {
         let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
         let a1 = slots.acquire(a, soon()).await.unwrap();
         assert_eq!(slots.acquire(b, soon()).await.err(), Some(Refused::Node(1)));
+        assert_eq!(
+            slots.peers_tracked(),
+            1,
+            "a refused peer leaves no entry behind"
+        );
         drop(a1);
         drop(slots.acquire(b, soon()).await.unwrap());
         assert_eq!(slots.peers_tracked(), 0);
