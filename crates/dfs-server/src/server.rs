@@ -44,6 +44,9 @@ use crate::wire::{Envelope, Message, PROTOCOL_VERSION, PeerAddr};
 /// How long a serving node keeps an announced body ready for a requester that has not yet
 /// said `Proceed` (the requester drops the exchange when it picked another peer).
 const PROCEED_WAIT: Duration = Duration::from_secs(600);
+/// `Get` offers a node keeps open per transfer slot (`Config::max_incoming_transfers`); the
+/// endpoint admits twice as many inbound substreams (at least 256).
+const OFFERS_PER_TRANSFER: usize = 4;
 /// First bootstrap retry delay; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -202,6 +205,9 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     /// Slots for peer requests that move file bytes (`Config::max_incoming_transfers`, a
     /// share of them per peer).
     incoming: TransferSlots,
+    /// Slots for `Get` offers waiting for the requester's `Proceed` (twice
+    /// `Config::max_incoming_transfers`, a share of them per peer).
+    offers: TransferSlots,
     /// Opens a stored object's plaintext with `cipher` (built where the cipher's reader is
     /// known to be `Send`, so reads can move between blocking-pool threads).
     decryptor: Decryptor,
@@ -283,11 +289,14 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         })
         .await??;
 
-        // Requests waiting for a transfer slot keep their substreams open: leave room for
-        // them, so a node past its limit answers "busy" rather than refusing connections.
+        // Requests waiting for a slot and offers waiting for `Proceed` keep their substreams
+        // open: leave room for them, so a node past its limits answers "busy" rather than
+        // refusing connections.
         let endpoint_config = EndpointConfig::new(node_id)
             .secret(config.network_secret.clone())
-            .max_inbound_substreams((4 * config.max_incoming_transfers).max(256));
+            .max_inbound_substreams(
+                (2 * OFFERS_PER_TRANSFER * config.max_incoming_transfers).max(256),
+            );
         let (endpoint, events) =
             Endpoint::bind(transport, &config.listen_addr, endpoint_config).await?;
         let (event_tx, _) = broadcast::channel(config.event_capacity);
@@ -320,6 +329,10 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             membership: Mutex::new(Membership::default()),
             objects: ObjectLocks::default(),
             incoming: TransferSlots::new(config.max_incoming_transfers),
+            offers: TransferSlots::with_share(
+                OFFERS_PER_TRANSFER * config.max_incoming_transfers,
+                OFFERS_PER_TRANSFER * config.max_incoming_transfers / 2,
+            ),
             config,
         });
         info!(node = %node_id, addr = %inner.endpoint.local_addr(), "file server started");
@@ -1407,16 +1420,36 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     /// `Config::max_incoming_transfers` and the peer's share of them (at most the request
     /// timeout; shutdown ends the wait), or says why there is none.
     async fn transfer_slot(&self, peer: NodeId) -> std::result::Result<Slot<'_>, String> {
-        let deadline = deadline_after(self.config.request_timeout);
+        self.slot(
+            &self.incoming,
+            "serving",
+            "transfers",
+            peer,
+            self.config.request_timeout,
+        )
+        .await
+    }
+
+    /// Waits up to `wait` for one of `slots` for `peer` (shutdown ends the wait), or says why
+    /// there is none ("busy: {doing} ... {what}").
+    async fn slot<'a>(
+        &self,
+        slots: &'a TransferSlots,
+        doing: &str,
+        what: &str,
+        peer: NodeId,
+        wait: Duration,
+    ) -> std::result::Result<Slot<'a>, String> {
+        let deadline = deadline_after(wait);
         tokio::select! {
             () = self.cancel.cancelled() => Err("this node is shutting down".to_owned()),
-            slot = self.incoming.acquire(peer, deadline) => slot.map_err(|refused| match refused {
+            slot = slots.acquire(peer, deadline) => slot.map_err(|refused| match refused {
                 Refused::Closed => "this node is shutting down".to_owned(),
                 Refused::Node(limit) => {
-                    format!("busy: serving {limit} transfers already (try again later)")
+                    format!("busy: {doing} {limit} {what} already (try again later)")
                 }
                 Refused::PeerShare(share) => format!(
-                    "busy: serving this peer's share of {share} transfers already \
+                    "busy: {doing} this peer's share of {share} {what} already \
                      (try again later)"
                 ),
             }),
@@ -1608,6 +1641,23 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 return Err(e.into());
             }
         };
+        // An offer waits for the requester's `Proceed` holding no transfer slot, but a
+        // substream: offers are bounded too (OFFERS_PER_TRANSFER per transfer slot, half of
+        // them per peer, half the endpoint's inbound substreams in all), so parked offers
+        // cannot use up the substreams every peer needs.
+        let wait = self.config.request_timeout;
+        let offer = match self
+            .slot(&self.offers, "holding", "offers", from, wait)
+            .await
+        {
+            Ok(offer) => offer,
+            Err(message) => {
+                debug!(peer = %from, %message, "request refused");
+                let _ = s.send(&Envelope::new(Message::Error { message })).await;
+                let _ = s.finish().await;
+                return Ok(());
+            }
+        };
         s.send(&Envelope::new(Message::Found { size, hash }))
             .await?;
         let next = tokio::select! {
@@ -1622,7 +1672,14 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             // The requester took another peer's copy (or went away).
             _ => return Ok(()),
         }
-        let _slot = match self.transfer_slot(from).await {
+        drop(offer);
+        // At most half the requester's own timeout, so that it hears "busy" rather than
+        // timing out itself.
+        let wait = self.config.request_timeout / 2;
+        let _slot = match self
+            .slot(&self.incoming, "serving", "transfers", from, wait)
+            .await
+        {
             Ok(slot) => slot,
             Err(message) => {
                 debug!(peer = %from, %message, "request refused");

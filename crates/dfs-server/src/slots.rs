@@ -1,7 +1,8 @@
 //! Slots for the peer requests that move file bytes (`Config::max_incoming_transfers`): at
 //! most `limit` at once on the node, and at most a share of `max(1, limit / 2)` held by
 //! any one peer, so that a single peer keeping its transfers going (a followed put says
-//! `Waiting` for as long as its source is slow) cannot hold every slot.
+//! `Waiting` for as long as its source is slow) cannot hold every slot. The same mechanism
+//! bounds the `Get` offers waiting for their requester's `Proceed`.
 //!
 //! A request takes its peer's share first, then a node-wide slot, so one waiting beyond its
 //! peer's share holds nothing. The per-peer table only has entries for peers holding or
@@ -64,11 +65,16 @@ impl Drop for Entry<'_> {
 impl TransferSlots {
     /// `limit` slots (at least 1), a peer's share being half of them (at least 1).
     pub(crate) fn new(limit: usize) -> Self {
+        Self::with_share(limit, limit / 2)
+    }
+
+    /// `limit` slots (at least 1), at most `share` of them (at least 1) for one peer.
+    pub(crate) fn with_share(limit: usize, share: usize) -> Self {
         let limit = limit.max(1);
         TransferSlots {
             node: Semaphore::new(limit),
             limit,
-            share: (limit / 2).max(1),
+            share: share.clamp(1, limit),
             peers: Mutex::new(HashMap::new()),
         }
     }

@@ -286,6 +286,7 @@ both_transports!(
     slow_source_keeps_followed_replicas_alive,
     followed_puts_are_checked_against_their_trailer,
     incoming_transfers_are_bounded,
+    parked_offers_are_bounded,
     queued_offers_hold_no_transfer_slot,
     unbounded_timeouts,
     failed_name_write_keeps_the_old_copy,
@@ -1765,11 +1766,9 @@ async fn queued_offers_hold_no_transfer_slot<N: Net>(net: N) {
             }
         }
     };
-    // Offers never taken (a fetch downloading from another holder meanwhile).
-    let mut queued = Vec::new();
-    for _ in 0..3 {
-        queued.push(offer().await);
-    }
+    // An offer never taken (a fetch downloading from another holder meanwhile): it holds
+    // no transfer slot, so the node's only one serves the next offer.
+    let mut queued = vec![offer().await];
     let (mut s, size, hash) = offer().await;
     assert_eq!(size, receipt.stored_size);
     s.send(&Envelope::new(Message::Proceed)).await.unwrap();
@@ -1787,6 +1786,49 @@ async fn queued_offers_hold_no_transfer_slot<N: Net>(net: N) {
         "{changed:?}"
     );
     drop(queued);
+    b.shutdown().await.unwrap();
+}
+
+/// The `Get` offers a node keeps open for their requester's `Proceed` are bounded: with one
+/// transfer slot, a peer holding its share of parked offers (2) is answered "busy" for a
+/// third, while another peer's `Get` is still offered the copy.
+async fn parked_offers_are_bounded<N: Net>(net: N) {
+    let (_d, b, _raw, peer) = node_and_raw_peer(&net, |c| {
+        c.max_incoming_transfers(1)
+            .replication(Replication::None)
+            .request_timeout(Duration::from_millis(500))
+    })
+    .await;
+    let receipt = b.store_bytes("offered", &pattern(28, 4096)).await.unwrap();
+    let id = receipt.object;
+    let ask = |peer: dfs_transport::Peer| async move {
+        let mut s = peer.open_stream().await.unwrap();
+        s.send(&Envelope::new(Message::Get { id })).await.unwrap();
+        let reply = s.recv::<Envelope>().await.unwrap().unwrap().message;
+        (s, reply)
+    };
+    let mut parked = Vec::new();
+    for _ in 0..2 {
+        let (s, reply) = ask(peer.clone()).await;
+        assert!(matches!(reply, Message::Found { .. }), "{reply:?}");
+        parked.push(s);
+    }
+    let (_s, third) = ask(peer.clone()).await;
+    assert!(
+        matches!(&third, Message::Error { message } if message.contains("busy") && message.contains("offers")),
+        "{third:?}"
+    );
+    let (other, _other_events) = Endpoint::bind(
+        net.transport(),
+        net.listen(),
+        EndpointConfig::new(NodeId::random()),
+    )
+    .await
+    .unwrap();
+    let other_peer = other.connect(&b.local_addr()).await.unwrap();
+    let (_s, offered) = ask(other_peer).await;
+    assert!(matches!(offered, Message::Found { .. }), "{offered:?}");
+    drop(parked);
     b.shutdown().await.unwrap();
 }
 
