@@ -15,7 +15,8 @@ use dfs_store::{
     Store, Tail,
 };
 use dfs_transport::{
-    BodyReader, Endpoint, EndpointConfig, Event, Events, NodeId, Peer, Substream, Transport,
+    BodyOrMessage, BodyReader, Endpoint, EndpointConfig, Event, Events, NodeId, Peer, Substream,
+    Transport,
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -1196,17 +1197,33 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let timeout = self.config.request_timeout;
         let peer = s.peer_id();
         s.send(&Envelope::new(Message::Proceed)).await?;
-        // (A holder that can no longer serve its offer, busy or with a changed copy, answers
-        // `Error` instead of the body.)
-        let mut body: BodyReader = tokio::time::timeout(timeout, s.recv_body())
+        // A holder that can no longer serve its offer (busy, or its copy changed) answers
+        // `Error` instead of the body.
+        let reply = tokio::time::timeout(timeout, s.recv_body_or_message::<Envelope>())
             .await
             .map_err(|_| ServerError::Timeout {
                 what: format!("body from {peer}"),
             })?
             .map_err(|e| ServerError::Remote {
                 peer,
-                message: format!("no body after Proceed (busy, or its copy changed): {e}"),
+                message: format!("no body after Proceed: {e}"),
             })?;
+        let mut body: BodyReader = match reply {
+            BodyOrMessage::Body(body) => body,
+            BodyOrMessage::Message(
+                Envelope {
+                    message: Message::Error { message },
+                    ..
+                },
+                _,
+            ) => return Err(ServerError::Remote { peer, message }),
+            BodyOrMessage::Message(other, _) => {
+                return Err(ServerError::Remote {
+                    peer,
+                    message: format!("expected a body after Proceed, got {:?}", other.message),
+                });
+            }
+        };
         if body.len() != size {
             return Err(ServerError::Remote {
                 peer,

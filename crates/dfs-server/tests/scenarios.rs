@@ -287,6 +287,7 @@ both_transports!(
     followed_puts_are_checked_against_their_trailer,
     incoming_transfers_are_bounded,
     parked_offers_are_bounded,
+    a_holder_refusing_after_proceed_is_heard,
     queued_offers_hold_no_transfer_slot,
     unbounded_timeouts,
     failed_name_write_keeps_the_old_copy,
@@ -1830,6 +1831,50 @@ async fn parked_offers_are_bounded<N: Net>(net: N) {
     assert!(matches!(offered, Message::Found { .. }), "{offered:?}");
     drop(parked);
     b.shutdown().await.unwrap();
+}
+
+/// A holder that answers `Error` instead of the body after `Proceed` (busy, or its copy
+/// changed since its offer) is heard: the failed fetch reports the holder's reason.
+async fn a_holder_refusing_after_proceed_is_heard<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(1);
+    let a = start(&net, d[0].path(), &key, &[]).await;
+    let (holder, mut events) = Endpoint::bind(
+        net.transport(),
+        net.listen(),
+        EndpointConfig::new(NodeId::random()),
+    )
+    .await
+    .unwrap();
+    holder.connect(&a.local_addr()).await.unwrap();
+    a.wait_for_peers(1, WAIT).await.unwrap();
+    let serve = tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let Event::Stream { mut stream, .. } = event else {
+                continue;
+            };
+            let asked = stream.recv::<Envelope>().await.unwrap().unwrap();
+            assert!(matches!(asked.message, Message::Get { .. }), "{asked:?}");
+            let found = Message::Found {
+                size: 10,
+                hash: [0; 32],
+            };
+            stream.send(&Envelope::new(found)).await.unwrap();
+            let proceed = stream.recv::<Envelope>().await.unwrap().unwrap();
+            assert!(matches!(proceed.message, Message::Proceed), "{proceed:?}");
+            let message = "busy: serving 1 transfers already (try again later)".to_owned();
+            stream
+                .send(&Envelope::new(Message::Error { message }))
+                .await
+                .unwrap();
+            let _ = stream.finish().await;
+            return;
+        }
+    });
+    let err = a.get_bytes("wanted").await.unwrap_err();
+    assert!(err.to_string().contains("serving 1 transfers"), "{err}");
+    serve.await.unwrap();
+    a.shutdown().await.unwrap();
 }
 
 /// `Duration::MAX` as a timeout means "no timeout": a store and a `replicate` with a

@@ -12,7 +12,7 @@ pub mod wire;
 pub use endpoint::{Endpoint, EndpointConfig, Event, Events, Payload, Peer};
 pub use error::{Result, TransportError};
 pub use identity::{NetworkSecret, NodeId};
-pub use substream::{BodyReader, Substream};
+pub use substream::{BodyOrMessage, BodyReader, Substream};
 pub use transport::{
     Listener, MemoryListener, MemoryTransport, TcpListenerHandle, TcpTransport, Transport,
 };

@@ -286,8 +286,44 @@ impl Substream {
         }
     }
 
+    /// Take the incoming body, or the message the remote sent instead of one (e.g. a refusal
+    /// explaining why there is no body), with the substream to continue.
+    ///
+    /// # Errors
+    /// As [`Substream::recv_body`], for anything but a body or a message (a message that is
+    /// not a valid `M` is [`TransportError::Decode`]).
+    pub async fn recv_body_or_message<M: DeserializeOwned>(mut self) -> Result<BodyOrMessage<M>> {
+        let result = async {
+            let frame = self.next().await?;
+            if frame.kind == FrameKind::Message {
+                return postcard::from_bytes(&frame.payload)
+                    .map(BodyStartOr::Message)
+                    .map_err(|source| TransportError::Decode {
+                        op: "decode",
+                        source,
+                    });
+            }
+            self.body_start(frame).map(BodyStartOr::Body)
+        }
+        .await;
+        match result {
+            Ok(BodyStartOr::Body(len)) => Ok(BodyOrMessage::Body(BodyReader::new(self, len))),
+            Ok(BodyStartOr::Message(m)) => Ok(BodyOrMessage::Message(m, self)),
+            Err(e) => {
+                self.broken = true;
+                tracing::warn!(peer = %self.peer_id, error = %e, "substream failed");
+                Err(e)
+            }
+        }
+    }
+
     async fn recv_body_start(&mut self) -> Result<u64> {
         let frame = self.next().await?;
+        self.body_start(frame)
+    }
+
+    /// The announced length of a body starting with `frame`, or why it does not start one.
+    fn body_start(&mut self, frame: Frame) -> Result<u64> {
         match frame.kind {
             FrameKind::BodyStart => parse_u64(&frame.payload, "body start"),
             FrameKind::Close => {
@@ -418,6 +454,21 @@ enum BodyState {
         kind: io::ErrorKind,
         message: String,
     },
+}
+
+/// What [`Substream::recv_body_or_message`] received.
+#[derive(Debug)]
+pub enum BodyOrMessage<M> {
+    /// A body, as [`Substream::recv_body`] gives it.
+    Body(BodyReader),
+    /// A message instead of a body, and the substream to continue with.
+    Message(M, Substream),
+}
+
+/// A body's announced length or a message, before the substream is handed on.
+enum BodyStartOr<M> {
+    Body(u64),
+    Message(M),
 }
 
 /// An incoming body: exactly the announced bytes, verified frame by frame, as an `AsyncRead`
