@@ -4,7 +4,7 @@
 //! stored or fetched a file writes its name; storage peers never learn it. A name is
 //! recorded before its object is committed (it only labels an id, so a name whose object
 //! never came is harmless: `list` and `get` go by the objects), written through a temporary
-//! file `.tmp-<pid>-<random>` that `open` sweeps when its process is gone.
+//! file `.tmp-<pid>-<random>` that the next `open` sweeps if a crash left it behind.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
@@ -25,8 +25,7 @@ pub(crate) struct NameIndex {
 }
 
 impl NameIndex {
-    /// Opens (creates) the index in `dir`, removing temporary files left by processes that
-    /// are gone.
+    /// Opens (creates) the index in `dir`, removing temporary files a crash left behind.
     pub(crate) fn open(dir: PathBuf, fsync: bool) -> Result<Self> {
         fs::create_dir_all(&dir).map_err(|source| ServerError::Io {
             op: "create directory",
@@ -42,8 +41,10 @@ impl NameIndex {
         self.dir.join(id.to_hex())
     }
 
-    /// Removes the temporary files of writers that are gone (a crash between creating one
-    /// and renaming it); those of live processes, this one included, stay.
+    /// Removes every temporary file (a crash between creating one and renaming it). Only
+    /// one node runs on a root (as for the store), and this index has written nothing yet,
+    /// so none belongs to a live writer; going by pid would keep the files of a crashed
+    /// earlier run whose pid is reused (every run of a container is pid 1).
     fn sweep(&self) -> Result<()> {
         let list_err = |source| ServerError::Io {
             op: "list",
@@ -53,14 +54,8 @@ impl NameIndex {
         for entry in fs::read_dir(&self.dir).map_err(list_err)? {
             let entry = entry.map_err(list_err)?;
             let name = entry.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TMP_PREFIX)) else {
-                continue;
-            };
-            let owner = rest
-                .strip_prefix('-')
-                .and_then(|r| r.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok());
-            if owner.is_some_and(process_alive) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            let temporary = name.to_str().is_some_and(|n| n.starts_with(TMP_PREFIX));
+            if !temporary || !entry.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
             let path = entry.path();
@@ -83,14 +78,22 @@ impl NameIndex {
     /// fsyncs).
     pub(crate) fn put(&self, id: &ObjectId, name: &str) -> Result<()> {
         let path = self.path(id);
-        if fs::read(&path).is_ok_and(|old| old == name.as_bytes()) {
-            return Ok(());
-        }
         let err = |op, source| ServerError::Io {
             op,
             path: path.clone(),
             source,
         };
+        if fs::read(&path).is_ok_and(|old| old == name.as_bytes()) {
+            // Already recorded, but maybe not yet durably (an earlier put whose directory
+            // fsync failed).
+            if self.fsync {
+                File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| err("fsync", e))?;
+                sync_dir(&self.dir).map_err(|e| err("fsync directory", e))?;
+            }
+            return Ok(());
+        }
         let mut tmp = tempfile::Builder::new()
             .prefix(&format!("{TMP_PREFIX}-{}-", std::process::id()))
             .tempfile_in(&self.dir)
@@ -133,44 +136,29 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Whether a process with this id is running (its temporary files are kept).
-fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    if cfg!(target_os = "linux") {
-        Path::new("/proc").join(pid.to_string()).exists()
-    } else {
-        // No portable liveness check in std: only this process's files are known live.
-        false
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn open_sweeps_temporary_files_of_dead_writers_only() {
+    fn open_sweeps_every_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
         let names = dir.path().join("names");
         fs::create_dir_all(&names).unwrap();
         let id = ObjectId([3; 32]);
-        let mine = format!("{TMP_PREFIX}-{}-abc", std::process::id());
-        // An earlier version's tempfile name, and a writer no longer running.
-        for stale in [".tmpA1b2C3", ".tmp-4294967295-xyz", mine.as_str()] {
+        // An earlier version's tempfile name, a writer no longer running, and one with this
+        // process's pid (a crashed earlier run of a container is pid 1 again).
+        let reused_pid = format!("{TMP_PREFIX}-{}-abc", std::process::id());
+        for stale in [".tmpA1b2C3", ".tmp-4294967295-xyz", reused_pid.as_str()] {
             fs::write(names.join(stale), b"half").unwrap();
         }
         fs::write(names.join(id.to_hex()), b"kept").unwrap();
         let index = NameIndex::open(names.clone(), true).unwrap();
-        let mut left: Vec<String> = fs::read_dir(&names)
+        let left: Vec<String> = fs::read_dir(&names)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        left.sort();
-        let mut expected = vec![id.to_hex(), mine];
-        expected.sort();
-        assert_eq!(left, expected);
+        assert_eq!(left, vec![id.to_hex()]);
         assert_eq!(index.get(&id.to_hex()).as_deref(), Some("kept"));
         index.put(&id, "renamed").unwrap();
         assert_eq!(index.get(&id.to_hex()).as_deref(), Some("renamed"));
