@@ -871,11 +871,8 @@ impl<P: PathTransform> Store<P> {
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io("list", &self.tmp, e))?;
             let name = entry.file_name();
-            let owner = name
-                .to_str()
-                .and_then(|n| n.split('.').next())
-                .and_then(|pid| pid.parse::<u32>().ok());
-            if owner.is_some_and(process_alive) {
+            let owner = name.to_str().and_then(|n| n.split('.').next());
+            if owner.is_some_and(owner_is_live) {
                 continue; // an in-flight write of a live process (maybe this one)
             }
             let path = entry.path();
@@ -901,11 +898,34 @@ fn is_absent(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
 }
 
-/// Whether a process with this id is running (staging files of live processes are kept).
-fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
+/// This process's mark in staging names: its pid and a token drawn once per process, so
+/// that a process with the pid of a crashed one (every run of a container is pid 1) sweeps
+/// that run's files instead of keeping them as its own.
+fn owner_mark() -> &'static str {
+    static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARK.get_or_init(|| format!("{}-{:08x}", std::process::id(), random_u64() as u32))
+}
+
+/// Whether the writer a staging name's first field (`<pid>-<token>`, or `<pid>` from
+/// earlier versions) names may still be running.
+fn owner_is_live(owner: &str) -> bool {
+    if owner == owner_mark() {
         return true;
     }
+    match owner
+        .split('-')
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok())
+    {
+        // Another process with this pid, now gone.
+        Some(pid) if pid == std::process::id() => false,
+        Some(pid) => process_alive(pid),
+        None => false,
+    }
+}
+
+/// Whether another process with this id is running.
+fn process_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
         Path::new("/proc").join(pid.to_string()).exists()
     } else {
@@ -914,16 +934,19 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// `<pid>.<random>.<suffix>`: unique, and tells the sweep whose file it is.
+/// `<pid>-<token>.<random>.<suffix>`: unique, and tells the sweep whose file it is.
 fn staging_name(suffix: &str) -> String {
-    let random = getrandom::u64().unwrap_or_else(|_| {
+    format!("{}.{:016x}.{suffix}", owner_mark(), random_u64())
+}
+
+fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
         // Fall back to the clock: uniqueness is still ensured by `create_new`.
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
-    });
-    format!("{}.{random:016x}.{suffix}", std::process::id())
+    })
 }
 
 /// fsyncs a directory so renames and creations in it are durable.
@@ -2143,8 +2166,15 @@ mod tests {
         let live = tmp.join(staging_name("tmp"));
         fs::write(&live, b"in flight").unwrap();
         // pid 4294967295 cannot exist on Linux (pid_max <= 2^22).
-        let dead = tmp.join("4294967295.00.tmp");
+        let dead = tmp.join("4294967295-0a0b0c0d.00.tmp");
         fs::write(&dead, b"crashed").unwrap();
+        // Earlier runs with this process's pid (a container's pid 1 every time), with
+        // another token or in the earlier format without one.
+        let pid = std::process::id();
+        let reused = [format!("{pid}-x.00.tmp"), format!("{pid}.00.tmp")].map(|n| tmp.join(n));
+        for path in &reused {
+            fs::write(path, b"crashed").unwrap();
+        }
         let junk = tmp.join("junk");
         fs::create_dir(&junk).unwrap();
         fs::write(junk.join("x"), b"x").unwrap();
@@ -2154,6 +2184,7 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(!dead.exists());
         }
+        assert!(reused.iter().all(|p| !p.exists()));
         assert!(!junk.exists());
     }
 }
