@@ -88,8 +88,17 @@ impl<P: PathTransform> StoreBuilder<P> {
         let root = self.root;
         let objects = root.join(OBJECTS_DIR);
         let tmp = root.join(TMP_DIR);
+        // The directories created here (missing ancestors of the root included): with
+        // Durability::Fsync their parents are fsynced, so the store itself is durable
+        // before its first write is acknowledged.
+        let mut created = Vec::new();
         for dir in [&root, &objects, &tmp] {
+            let missing = dir
+                .ancestors()
+                .take_while(|d| !d.as_os_str().is_empty() && !d.exists());
+            let missing: Vec<PathBuf> = missing.map(Path::to_path_buf).collect();
             fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+            created.extend(missing);
         }
         let store = Store {
             root,
@@ -103,6 +112,20 @@ impl<P: PathTransform> StoreBuilder<P> {
             #[cfg(test)]
             dir_syncs: Mutex::default(),
         };
+        if store.durability == Durability::Fsync {
+            let mut parents: Vec<&Path> = created
+                .iter()
+                .map(|d| match d.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                })
+                .collect();
+            parents.sort();
+            parents.dedup();
+            for parent in parents {
+                store.sync_dir(parent)?;
+            }
+        }
         store.sweep_staging()?;
         Ok(store)
     }
@@ -2156,6 +2179,29 @@ mod tests {
         let header = Header::encode_fixed("k", len as u64, blake3::hash(&expected).as_bytes());
         assert_eq!(&bytes[..FIXED_LEN], &header[..]);
         assert_eq!(&bytes[FIXED_LEN + 1..], &expected[..]);
+    }
+
+    #[test]
+    fn open_makes_the_directories_it_creates_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a").join("b");
+        let store = Store::open(&root).unwrap();
+        let mut synced = store.dir_syncs.lock().unwrap().done.clone();
+        synced.sort();
+        let mut expected = vec![dir.path().to_path_buf(), dir.path().join("a"), root.clone()];
+        expected.sort();
+        assert_eq!(synced, expected);
+        drop(store);
+        let again = Store::open(&root).unwrap();
+        assert!(
+            again.dir_syncs.lock().unwrap().done.is_empty(),
+            "nothing created, nothing synced"
+        );
+        let relaxed = Store::builder(dir.path().join("c"))
+            .durability(Durability::None)
+            .open()
+            .unwrap();
+        assert!(relaxed.dir_syncs.lock().unwrap().done.is_empty());
     }
 
     #[test]
