@@ -1977,6 +1977,7 @@ mod tests {
     fn a_directory_whose_parent_fsync_failed_is_synced_by_the_next_writer() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_with(dir.path(), crate::PlainPath).unwrap();
+        store.dir_syncs.lock().unwrap().done.clear(); // those of `open` itself
         let objects = dir.path().join(OBJECTS_DIR);
         let (ab, cd) = (objects.join("ab"), objects.join("ab/cd"));
 
@@ -2023,6 +2024,7 @@ mod tests {
     fn a_directory_still_being_synced_by_its_creator_is_synced_by_others_too() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_with(dir.path(), crate::PlainPath).unwrap();
+        store.dir_syncs.lock().unwrap().done.clear(); // those of `open` itself
         let objects = dir.path().join(OBJECTS_DIR);
         let (ab, cd) = (objects.join("ab"), objects.join("ab/cd"));
         fs::create_dir(&ab).unwrap();
