@@ -1401,12 +1401,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             Message::Put { .. } | Message::PutFollow { .. } => {
                 match self.transfer_slot(from.id()).await {
                     Ok(slot) => Some(slot),
-                    Err(message) => {
-                        debug!(peer = %from.id(), %message, "request refused");
-                        let _ = s.send(&Envelope::new(Message::Error { message })).await;
-                        let _ = s.finish().await;
-                        return;
-                    }
+                    Err(message) => return refuse(s, from.id(), message).await,
                 }
             }
             _ => None,
@@ -1669,9 +1664,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         {
             Ok(offer) => offer,
             Err(message) => {
-                debug!(peer = %from, %message, "request refused");
-                let _ = s.send(&Envelope::new(Message::Error { message })).await;
-                let _ = s.finish().await;
+                refuse(s, from, message).await;
                 return Ok(());
             }
         };
@@ -1699,9 +1692,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         {
             Ok(slot) => slot,
             Err(message) => {
-                debug!(peer = %from, %message, "request refused");
-                let _ = s.send(&Envelope::new(Message::Error { message })).await;
-                let _ = s.finish().await;
+                refuse(s, from, message).await;
                 return Ok(());
             }
         };
@@ -1972,6 +1963,14 @@ fn is_damage(e: &ServerError) -> bool {
         ServerError::BadObject { .. } => true,
         _ => false,
     }
+}
+
+/// Answers a peer's request with `Error(message)` and finishes the substream (best effort:
+/// the peer may be gone).
+async fn refuse(mut s: Substream, peer: NodeId, message: String) {
+    debug!(%peer, %message, "request refused");
+    let _ = s.send(&Envelope::new(Message::Error { message })).await;
+    let _ = s.finish().await;
 }
 
 /// The event loop: membership and incoming requests. Runs until the endpoint's event stream
