@@ -16,7 +16,7 @@ use dfs_server::{
     Config, FileServer, Key, MemoryTransport, NetworkSecret, NodeId, Replication, Scope,
     ServerError, ServerEvent, TcpTransport, Transport,
 };
-use dfs_transport::{Endpoint, EndpointConfig, Event};
+use dfs_transport::{Endpoint, EndpointConfig, Event, Substream};
 use tempfile::TempDir;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::broadcast;
@@ -1741,30 +1741,46 @@ async fn incoming_transfers_are_bounded<N: Net>(net: N) {
     b.shutdown().await.unwrap();
 }
 
+/// A node with one transfer slot, no replication and a short request timeout, and a bare
+/// peer connected to it (see [`node_and_raw_peer`]).
+async fn one_slot_holder<N: Net>(
+    net: &N,
+) -> (
+    Vec<TempDir>,
+    FileServer<N::T>,
+    (Endpoint<N::T>, dfs_transport::Events),
+    dfs_transport::Peer,
+) {
+    node_and_raw_peer(net, |c| {
+        c.max_incoming_transfers(1)
+            .replication(Replication::None)
+            .request_timeout(Duration::from_millis(500))
+    })
+    .await
+}
+
+/// Sends `Get{id}` on a fresh substream to `peer`; returns the substream and the reply.
+async fn ask_get(peer: &dfs_transport::Peer, id: dfs_server::ObjectId) -> (Substream, Message) {
+    let mut s = peer.open_stream().await.unwrap();
+    s.send(&Envelope::new(Message::Get { id })).await.unwrap();
+    let reply = s.recv::<Envelope>().await.unwrap().unwrap().message;
+    (s, reply)
+}
+
 /// A fetching node asks every holder at once and keeps the offers it does not take yet:
 /// an offer (`Found`) holds no transfer slot and no open object, so with one slot, an
 /// offer never taken does not keep a second requester from being served, and a
 /// requester's `Proceed` is served only while the object is still the one offered (else
 /// `Error`, and the requester takes another offer).
 async fn queued_offers_hold_no_transfer_slot<N: Net>(net: N) {
-    let (_d, b, _raw, peer) = node_and_raw_peer(&net, |c| {
-        c.max_incoming_transfers(1)
-            .replication(Replication::None)
-            .request_timeout(Duration::from_millis(500))
-    })
-    .await;
+    let (_d, b, _raw, peer) = one_slot_holder(&net).await;
     let data = pattern(27, (1 << 20) + 5);
     let receipt = b.store_bytes("offered", &data).await.unwrap();
     let id = receipt.object;
-    let offer = || {
-        let peer = peer.clone();
-        async move {
-            let mut s = peer.open_stream().await.unwrap();
-            s.send(&Envelope::new(Message::Get { id })).await.unwrap();
-            match s.recv::<Envelope>().await.unwrap().unwrap().message {
-                Message::Found { size, hash } => (s, size, hash),
-                other => panic!("expected an offer, got {other:?}"),
-            }
+    let offer = || async {
+        match ask_get(&peer, id).await {
+            (s, Message::Found { size, hash }) => (s, size, hash),
+            (_, other) => panic!("expected an offer, got {other:?}"),
         }
     };
     // An offer never taken (a fetch downloading from another holder meanwhile): it holds
@@ -1794,27 +1810,16 @@ async fn queued_offers_hold_no_transfer_slot<N: Net>(net: N) {
 /// transfer slot, a peer holding its share of parked offers (2) is answered "busy" for a
 /// third, while another peer's `Get` is still offered the copy.
 async fn parked_offers_are_bounded<N: Net>(net: N) {
-    let (_d, b, _raw, peer) = node_and_raw_peer(&net, |c| {
-        c.max_incoming_transfers(1)
-            .replication(Replication::None)
-            .request_timeout(Duration::from_millis(500))
-    })
-    .await;
+    let (_d, b, _raw, peer) = one_slot_holder(&net).await;
     let receipt = b.store_bytes("offered", &pattern(28, 4096)).await.unwrap();
     let id = receipt.object;
-    let ask = |peer: dfs_transport::Peer| async move {
-        let mut s = peer.open_stream().await.unwrap();
-        s.send(&Envelope::new(Message::Get { id })).await.unwrap();
-        let reply = s.recv::<Envelope>().await.unwrap().unwrap().message;
-        (s, reply)
-    };
     let mut parked = Vec::new();
     for _ in 0..2 {
-        let (s, reply) = ask(peer.clone()).await;
+        let (s, reply) = ask_get(&peer, id).await;
         assert!(matches!(reply, Message::Found { .. }), "{reply:?}");
         parked.push(s);
     }
-    let (_s, third) = ask(peer.clone()).await;
+    let (_s, third) = ask_get(&peer, id).await;
     assert!(
         matches!(&third, Message::Error { message } if message.contains("busy") && message.contains("offers")),
         "{third:?}"
@@ -1827,7 +1832,7 @@ async fn parked_offers_are_bounded<N: Net>(net: N) {
     .await
     .unwrap();
     let other_peer = other.connect(&b.local_addr()).await.unwrap();
-    let (_s, offered) = ask(other_peer).await;
+    let (_s, offered) = ask_get(&other_peer, id).await;
     assert!(matches!(offered, Message::Found { .. }), "{offered:?}");
     drop(parked);
     b.shutdown().await.unwrap();
