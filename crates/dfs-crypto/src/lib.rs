@@ -7,12 +7,15 @@ use std::io::{self, Read, Write};
 #[cfg(feature = "tokio")]
 mod async_io;
 mod chunked;
+#[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
+mod clmul;
 mod ctr_cipher;
 mod error;
 mod key;
 #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
 mod key_schedule;
 mod keystream;
+mod polyval;
 mod stream;
 #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
 mod vaes;
@@ -26,6 +29,7 @@ pub use chunked::{
 pub use ctr_cipher::{Aes256Ctr, IV_LEN};
 pub use error::{CryptoError, Result};
 pub use key::{KEY_LEN, Key};
+pub use polyval::{POLYVAL_LEN, Polyval};
 pub use stream::{StreamReader, StreamWriter};
 
 /// A streaming cipher: the seam `dfs-store` and `dfs-server` are generic over.

@@ -1,11 +1,11 @@
 //! AES-256-CTR keystream with VAES on 512-bit registers (x86-64, AVX-512F + AVX-512BW + VAES),
 //! selected at run time.
 //!
-//! This is the crate's only `unsafe` code: calling the `#[target_feature]` function (sound
-//! because a [`VaesKey`] only exists after the features were detected) and unaligned loads and
-//! stores within the bounds of the caller's slice. It is differential-tested against the
-//! RustCrypto `ctr::Ctr128BE<aes::Aes256>` reference (`keystream` tests, and the proptests in
-//! `tests/`), together with the portable path.
+//! With `clmul`, this is the crate's only `unsafe` code: calling the `#[target_feature]`
+//! function (sound because a [`VaesKey`] only exists after the features were detected) and
+//! unaligned loads and stores within the bounds of the caller's slice. It is
+//! differential-tested against the RustCrypto `ctr::Ctr128BE<aes::Aes256>` reference
+//! (`keystream` tests, and the proptests in `tests/`), together with the portable path.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
