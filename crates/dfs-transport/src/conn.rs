@@ -12,7 +12,7 @@ use crate::error::{Result, TransportError};
 use crate::identity::{NetworkSecret, NodeId, random_bytes};
 use crate::wire::{
     ConnKind, Frame, FrameDecoder, FrameKind, FrameSealer, HELLO_FIXED_LEN, HELLO_PREFIX_LEN,
-    Hello, PROOF_LEN, PendingFrame, SessionKeys,
+    Hello, PROOF_LEN, SessionKeys,
 };
 
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -73,24 +73,8 @@ impl FrameWriter {
         self.write_sealed(&header, payload, &tag).await
     }
 
-    /// Reserve the next frame's sequence number (its tag is computed by the caller).
-    pub(crate) fn reserve(&mut self, kind: FrameKind, payload_len: usize) -> Result<PendingFrame> {
-        if payload_len > self.remote_max {
-            return Err(TransportError::FrameTooLarge {
-                len: payload_len as u64,
-                max: self.remote_max,
-            });
-        }
-        self.sealer.reserve(kind, payload_len)
-    }
-
     /// Write a sealed frame: one vectored write, no copy.
-    pub(crate) async fn write_sealed(
-        &mut self,
-        header: &[u8],
-        payload: &[u8],
-        tag: &[u8],
-    ) -> Result<()> {
+    async fn write_sealed(&mut self, header: &[u8], payload: &[u8], tag: &[u8]) -> Result<()> {
         let mut bufs = [
             IoSlice::new(header),
             IoSlice::new(payload),

@@ -17,9 +17,7 @@ use tokio::time::{Instant, Sleep};
 use crate::conn::{FrameReader, FrameWriter, next_frame};
 use crate::error::{Result, TransportError};
 use crate::identity::NodeId;
-use crate::wire::{
-    Frame, FrameKind, HEADER_LEN, MAX_REASON_LEN, PendingFrame, TAG_LEN, parse_u64, u64_payload,
-};
+use crate::wire::{Frame, FrameKind, MAX_REASON_LEN, parse_u64, u64_payload};
 
 /// One exchange with a peer: an ordered, bidirectional, authenticated channel carrying
 /// messages and bodies. It runs on its own connection, so it never blocks the control
@@ -178,96 +176,40 @@ impl Substream {
         mut body: R,
     ) -> Result<u64> {
         self.write(FrameKind::BodyStart, &u64_payload(len)).await?;
-        // Two buffers: while frame N is on the wire, frame N+1 is hashed on the blocking pool
-        // (large frames only; small ones are hashed inline).
-        let mut cur = vec![0u8; self.data_frame_len];
-        let mut next = vec![0u8; self.data_frame_len];
+        // One frame buffer: filled from the source, then sealed (hashed) and written in place.
+        let frame_len =
+            usize::try_from(len).map_or(self.data_frame_len, |l| l.min(self.data_frame_len));
+        let mut buf = vec![0u8; frame_len];
         let mut sent: u64 = 0;
-        // The frame in `cur` ready to go: (header, payload length, tag).
-        let mut ready: Option<([u8; HEADER_LEN], usize, [u8; TAG_LEN])> = None;
-        loop {
-            let queued = ready.map_or(0, |(_, n, _)| n as u64);
-            let want =
-                usize::try_from(len - sent - queued).map_or(next.len(), |r| r.min(next.len()));
-            let prepared = if want == 0 {
-                None
-            } else {
-                let filled = match fill(&mut body, &mut next[..want]).await {
-                    Ok(n) => n,
-                    Err((e, partial)) => {
-                        // The frame already sealed goes out first, so the abort's sequence
-                        // number is the next one expected.
-                        if let Some((header, n, tag)) = ready.take() {
-                            self.write_sealed(&header, &cur[..n], &tag).await?;
+        while sent < len {
+            let want = usize::try_from(len - sent).map_or(buf.len(), |r| r.min(buf.len()));
+            let filled = match fill(&mut body, &mut buf[..want]).await {
+                Ok(n) => n,
+                Err((e, partial)) => {
+                    let err = match e {
+                        Some(e) => {
+                            self.abort(&format!("the sender's body source failed: {e}"))
+                                .await;
+                            TransportError::io("reading the body source", e)
                         }
-                        let err = match e {
-                            Some(e) => {
-                                self.abort(&format!("the sender's body source failed: {e}"))
-                                    .await;
-                                TransportError::io("reading the body source", e)
-                            }
-                            None => {
-                                let err = TransportError::ShortBody {
-                                    got: sent + queued + partial as u64,
-                                    expected: len,
-                                };
-                                self.abort(&err.to_string()).await;
-                                err
-                            }
-                        };
-                        return Err(err);
-                    }
-                };
-                Some(self.writer_reserve(FrameKind::Data, filled)?)
-            };
-            // Hash the next frame (elsewhere if large) while the current one is written.
-            let hashing = prepared.map(|p| {
-                let n = next.len().min(want);
-                let buf = std::mem::take(&mut next);
-                if n >= PIPELINE_MIN {
-                    Hashing::Spawned(tokio::task::spawn_blocking(move || {
-                        let t = p.tag(&buf[..n]);
-                        (buf, p, t)
-                    }))
-                } else {
-                    let t = p.tag(&buf[..n]);
-                    Hashing::Done(buf, p, t)
+                        None => {
+                            let err = TransportError::ShortBody {
+                                got: sent + partial as u64,
+                                expected: len,
+                            };
+                            self.abort(&err.to_string()).await;
+                            err
+                        }
+                    };
+                    return Err(err);
                 }
-            });
-            if let Some((header, n, tag)) = ready.take() {
-                self.write_sealed(&header, &cur[..n], &tag).await?;
-                sent += n as u64;
-            }
-            let Some(hashing) = hashing else { break };
-            let (buf, p, t) = hashing.finish().await?;
-            next = std::mem::replace(&mut cur, buf);
-            if next.is_empty() {
-                next = vec![0u8; self.data_frame_len];
-            }
-            ready = Some((p.header(), want, t));
+            };
+            self.write(FrameKind::Data, &buf[..filled]).await?;
+            sent += filled as u64;
         }
         self.write(FrameKind::End, &u64_payload(len)).await?;
         self.flush().await?;
         Ok(len)
-    }
-
-    fn writer_reserve(&mut self, kind: FrameKind, n: usize) -> Result<PendingFrame> {
-        if self.broken {
-            return Err(TransportError::Closed);
-        }
-        self.writer.reserve(kind, n)
-    }
-
-    async fn write_sealed(&mut self, header: &[u8], payload: &[u8], tag: &[u8]) -> Result<()> {
-        match tokio::time::timeout(self.timeout, self.writer.write_sealed(header, payload, tag))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(TransportError::Timeout {
-                what: "writing a frame",
-                after: self.timeout,
-            }),
-        }
     }
 
     /// Take the incoming body the remote is sending with [`Substream::send_body`].
@@ -405,25 +347,6 @@ impl Substream {
             .is_ok()
         {
             let _ = self.flush().await;
-        }
-    }
-}
-
-/// Frames at least this large are hashed on the blocking pool, pipelined with the I/O.
-const PIPELINE_MIN: usize = 64 * 1024;
-
-enum Hashing {
-    Spawned(tokio::task::JoinHandle<(Vec<u8>, PendingFrame, [u8; TAG_LEN])>),
-    Done(Vec<u8>, PendingFrame, [u8; TAG_LEN]),
-}
-
-impl Hashing {
-    async fn finish(self) -> Result<(Vec<u8>, PendingFrame, [u8; TAG_LEN])> {
-        match self {
-            Self::Done(b, p, t) => Ok((b, p, t)),
-            Self::Spawned(h) => h.await.map_err(|e| {
-                TransportError::io("hashing a frame", io::Error::other(e.to_string()))
-            }),
         }
     }
 }

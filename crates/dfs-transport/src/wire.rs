@@ -4,7 +4,10 @@
 //!
 //! Applications use [`Endpoint`](crate::Endpoint) and never need this module.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use dfs_crypto::Polyval;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use crate::error::{Result, TransportError};
@@ -12,18 +15,19 @@ use crate::identity::{NetworkSecret, NodeId};
 
 /// The first 8 bytes either side sends.
 pub const MAGIC: [u8; 8] = *b"dfs-wire";
-/// The protocol version (bytes 8..10 of the hello, big-endian).
-pub const VERSION: u16 = 1;
+/// The protocol version (bytes 8..10 of the hello, big-endian). Version 2 changed the frame
+/// tag from keyed BLAKE3 (32 bytes) to POLYVAL under a one-time pad (16 bytes).
+pub const VERSION: u16 = 2;
 /// Length of the hello's prefix that every version keeps: magic and version.
 pub const HELLO_PREFIX_LEN: usize = 10;
-/// Length of a version-1 hello without the address.
+/// Length of a hello without the address (versions 1 and 2).
 pub const HELLO_FIXED_LEN: usize = 82;
 /// Longest advertised address accepted in a hello.
 pub const MAX_ADDR_LEN: usize = 1024;
 /// Length of the authentication proof either side sends after the hellos.
 pub const PROOF_LEN: usize = 32;
 /// Length of a frame's integrity tag.
-pub const TAG_LEN: usize = 32;
+pub const TAG_LEN: usize = 16;
 /// Length of a frame's header: 4-byte length, 1-byte kind.
 pub const HEADER_LEN: usize = 5;
 /// Longest abort reason sent.
@@ -284,13 +288,56 @@ impl SessionKeys {
     }
 }
 
-fn tag(key: &[u8; 32], kind: u8, seq: u64, payload: &[u8]) -> blake3::Hash {
-    let mut h = blake3::Hasher::new_keyed(key);
-    // The payload first keeps BLAKE3's chunks aligned for its SIMD path.
-    h.update(payload);
-    h.update(&[kind]);
-    h.update(&seq.to_be_bytes());
-    h.finalize()
+/// The frame-tag keys of one direction of one connection, derived from its frame key:
+/// POLYVAL's hash key (with its precomputed powers) and the key of the per-frame pads.
+///
+/// `tag = POLYVAL(H, pad16(payload) || LE64(payload length) || kind || 0^7)
+///        XOR BLAKE3-keyed(pad_key, BE64(seq))[..16]`: a Wegman-Carter MAC (GMAC's shape), the
+/// sequence number as its never-repeated nonce. See `PROTOCOL.md`.
+struct FrameMac {
+    /// A fresh hash under `H`, cloned for every frame.
+    hash: Polyval,
+    pad_key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl FrameMac {
+    fn new(key: &[u8; 32]) -> Arc<Self> {
+        let h = zeroize::Zeroizing::new(blake3::derive_key("dfs-transport v2 frame hash key", key));
+        let h16: zeroize::Zeroizing<[u8; 16]> =
+            zeroize::Zeroizing::new(std::array::from_fn(|i| h[i]));
+        Arc::new(Self {
+            hash: Polyval::new(&h16),
+            pad_key: zeroize::Zeroizing::new(blake3::derive_key(
+                "dfs-transport v2 frame pad key",
+                key,
+            )),
+        })
+    }
+
+    /// A hash to feed the payload to, in multiples of 16 bytes but for the last call.
+    fn hasher(&self) -> Polyval {
+        self.hash.clone()
+    }
+
+    /// The tag of a frame whose whole payload (`payload_len` bytes) went into `hash`.
+    fn finish(&self, mut hash: Polyval, kind: u8, seq: u64, payload_len: usize) -> [u8; TAG_LEN] {
+        let mut last = [0u8; 16];
+        last[..8].copy_from_slice(&(payload_len as u64).to_le_bytes());
+        last[8] = kind;
+        hash.update_padded(&last);
+        let mut tag = hash.finalize();
+        let pad = blake3::keyed_hash(&self.pad_key, &seq.to_be_bytes());
+        for (t, p) in tag.iter_mut().zip(pad.as_bytes()) {
+            *t ^= p;
+        }
+        tag
+    }
+
+    fn tag(&self, kind: u8, seq: u64, payload: &[u8]) -> [u8; TAG_LEN] {
+        let mut hash = self.hasher();
+        hash.update_padded(payload);
+        self.finish(hash, kind, seq, payload.len())
+    }
 }
 
 /// One verified frame.
@@ -305,7 +352,7 @@ pub struct Frame {
 /// Seals outgoing frames: computes each frame's header and tag, counting sequence numbers.
 #[derive(Clone)]
 pub struct FrameSealer {
-    key: [u8; 32],
+    mac: Arc<FrameMac>,
     seq: u64,
 }
 
@@ -320,7 +367,10 @@ impl std::fmt::Debug for FrameSealer {
 impl FrameSealer {
     /// A sealer for one direction of one connection.
     pub fn new(key: [u8; 32]) -> Self {
-        Self { key, seq: 0 }
+        Self {
+            mac: FrameMac::new(&key),
+            seq: 0,
+        }
     }
 
     /// Header and tag of the next frame: the frame on the wire is
@@ -342,34 +392,9 @@ impl FrameSealer {
         let mut header = [0u8; HEADER_LEN];
         header[..4].copy_from_slice(&len.to_be_bytes());
         header[4] = kind as u8;
-        let t = tag(&self.key, kind as u8, self.seq, payload);
+        let t = self.mac.tag(kind as u8, self.seq, payload);
         self.seq += 1;
-        Ok((header, *t.as_bytes()))
-    }
-
-    /// Reserve the next sequence number for a frame whose tag is computed later, possibly on
-    /// another thread ([`PendingFrame::tag`]); frames must still go out in reservation order.
-    ///
-    /// # Errors
-    /// As [`FrameSealer::seal`].
-    pub fn reserve(&mut self, kind: FrameKind, payload_len: usize) -> Result<PendingFrame> {
-        let len = u32::try_from(1 + payload_len + TAG_LEN).map_err(|_| {
-            TransportError::FrameTooLarge {
-                len: payload_len as u64,
-                max: u32::MAX as usize - 1 - TAG_LEN,
-            }
-        })?;
-        let mut header = [0u8; HEADER_LEN];
-        header[..4].copy_from_slice(&len.to_be_bytes());
-        header[4] = kind as u8;
-        let pending = PendingFrame {
-            key: self.key,
-            seq: self.seq,
-            header,
-            payload_len,
-        };
-        self.seq += 1;
-        Ok(pending)
+        Ok((header, t))
     }
 
     /// Seal a frame into a buffer (convenient for tests and small frames).
@@ -383,44 +408,6 @@ impl FrameSealer {
         dst.put_slice(payload);
         dst.put_slice(&tag);
         Ok(())
-    }
-}
-
-/// A frame whose sequence number is reserved and whose tag is still to be computed.
-#[derive(Clone)]
-pub struct PendingFrame {
-    key: [u8; 32],
-    seq: u64,
-    header: [u8; HEADER_LEN],
-    payload_len: usize,
-}
-
-impl std::fmt::Debug for PendingFrame {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingFrame")
-            .field("seq", &self.seq)
-            .field("payload_len", &self.payload_len)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PendingFrame {
-    /// The frame's header.
-    pub fn header(&self) -> [u8; HEADER_LEN] {
-        self.header
-    }
-
-    /// The frame's tag over `payload`, which must be as long as reserved.
-    ///
-    /// # Panics
-    /// If `payload` has another length than the one reserved (a caller bug).
-    pub fn tag(&self, payload: &[u8]) -> [u8; TAG_LEN] {
-        assert_eq!(
-            payload.len(),
-            self.payload_len,
-            "payload length changed after reserve"
-        );
-        *tag(&self.key, self.header[4], self.seq, payload).as_bytes()
     }
 }
 
@@ -446,7 +433,7 @@ pub struct UnverifiedFrame {
 /// thread).
 #[derive(Clone)]
 pub struct FrameVerifier {
-    key: [u8; 32],
+    mac: Arc<FrameMac>,
 }
 
 impl std::fmt::Debug for FrameVerifier {
@@ -458,7 +445,9 @@ impl std::fmt::Debug for FrameVerifier {
 impl FrameVerifier {
     /// A verifier for one direction of one connection.
     pub fn new(key: [u8; 32]) -> Self {
-        Self { key }
+        Self {
+            mac: FrameMac::new(&key),
+        }
     }
 
     /// Check a frame's tag (in constant time) against its sequence number, then its kind.
@@ -467,31 +456,31 @@ impl FrameVerifier {
     /// [`TransportError::Integrity`] if the tag does not match, [`TransportError::Protocol`]
     /// for an authentic frame of an unknown kind.
     pub fn verify(&self, frame: UnverifiedFrame) -> Result<Frame> {
-        let expected = tag(&self.key, frame.kind, frame.seq, &frame.payload);
+        let expected = self.mac.tag(frame.kind, frame.seq, &frame.payload);
         Self::check(frame, expected)
     }
 
     /// [`FrameVerifier::verify`] with the first `hashed` payload bytes already fed to `hasher`
     /// (a keyed hasher from [`FrameVerifier::hasher`]), e.g. while the frame was arriving.
     fn verify_rest(
+        &self,
         frame: UnverifiedFrame,
-        mut hasher: blake3::Hasher,
+        mut hasher: Polyval,
         hashed: usize,
     ) -> Result<Frame> {
-        hasher.update(&frame.payload[hashed..]);
-        hasher.update(&[frame.kind]);
-        hasher.update(&frame.seq.to_be_bytes());
-        let expected = hasher.finalize();
+        hasher.update_padded(&frame.payload[hashed..]);
+        let expected = self
+            .mac
+            .finish(hasher, frame.kind, frame.seq, frame.payload.len());
         Self::check(frame, expected)
     }
 
-    fn hasher(&self) -> blake3::Hasher {
-        blake3::Hasher::new_keyed(&self.key)
+    fn hasher(&self) -> Polyval {
+        self.mac.hasher()
     }
 
-    fn check(frame: UnverifiedFrame, expected: blake3::Hash) -> Result<Frame> {
-        // blake3::Hash's PartialEq is constant-time.
-        if blake3::Hash::from_bytes(frame.tag) != expected {
+    fn check(frame: UnverifiedFrame, expected: [u8; TAG_LEN]) -> Result<Frame> {
+        if !constant_time_eq::constant_time_eq_16(&frame.tag, &expected) {
             return Err(TransportError::Integrity { seq: frame.seq });
         }
         let kind = FrameKind::from_byte(frame.kind).ok_or_else(|| {
@@ -637,8 +626,8 @@ impl Decoder for FrameSplitter {
 /// Payloads at least this long are hashed while they arrive, [`HASH_STEP`] bytes at a time,
 /// right after the bytes were read (still in cache), instead of in one pass at the end.
 const HASH_AHEAD_MIN: usize = 64 * 1024;
-/// Unit of the incremental hashing: a power of two, so BLAKE3 hashes whole subtrees with all
-/// its SIMD lanes.
+/// Unit of the incremental hashing: a multiple of POLYVAL's 16-byte block (so the pieces
+/// compose) and of its 512-byte batch.
 const HASH_STEP: usize = 64 * 1024;
 
 /// Decodes and verifies incoming frames: a [`FrameSplitter`] (the maximum enforced before
@@ -654,7 +643,7 @@ pub struct FrameDecoder {
     verifier: FrameVerifier,
     /// The keyed hasher of the frame being received and how many of its payload bytes it
     /// has seen.
-    partial: Option<(blake3::Hasher, usize)>,
+    partial: Option<(Polyval, usize)>,
 }
 
 impl FrameDecoder {
@@ -688,7 +677,7 @@ impl FrameDecoder {
         let steps = arrived.saturating_sub(start) / HASH_STEP;
         if steps > 0 {
             let end = start + steps * HASH_STEP;
-            hasher.update(&src[start..end]);
+            hasher.update_padded(&src[start..end]);
             *hashed += end - start;
         }
     }
@@ -699,7 +688,7 @@ impl FrameDecoder {
             return Ok(None);
         };
         let result = match partial {
-            Some((hasher, hashed)) => FrameVerifier::verify_rest(frame, hasher, hashed),
+            Some((hasher, hashed)) => self.verifier.verify_rest(frame, hasher, hashed),
             None => self.verifier.verify(frame),
         };
         if result.is_err() {

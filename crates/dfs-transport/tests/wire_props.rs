@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use dfs_transport::NodeId;
 use dfs_transport::wire::{
     ConnKind, Frame, FrameDecoder, FrameKind, FrameSealer, FrameSplitter, FrameVerifier, Hello,
-    SessionKeys,
+    SessionKeys, TAG_LEN,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -147,7 +147,7 @@ proptest! {
         // The encoded length is exactly header + payload + tag.
         let mut prev = 0;
         for ((_, p), end) in encoded.iter().zip(&ends) {
-            prop_assert_eq!(end - prev, 5 + p.len() + 32);
+            prop_assert_eq!(end - prev, 5 + p.len() + TAG_LEN);
             prev = *end;
         }
         let (got, err) = decode_all(&bytes, &cuts, true);
@@ -361,7 +361,7 @@ fn oversized_length_is_refused_before_allocating() {
     let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
     let err = dec.decode(&mut buf).unwrap_err();
     assert!(
-        matches!(err, dfs_transport::TransportError::FrameTooLarge { len, max } if len == u64::from(u32::MAX) - 33 && max == MAX)
+        matches!(err, dfs_transport::TransportError::FrameTooLarge { len, max } if len == u64::from(u32::MAX) - 1 - TAG_LEN as u64 && max == MAX)
     );
     assert!(
         buf.capacity() < 1024,
@@ -395,4 +395,79 @@ fn a_length_prefix_alone_reserves_no_large_buffer() {
     let frame = decoder.decode(&mut buf).unwrap().expect("a whole frame");
     assert_eq!(frame.kind, FrameKind::Data);
     assert_eq!(&frame.payload[..], &payload[..]);
+}
+
+/// The frame tag as `PROTOCOL.md` section 3 defines it, written again from the spec with the
+/// RustCrypto `polyval` crate (an implementation independent of `dfs-crypto`'s).
+fn spec_tag(key: &[u8; 32], kind: u8, seq: u64, payload: &[u8]) -> [u8; TAG_LEN] {
+    use polyval::universal_hash::UniversalHash;
+    let h = blake3::derive_key("dfs-transport v2 frame hash key", key);
+    let pad_key = blake3::derive_key("dfs-transport v2 frame pad key", key);
+    let h: [u8; 16] = h[..16].try_into().unwrap();
+    let mut poly = polyval::Polyval::new(&h.into());
+    poly.update_padded(payload);
+    let mut last = [0u8; 16];
+    last[..8].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    last[8] = kind;
+    poly.update_padded(&last);
+    let pad = blake3::keyed_hash(&pad_key, &seq.to_be_bytes());
+    let mut tag: [u8; 16] = poly.finalize().into();
+    for (t, p) in tag.iter_mut().zip(pad.as_bytes()) {
+        *t ^= p;
+    }
+    tag
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every sealed frame is `header || payload || tag` with the tag of the spec.
+    #[test]
+    fn sealed_frames_carry_the_spec_tag(
+        key in any::<[u8; 32]>(),
+        fs in prop::collection::vec(
+            (kind(), prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..100),
+                prop::collection::vec(any::<u8>(), 500..2100),
+            ]),
+            1..6,
+        ),
+    ) {
+        let mut sealer = FrameSealer::new(key);
+        for (seq, (kind, payload)) in fs.iter().enumerate() {
+            let mut out = BytesMut::new();
+            sealer.encode_to(*kind, payload, &mut out).unwrap();
+            let want = spec_tag(&key, *kind as u8, seq as u64, payload);
+            prop_assert_eq!(&out[out.len() - TAG_LEN..], &want[..]);
+            prop_assert_eq!(&out[5..out.len() - TAG_LEN], &payload[..]);
+        }
+    }
+}
+
+/// POLYVAL pads the payload with zeros, so the tag binds the payload's length separately: a
+/// frame extended or cut by zero bytes under the original tag is refused.
+#[test]
+fn zero_padding_does_not_forge_a_frame() {
+    for (payload, forged) in [
+        (&b"ab"[..], &b"ab\0"[..]),
+        (&b"ab\0"[..], &b"ab"[..]),
+        (&b""[..], &[0u8; 16][..]),
+    ] {
+        let (bytes, _) = seal_all(&[(FrameKind::Data, payload.to_vec())]);
+        let tag = &bytes[bytes.len() - TAG_LEN..];
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&((1 + forged.len() + TAG_LEN) as u32).to_be_bytes());
+        frame.extend_from_slice(&[FrameKind::Data as u8]);
+        frame.extend_from_slice(forged);
+        frame.extend_from_slice(tag);
+        let (got, err) = decode_all(&frame, &[], true);
+        assert!(got.is_empty());
+        assert!(
+            matches!(
+                err,
+                Some(dfs_transport::TransportError::Integrity { seq: 0 })
+            ),
+            "{err:?}"
+        );
+    }
 }
