@@ -4,7 +4,8 @@
 //! The `unsafe` here is calling the `#[target_feature]` functions (sound because a
 //! [`ClmulKey`] only exists after the features were detected) and unaligned loads within the
 //! bounds of the caller's slice. It is differential-tested against the RustCrypto `polyval`
-//! crate (the portable backend) in `polyval` tests and the proptests in `tests/`.
+//! crate (the other backend, with its own CLMUL or software code) in `polyval` tests and the
+//! proptests in `tests/`.
 //!
 //! The field: `dot(a, b) = a * b * x^-128` modulo `x^128 + x^127 + x^126 + x^121 + 1`, blocks
 //! as little-endian 128-bit polynomials (RFC 8452). Horner's rule `acc = dot(acc ^ X, H)`,
@@ -32,7 +33,7 @@ const BATCH_BYTES: usize = BATCH * 16;
 const POLY: u128 = 0xc200_0000_0000_0000_0000_0000_0000_0001;
 
 /// The hash key's powers, usable only on a CPU with the required features.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct ClmulKey {
     /// `powers[i] = H_(BATCH - i)`: the power block `i` of a batch is multiplied by, so four
     /// consecutive entries load as one register.
@@ -41,7 +42,7 @@ pub(crate) struct ClmulKey {
 
 impl ClmulKey {
     /// The key's powers, or `None` if this CPU lacks one of the features.
-    pub(crate) fn new(h: &[u8; 16]) -> Option<Self> {
+    pub(crate) fn new(h: &[u8; 16]) -> Option<std::sync::Arc<Self>> {
         let detected = std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("vpclmulqdq")
@@ -49,15 +50,17 @@ impl ClmulKey {
         if !detected {
             return None;
         }
-        let h = u128::from_le_bytes(*h);
-        let mut powers = [0u128; BATCH];
-        let mut power = h;
+        // Built in place, so the only copy of the powers is the one wiped on drop.
+        let mut key = std::sync::Arc::new(Self { powers: [0; BATCH] });
+        let powers = &mut std::sync::Arc::get_mut(&mut key)?.powers;
+        let h = zeroize::Zeroizing::new(u128::from_le_bytes(*h));
+        let mut power = zeroize::Zeroizing::new(*h);
         for slot in powers.iter_mut().rev() {
-            *slot = power;
+            *slot = *power;
             // SAFETY: PCLMULQDQ (and SSE2, part of x86-64) was detected above.
-            power = unsafe { dot_scalar(power, h) };
+            *power = unsafe { dot_scalar(*power, *h) };
         }
-        Some(Self { powers })
+        Some(key)
     }
 
     /// Absorbs `data` into the accumulator `acc`, the last partial block zero-padded.

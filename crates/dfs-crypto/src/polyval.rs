@@ -14,7 +14,8 @@ pub const POLYVAL_LEN: usize = 16;
 ///
 /// On x86-64 CPUs with AVX-512 and VPCLMULQDQ it runs a hand-written kernel that folds 32
 /// blocks per iteration (detected at run time; [`Polyval::backend`] says which); elsewhere the
-/// RustCrypto `polyval` crate, against which the kernel is differential-tested.
+/// RustCrypto `polyval` crate (its own CLMUL code, or software), against which the kernel is
+/// differential-tested.
 ///
 /// ```
 /// use dfs_crypto::Polyval;
@@ -41,7 +42,8 @@ enum Backend {
     #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
     Clmul {
         key: std::sync::Arc<crate::clmul::ClmulKey>,
-        acc: u128,
+        /// The running hash (wiped on drop: with known input it reveals as much as `H`).
+        acc: zeroize::Zeroizing<u128>,
     },
     Portable(polyval::Polyval),
 }
@@ -61,15 +63,16 @@ impl Polyval {
         if let Some(key) = crate::clmul::ClmulKey::new(h) {
             return Self {
                 backend: Backend::Clmul {
-                    key: std::sync::Arc::new(key),
-                    acc: 0,
+                    key,
+                    acc: zeroize::Zeroizing::new(0),
                 },
             };
         }
         Self::portable(h)
     }
 
-    /// A hash on the portable backend (the RustCrypto `polyval` crate), whatever the CPU.
+    /// A hash on the portable backend (the RustCrypto `polyval` crate, which picks its own
+    /// CLMUL/PMULL or software code), whatever the CPU.
     pub fn portable(h: &[u8; POLYVAL_LEN]) -> Self {
         Self {
             backend: Backend::Portable(polyval::Polyval::new(&(*h).into())),
@@ -92,7 +95,7 @@ impl Polyval {
     pub fn update_padded(&mut self, data: &[u8]) {
         match &mut self.backend {
             #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
-            Backend::Clmul { key, acc } => *acc = key.update_padded(*acc, data),
+            Backend::Clmul { key, acc } => **acc = key.update_padded(**acc, data),
             Backend::Portable(hash) => hash.update_padded(data),
         }
     }

@@ -46,3 +46,21 @@ fn extreme_values_agree() {
         }
     }
 }
+
+/// The differential tests above compare two backends only where the fast one is selected:
+/// check that it is, wherever the CPU supports it.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn fast_backend_is_selected_where_supported() {
+    let supported = !cfg!(dfs_crypto_portable)
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("vpclmulqdq")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    let want = if supported {
+        "vpclmulqdq-avx512"
+    } else {
+        "portable"
+    };
+    assert_eq!(Polyval::new(&[1; 16]).backend(), want);
+}

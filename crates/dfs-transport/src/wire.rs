@@ -220,7 +220,7 @@ impl Hello {
 /// Keys and proofs of one connection, derived from both hellos and the network secret.
 #[derive(Clone)]
 pub struct SessionKeys {
-    /// Key of the frames we send.
+    /// Key of the frames we send (give it to exactly one [`FrameSealer`]).
     pub send: [u8; 32],
     /// Key of the frames we receive.
     pub recv: [u8; 32],
@@ -350,7 +350,10 @@ pub struct Frame {
 }
 
 /// Seals outgoing frames: computes each frame's header and tag, counting sequence numbers.
-#[derive(Clone)]
+///
+/// Exactly one sealer per frame key (one direction of one connection): the sequence number
+/// is the tag's nonce, and two frames sealed under the same key and number would reveal
+/// enough to forge tags. That is why a sealer cannot be cloned.
 pub struct FrameSealer {
     mac: Arc<FrameMac>,
     seq: u64,
@@ -365,7 +368,7 @@ impl std::fmt::Debug for FrameSealer {
 }
 
 impl FrameSealer {
-    /// A sealer for one direction of one connection.
+    /// The sealer for one direction of one connection; create only one per `key`.
     pub fn new(key: [u8; 32]) -> Self {
         Self {
             mac: FrameMac::new(&key),

@@ -248,15 +248,18 @@ async fn sender_failure_mid_body_is_an_error<T: Net>() {
     assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
     assert!(err.to_string().contains("disk on fire"), "{err}");
 
-    // The source ends early.
-    let mut s = peer.open_stream().await.unwrap();
-    let sent = s.send_body(4 << 20, Generated::new(1000)).await;
-    assert!(
-        matches!(sent, Err(TransportError::ShortBody { got: 1000, .. })),
-        "{sent:?}"
-    );
-    let r = next_stream(&mut b_ev).await.recv_body().await.unwrap();
-    assert!(check_body(r).await.is_err());
+    // The source ends early, in the first frame and after whole frames went out.
+    for got in [1000, (1 << 20) + 1000] {
+        let mut s = peer.open_stream().await.unwrap();
+        let sender = tokio::spawn(async move { s.send_body(4 << 20, Generated::new(got)).await });
+        let r = next_stream(&mut b_ev).await.recv_body().await.unwrap();
+        assert!(check_body(r).await.is_err());
+        let sent = sender.await.unwrap();
+        assert!(
+            matches!(sent, Err(TransportError::ShortBody { got: g, .. }) if g == got),
+            "{sent:?}"
+        );
+    }
 
     // The sender vanishes mid-body (substream dropped).
     let mut s = peer.open_stream().await.unwrap();
@@ -810,8 +813,9 @@ async fn malformed_input_ends_only_that_connection<T: Net>() {
     // An unknown frame kind, correctly tagged; and a body frame on a control connection.
     let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
     let mut frame = bytes::BytesMut::new();
-    let mut sealer = raw.sealer.clone();
-    sealer.encode_to(FrameKind::Data, b"x", &mut frame).unwrap();
+    raw.sealer
+        .encode_to(FrameKind::Data, b"x", &mut frame)
+        .unwrap();
     raw.send_raw(&frame).await;
     let reason = disconnected(&mut a_ev, raw.id).await;
     assert!(
@@ -1025,8 +1029,9 @@ async fn body_as_chunks<T: Net>() {
     let (a, _a_ev) = node(&net, config()).await;
     let (b, mut b_ev) = node(&net, config().data_frame_len(300 * 1024)).await;
     let peer = a.connect(&b.local_addr()).await.unwrap();
-    // b sends (300 KiB frames: verified on the blocking pool, read ahead), then a message
-    // right behind the end frame, which the read-ahead must leave to the substream.
+    // b sends (300 KiB frames, hashed by the receiver 64 KiB at a time as they arrive), then
+    // a message right behind the end frame, which the body reader must leave to the
+    // substream.
     const LEN: u64 = 2 * 1024 * 1024 + 5;
     let sender = tokio::spawn(async move {
         let mut s = next_stream(&mut b_ev).await;
