@@ -48,7 +48,8 @@ print(f"\nopenssl aes-256-ctr 16 KiB: {ctr/1e9:.2f} GB/s (runs: {ctr1/1e9:.2f}, 
 print(f"openssl aes-256-gcm 16 KiB: {gcm/1e9:.2f} GB/s (runs: {gcm1/1e9:.2f}, {gcm2/1e9:.2f})\n")
 sizes = [("16KiB", 16384), ("64KiB", 65536), ("1MiB", 1 << 20)]
 funcs = [("keystream", ctr, "ctr"), ("keystream-ctr-crate", ctr, "ctr"),
-         ("stream-encrypt", ctr, "ctr"), ("blake3-keyed", None, ""), ("source-copy", None, ""),
+         ("stream-encrypt", ctr, "ctr"), ("blake3-keyed", None, ""),
+         ("polyval", None, ""), ("polyval-portable", None, ""), ("source-copy", None, ""),
          ("auth-encrypt", gcm, "gcm"), ("auth-decrypt", gcm, "gcm")]
 print(f"| bench | {' | '.join(s for s, _ in sizes)} | anchor |")
 print(f"|---|{'---|' * len(sizes)}---|")

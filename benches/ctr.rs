@@ -4,6 +4,8 @@
 //! - `keystream`: raw keystream applied in place (`Aes256Ctr::apply_keystream`).
 //! - `keystream-ctr-crate`: the RustCrypto `ctr::Ctr128BE<aes::Aes256>` reference, same work.
 //! - `blake3-keyed`: keyed BLAKE3 of the buffer alone (the MAC's share of the auth modes).
+//! - `polyval` / `polyval-portable`: `dfs_crypto::Polyval` of the buffer (the bulk of
+//!   `dfs-transport`'s frame tags) on the fastest backend and on the `polyval` crate.
 //! - `source-copy`: filling the buffer from the in-memory source alone (the `memcpy` that
 //!   every streaming case below pays on top of its cipher work, and `openssl speed` does not).
 //! - `stream-encrypt`: a long-lived encrypting reader (Go format) over an in-memory source,
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use aes::cipher::{KeyIvInit, StreamCipher};
 use criterion::{Bencher, Criterion, SamplingMode, Throughput};
-use dfs_crypto::{Aes256Ctr, Aes256CtrBlake3, Cipher, Key};
+use dfs_crypto::{Aes256Ctr, Aes256CtrBlake3, Cipher, Key, Polyval};
 
 const SIZES: [(usize, &str); 3] = [
     (16 * 1024, "16KiB"),
@@ -109,7 +111,13 @@ fn bench_ctr(c: &mut Criterion) {
     let key = Key::from_bytes([0x42; 32]);
     let ctr = Aes256Ctr::new(&key);
     let auth = Aes256CtrBlake3::new(&key);
-    eprintln!("dfs-crypto keystream backend: {}", ctr.backend());
+    let polyval = Polyval::new(&[9; 16]);
+    let polyval_portable = Polyval::portable(&[9; 16]);
+    eprintln!(
+        "dfs-crypto keystream backend: {}, polyval backend: {}",
+        ctr.backend(),
+        polyval.backend()
+    );
 
     // 1 MiB of authenticated ciphertext for the decrypt benchmark: the footprint of
     // the 1 MiB `Cycle` source the encrypt benchmarks read (cache-resident, like theirs).
@@ -150,6 +158,19 @@ fn bench_ctr(c: &mut Criterion) {
         group.bench_function("blake3-keyed", |b| {
             run(b, || blake3::keyed_hash(&mac_key, black_box(&buf)))
         });
+
+        for (name, template) in [
+            ("polyval", &polyval),
+            ("polyval-portable", &polyval_portable),
+        ] {
+            group.bench_function(name, |b| {
+                run(b, || {
+                    let mut hash = template.clone();
+                    hash.update_padded(black_box(&buf));
+                    hash.finalize()
+                })
+            });
+        }
 
         let mut source = Cycle::new(1 << 20);
         group.bench_function("source-copy", |b| run(b, || fill(&mut source, &mut buf)));
