@@ -471,3 +471,29 @@ fn zero_padding_does_not_forge_a_frame() {
         );
     }
 }
+
+/// The test vector of `PROTOCOL.md` section 3.
+#[test]
+fn protocol_md_frame_vector() {
+    let key = [0x07; 32];
+    let mut sealer = FrameSealer::new(key);
+    let mut out = BytesMut::new();
+    sealer
+        .encode_to(FrameKind::Message, b"hello", &mut out)
+        .unwrap();
+    sealer
+        .encode_to(FrameKind::Data, &[0xab; 40], &mut out)
+        .unwrap();
+    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+    let want = concat!(
+        "00000016",
+        "02",
+        "68656c6c6f",
+        "353e1e915f9bca4725bf079c9c569b24",
+        "00000039",
+        "04",
+        "abababababababababababababababababababababababababababababababababababababababab",
+        "d2d1915950063aac33c8444000afc4f0",
+    );
+    assert_eq!(hex, want);
+}
