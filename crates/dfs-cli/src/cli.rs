@@ -175,8 +175,9 @@ pub struct PeersArgs {
     /// Wait until at least N peers are connected (fails after --timeout).
     #[arg(long, value_name = "N")]
     pub wait: Option<u32>,
-    /// Seconds to wait for --wait peers.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// Seconds to wait for --wait peers (at most 600, the node's limit).
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=600))]
     pub timeout: u64,
     /// The node to ask.
     #[command(flatten)]
@@ -253,6 +254,15 @@ mod tests {
             (args.replicas, args.grace, args.no_fsync),
             (None, 10, false)
         );
+    }
+
+    /// The node caps a peers wait at 600 s: a longer one is a usage error, not a silent cap.
+    #[test]
+    fn peers_timeout_is_bounded_by_the_nodes_limit() {
+        assert!(Cli::try_parse_from(["dfs", "peers", "--wait", "1", "--timeout", "600"]).is_ok());
+        let err =
+            Cli::try_parse_from(["dfs", "peers", "--wait", "1", "--timeout", "601"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]
