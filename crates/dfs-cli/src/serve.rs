@@ -1,7 +1,7 @@
 //! `dfs serve`: a `FileServer` over TCP, the control socket, logs and graceful shutdown.
 
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     init_tracing();
     let data = args.data.clone();
     prepare_data_dir(&data)?;
+    warn_if_data_dir_is_open(&data);
     // Held until this function returns: one `dfs serve` per data directory.
     let _lock = lock_data_dir(&data)?;
     let socket = control::socket_path(&data);
@@ -71,19 +72,36 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
             Replication::Count(n)
         });
     }
-    let server = Server::start(builder.build(), TcpTransport::new())
-        .await
+    // Startup (opening the store, dialling bootstrap nodes) races the signals: Ctrl-C
+    // before the ready line stops the node at once, without announcing it.
+    let started = tokio::select! {
+        started = Server::start(builder.build(), TcpTransport::new()) => started,
+        _ = sigint.recv() => return Err(interrupted("SIGINT", "before the node started")),
+        _ = sigterm.recv() => return Err(interrupted("SIGTERM", "before the node started")),
+    };
+    let server = started
         .map_err(|err| node_err(format!("cannot start the node in {}", data.display()), err))?;
     tokio::spawn(log_events(server.events()));
 
     let stop = CancellationToken::new();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Error>(1);
-    if let Err(err) = join(&server, &args.bootstrap, &stop, &fatal_tx).await {
-        let _ = server.shutdown().await;
+    let joined = tokio::select! {
+        joined = join(&server, &args.bootstrap, &stop, &fatal_tx) => joined,
+        _ = sigint.recv() => Err(interrupted("SIGINT", "while joining the network")),
+        _ = sigterm.recv() => Err(interrupted("SIGTERM", "while joining the network")),
+    };
+    if let Err(err) = joined {
+        stop.cancel();
+        // A further signal abandons the clean shutdown.
+        tokio::select! {
+            _ = server.shutdown() => {}
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
         return Err(err);
     }
 
-    let listener = bind_socket(&socket)?;
+    let (listener, owner) = bind_socket(&socket)?;
     let node = Node {
         server: server.clone(),
         data_dir: data.clone(),
@@ -96,6 +114,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
         stop.clone(),
         abort.clone(),
         Duration::from_secs(args.grace),
+        daemon::PeerPolicy::owner_and_root(owner),
     ));
 
     let addr = server.local_addr();
@@ -118,18 +137,45 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     };
     stop.cancel();
     let mut control = control;
-    tokio::select! {
-        _ = &mut control => {}
-        _ = sigint.recv() => { warn!("second signal: aborting in-flight requests"); abort.cancel(); let _ = control.await; }
-        _ = sigterm.recv() => { warn!("second signal: aborting in-flight requests"); abort.cancel(); let _ = control.await; }
+    let second = tokio::select! {
+        _ = &mut control => None,
+        _ = sigint.recv() => Some("SIGINT"),
+        _ = sigterm.recv() => Some("SIGTERM"),
+    };
+    if let Some(signal) = second {
+        // A second signal aborts at once: in-flight requests get "shutting down" (an
+        // aborted upload stores nothing) and the FileServer is not drained.
+        warn!("second signal: aborting in-flight requests and stopping now");
+        abort.cancel();
+        let _ = control.await;
+        let _ = std::fs::remove_file(&socket);
+        return Err(interrupted(signal, "again during shutdown"));
     }
     let _ = std::fs::remove_file(&socket);
-    server
-        .shutdown()
-        .await
-        .map_err(|err| node_err("the node did not shut down cleanly".to_owned(), err))?;
+    let shutdown = tokio::select! {
+        done = server.shutdown() => Ok(done),
+        _ = sigint.recv() => Err("SIGINT"),
+        _ = sigterm.recv() => Err("SIGTERM"),
+    };
+    match shutdown {
+        Ok(done) => {
+            done.map_err(|err| node_err("the node did not shut down cleanly".to_owned(), err))?;
+        }
+        Err(signal) => {
+            warn!("second signal: stopping without waiting for the node to drain");
+            return Err(interrupted(signal, "again during shutdown"));
+        }
+    }
     info!("stopped");
     outcome
+}
+
+/// The error `serve` ends with when a signal cuts startup or shutdown short (status 1).
+fn interrupted(signal: &str, when: &str) -> Error {
+    Error::Io {
+        context: format!("{signal} received {when}: stopped"),
+        source: std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted by a signal"),
+    }
 }
 
 fn init_tracing() {
@@ -210,10 +256,14 @@ fn lock_data_dir(data: &Path) -> Result<std::fs::File> {
     }
 }
 
-/// Fails if a live node already owns `socket`; removes a stale socket left by a crash.
+/// Fails if a live node already owns `socket`; removes a stale socket left by a crash. Anything
+/// else at that path (a regular file, a directory, a symlink) is refused, never removed.
 async fn claim_socket(socket: &Path) -> Result<()> {
-    if std::fs::symlink_metadata(socket).is_err() {
+    let Ok(meta) = std::fs::symlink_metadata(socket) else {
         return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(not_a_socket(socket));
     }
     if tokio::net::UnixStream::connect(socket).await.is_ok() {
         return Err(Error::Usage {
@@ -232,15 +282,62 @@ async fn claim_socket(socket: &Path) -> Result<()> {
     })
 }
 
-/// Binds the control socket and restricts it to the node's user.
-fn bind_socket(socket: &Path) -> Result<UnixListener> {
+fn not_a_socket(socket: &Path) -> Error {
+    Error::Usage {
+        message: format!(
+            "{} exists and is not a socket: refusing to replace it (move it away; \
+             `dfs serve` puts its control socket there)",
+            socket.display()
+        ),
+    }
+}
+
+/// Binds the control socket and restricts it to the node's user before anyone can connect:
+/// it is bound inside a fresh private (`0700`) directory next to its final path, made `0600`,
+/// and only then renamed into place. Returns the listener and the node's user id (the owner
+/// of that directory), whom the control socket serves (see [`daemon::PeerPolicy`]).
+fn bind_socket(socket: &Path) -> Result<(UnixListener, u32)> {
     let io_err = |source| Error::Io {
         context: format!("cannot create the control socket {}", socket.display()),
         source,
     };
-    let listener = UnixListener::bind(socket).map_err(io_err)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
-    Ok(listener)
+    let parent = socket.parent().unwrap_or(Path::new("."));
+    let private = tempfile::Builder::new()
+        .prefix(".dfs.sock.")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+        .map_err(io_err)?;
+    // The umask can only have removed bits; make sure the owner may use it.
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err)?;
+    let owner = std::fs::metadata(private.path()).map_err(io_err)?.uid();
+    let staged = private.path().join(control::SOCKET_FILE);
+    let listener = UnixListener::bind(&staged).map_err(io_err)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    // `claim_socket` cleared the path and the data directory lock keeps other nodes away;
+    // refuse (rather than replace) whatever appeared there since.
+    if let Ok(meta) = std::fs::symlink_metadata(socket)
+        && !meta.file_type().is_socket()
+    {
+        return Err(not_a_socket(socket));
+    }
+    std::fs::rename(&staged, socket).map_err(io_err)?;
+    // `private` is removed on drop; the listener keeps serving under the new name.
+    Ok((listener, owner))
+}
+
+/// Logs one warning when other users may enter or read the data directory.
+fn warn_if_data_dir_is_open(data: &Path) {
+    if let Ok(meta) = std::fs::metadata(data) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warn!(
+                "the data directory {} is accessible to other users (mode {mode:04o}); \
+                 `chmod 700` it",
+                data.display()
+            );
+        }
+    }
 }
 
 /// Whether `err` says the remote does not share our network secret.
@@ -487,11 +584,17 @@ impl Backend for Node {
 
     async fn remove(&self, name: &str, everywhere: bool) -> Result<(), RemoteError> {
         let here = self.server.has(name).await.map_err(|err| remote(&err))?;
-        if !here && !everywhere {
+        // `FileServer::delete` does not say whether peers held the file, so "nobody had it"
+        // is only certain with no peer connected.
+        if !here && (!everywhere || self.server.peers().is_empty()) {
             return Err(self.under_another_key(name).await.unwrap_or_else(|| {
                 RemoteError::new(
                     RemoteErrorKind::NotFound,
-                    format!("file {name:?} not found on this node"),
+                    if everywhere {
+                        format!("file {name:?} not found on this node (and no peer is connected)")
+                    } else {
+                        format!("file {name:?} not found on this node")
+                    },
                 )
             }));
         }

@@ -494,3 +494,188 @@ fn kill9_of_the_only_sender_mid_fetch_commits_nothing_and_recovers() {
     assert_eq!(get_hash(&a, "big", tmp.path()), hash);
     assert_eq!(get_hash(&b, "big", tmp.path()), hash);
 }
+
+/// The arguments of a `dfs serve` on `data` with `keys` (for the helpers that take them whole).
+fn serve_args(data: &Path, keys: &Keys) -> Vec<String> {
+    [
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--key-file",
+        keys.key.to_str().unwrap(),
+        "--secret-file",
+        keys.secret.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+#[test]
+fn the_control_socket_is_private_from_the_start_even_under_umask_000() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    let data = tmp.path().join("a");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // `sh` sets the umask and execs `dfs serve` (its path is `$0`, the arguments follow).
+    let a = Node::start_wrapped(
+        &data,
+        "a",
+        &keys,
+        &["sh", "-c", "umask 000; exec \"$0\" \"$@\""],
+    );
+    let meta = std::fs::symlink_metadata(data.join("dfs.sock")).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "socket mode at the ready line"
+    );
+    // The private directory it was bound in is gone.
+    let left: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".dfs.sock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    a.log.wait_for("accessible to other users (mode 0755)");
+    assert_eq!(
+        a.log
+            .contents()
+            .matches("accessible to other users")
+            .count(),
+        1
+    );
+    a.ok(&["status"]);
+}
+
+#[test]
+fn a_file_in_the_way_of_the_control_socket_is_refused_not_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    let data = tmp.path().join("a");
+    std::fs::create_dir(&data).unwrap();
+    let path = data.join("dfs.sock");
+    std::fs::write(&path, b"precious").unwrap();
+    let args = serve_args(&data, &keys);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, log) = serve_expect_failure(&args);
+    assert_eq!(status.code(), Some(EXIT_USAGE), "{log}");
+    assert!(log.contains("is not a socket"), "{log}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+
+    // A stale socket (its node gone) is replaced.
+    std::fs::remove_file(&path).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let a = Node::start(&data, "a", &keys, &[], &["--no-fsync"]);
+    a.ok(&["status"]);
+}
+
+#[test]
+fn rm_everywhere_of_a_name_nobody_has_is_not_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    let a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--no-fsync"]);
+    let out = a.dfs(&["rm", "nobody-has-it", "--everywhere"]);
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_NOT_FOUND),
+        "{}",
+        stderr_of(&out)
+    );
+    let f = tmp.path().join("f");
+    write_pattern_file(&f, 8, 1000);
+    a.ok(&["put", f.to_str().unwrap()]);
+    a.ok(&["rm", "f", "--everywhere"]);
+    let out = a.dfs(&["rm", "f", "--everywhere"]);
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_NOT_FOUND),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn sigint_while_joining_a_silent_bootstrap_node_stops_before_the_ready_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    // Accepts TCP connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let mut args = serve_args(&tmp.path().join("a"), &keys);
+    args.extend(["--bootstrap".to_owned(), addr]);
+    let child = dfs()
+        .arg("serve")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Once the node has dialled the silent address, it is inside its join.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(silent.accept().map(|(stream, _)| stream));
+    });
+    let held = match rx.recv_timeout(DEADLINE) {
+        Ok(accepted) => accepted.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            panic!("the node never dialled its bootstrap address");
+        }
+    };
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    // Before the fix the join ran into its 10 s connect timeout, then printed the ready line
+    // and exited with status 0 (the signal was handled only after it).
+    let out = match rx.recv_timeout(DEADLINE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            panic!("SIGINT during startup was not acted on");
+        }
+    };
+    drop(held);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert!(stderr.contains("SIGINT received while joining"), "{stderr}");
+}
+
+#[test]
+fn a_second_signal_during_the_grace_period_stops_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    let mut a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--grace", "3600"]);
+    let mut put = start_put(&a, "cut");
+    let mut stdin = put.stdin.take().unwrap();
+    let mut hasher = blake3::Hasher::new();
+    assert!(feed(&mut stdin, &mut Pattern::new(9), 8 << 20, &mut hasher));
+    a.signal("TERM");
+    a.log.wait_for("control connection(s) to finish");
+    a.signal("INT");
+    let status = a.wait_exit();
+    assert!(!status.success(), "{}", a.log.contents());
+    a.log.wait_for("second signal");
+    drop(stdin);
+    assert!(!finish(put).status.success());
+    assert!(!a.data.join("dfs.sock").exists(), "control socket removed");
+}

@@ -59,18 +59,69 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
     -> impl Future<Output = Result<StoredInfo, RemoteError>> + Send;
 }
 
+/// Which local users may drive the node through the control socket, checked with the
+/// peer credentials (`SO_PEERCRED`) of every accepted connection. The socket's `0600` mode
+/// already keeps others out; this holds even if the socket or its directory is made
+/// accessible by mistake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PeerPolicy {
+    /// The node's own user id.
+    pub(crate) owner: u32,
+    /// Whether root (uid 0) is accepted too.
+    pub(crate) allow_root: bool,
+}
+
+impl PeerPolicy {
+    /// The node's user and root: what `dfs serve` uses.
+    pub(crate) fn owner_and_root(owner: u32) -> Self {
+        PeerPolicy {
+            owner,
+            allow_root: true,
+        }
+    }
+
+    /// Whether a client running as `uid` may use the control socket.
+    pub(crate) fn allows(self, uid: u32) -> bool {
+        uid == self.owner || (self.allow_root && uid == 0)
+    }
+}
+
+/// Whether the client on `stream` may use the socket under `policy`; logs a warning if not.
+fn admit(stream: &UnixStream, policy: PeerPolicy) -> bool {
+    match stream.peer_cred() {
+        Ok(cred) if policy.allows(cred.uid()) => true,
+        Ok(cred) => {
+            warn!(
+                uid = cred.uid(),
+                pid = ?cred.pid(),
+                "refused a control connection from another user (uid {}; the node runs as uid {})",
+                cred.uid(),
+                policy.owner
+            );
+            false
+        }
+        Err(err) => {
+            warn!("refused a control connection: cannot read its peer credentials: {err}");
+            false
+        }
+    }
+}
+
 /// Longest wait a client may ask for in `Request::Peers`.
 const MAX_PEER_WAIT: Duration = Duration::from_secs(600);
 
 /// Serves the control socket until `stop` is cancelled, then lets in-flight requests finish for
 /// up to `grace` (or until `abort` is cancelled) before aborting them (an aborted upload
-/// stores nothing).
+/// stores nothing). Read-only requests (`List`, `Peers`, `Status`) end at `stop` at once:
+/// nothing is lost by cutting them short. Connections from users `policy` does not allow are
+/// closed unanswered.
 pub(crate) async fn run<B: Backend>(
     listener: UnixListener,
     backend: B,
     stop: CancellationToken,
     abort: CancellationToken,
     grace: Duration,
+    policy: PeerPolicy,
 ) {
     let mut conns = JoinSet::new();
     loop {
@@ -78,6 +129,9 @@ pub(crate) async fn run<B: Backend>(
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if !admit(&stream, policy) {
+                        continue;
+                    }
                     conns.spawn(serve_connection(stream, backend.clone(), stop.clone(), abort.clone()));
                 }
                 Err(err) => {
@@ -169,7 +223,7 @@ async fn serve_connection<B: Backend>(
                 return;
             }
         };
-        if handle_request(&mut ch, &backend, request, &abort)
+        if handle_request(&mut ch, &backend, request, &stop, &abort)
             .await
             .is_err()
         {
@@ -178,11 +232,13 @@ async fn serve_connection<B: Backend>(
     }
 }
 
-/// Handles one request. `Err(())` means the connection must be closed.
+/// Handles one request. `Err(())` means the connection must be closed. Requests that change
+/// nothing end at `stop`; the others run until done or `abort`.
 async fn handle_request<B: Backend>(
     ch: &mut Channel<UnixStream>,
     backend: &B,
     request: Request,
+    stop: &CancellationToken,
     abort: &CancellationToken,
 ) -> Result<(), ()> {
     let reply = match request {
@@ -193,7 +249,7 @@ async fn handle_request<B: Backend>(
             res = backend.remove(&name, everywhere) => res.map(|()| Response::Removed),
         },
         Request::List => tokio::select! {
-            () = abort.cancelled() => Err(shutting_down()),
+            () = stop.cancelled() => Err(shutting_down()),
             res = backend.list() => res.map(Response::Files),
         },
         Request::Peers {
@@ -203,12 +259,12 @@ async fn handle_request<B: Backend>(
             let wait = Duration::from_millis(timeout_ms).min(MAX_PEER_WAIT);
             let wanted = usize::try_from(wait_for.unwrap_or(0)).unwrap_or(usize::MAX);
             tokio::select! {
-                () = abort.cancelled() => Err(shutting_down()),
+                () = stop.cancelled() => Err(shutting_down()),
                 peers = backend.peers(wanted, wait) => Ok(Response::Peers(peers)),
             }
         }
         Request::Status => tokio::select! {
-            () = abort.cancelled() => Err(shutting_down()),
+            () = stop.cancelled() => Err(shutting_down()),
             res = backend.status() => res.map(Response::Status),
         },
         Request::Scrub => tokio::select! {

@@ -1,8 +1,10 @@
 //! The control socket: how `dfs` client commands reach a running node.
 //!
-//! `dfs serve` binds a Unix domain socket named [`SOCKET_FILE`] inside its data directory and
-//! restricts it to mode `0600`, so whoever may read the node's data directory may drive the
-//! node, and nobody else: filesystem permissions are the access control, no secret travels.
+//! `dfs serve` binds a Unix domain socket named [`SOCKET_FILE`] inside its data directory, mode
+//! `0600` from the start (it is bound in a fresh `0700` directory, restricted, then renamed into
+//! place), so only the node's user may drive the node: filesystem permissions are the access
+//! control, no secret travels. Every accepted connection's peer credentials are checked as
+//! well: a client running as another user (other than root) is closed unanswered.
 //! Client commands (`dfs put`, `get`, `rm`, `ls`, `peers`, `status`) take the same `--data DIR`
 //! as `serve` to find the socket.
 //!

@@ -20,6 +20,8 @@ struct MemBackend {
     files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     failed_puts: Arc<Mutex<Vec<String>>>,
     upload_started: Arc<Notify>,
+    /// Notified when a `peers` call with a wait starts (it then never ends by itself).
+    peers_waiting: Arc<Notify>,
 }
 
 impl Backend for MemBackend {
@@ -86,7 +88,11 @@ impl Backend for MemBackend {
             .collect())
     }
 
-    async fn peers(&self, _wait_for: usize, _timeout: Duration) -> Vec<PeerEntry> {
+    async fn peers(&self, wait_for: usize, _timeout: Duration) -> Vec<PeerEntry> {
+        if wait_for > 0 {
+            self.peers_waiting.notify_one();
+            std::future::pending::<()>().await;
+        }
         vec![PeerEntry {
             id: "cd".repeat(32),
             addr: "127.0.0.1:1".to_owned(),
@@ -134,8 +140,20 @@ struct Harness {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The user id the tests run as.
+fn own_uid(dir: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).unwrap().uid()
+}
+
 fn start(grace: Duration) -> Harness {
+    start_with(grace, None)
+}
+
+/// Like [`start`], serving only `policy` (default: the tests' own user and root).
+fn start_with(grace: Duration, policy: Option<daemon::PeerPolicy>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
+    let policy = policy.unwrap_or_else(|| daemon::PeerPolicy::owner_and_root(own_uid(dir.path())));
     let socket = socket_path(dir.path());
     let listener = UnixListener::bind(&socket).unwrap();
     let backend = MemBackend::default();
@@ -146,6 +164,7 @@ fn start(grace: Duration) -> Harness {
         stop.clone(),
         CancellationToken::new(),
         grace,
+        policy,
     ));
     Harness {
         _dir: dir,
@@ -353,4 +372,60 @@ async fn a_missing_socket_is_node_unreachable() {
         "{}",
         err.one_line()
     );
+}
+
+#[test]
+fn the_peer_policy_admits_the_owner_and_root_only() {
+    let policy = daemon::PeerPolicy::owner_and_root(1000);
+    assert!(policy.allows(1000));
+    assert!(policy.allows(0));
+    assert!(!policy.allows(1001));
+    assert!(!policy.allows(65534));
+    let strict = daemon::PeerPolicy {
+        owner: 1000,
+        allow_root: false,
+    };
+    assert!(strict.allows(1000));
+    assert!(!strict.allows(0));
+}
+
+#[tokio::test]
+async fn a_client_of_another_user_is_refused_unanswered() {
+    within(async {
+        // Nobody here is the owner, and root is not admitted: the tests' own user (root in
+        // some containers) stands for "another user".
+        let dir = tempfile::tempdir().unwrap();
+        let policy = daemon::PeerPolicy {
+            owner: own_uid(dir.path()).wrapping_add(1),
+            allow_root: false,
+        };
+        let h = start_with(Duration::from_secs(5), Some(policy));
+        let err = Client::connect_socket(&h.socket).await.unwrap_err();
+        assert!(!matches!(err, Error::NodeUnreachable { .. }), "{err}");
+        // The node keeps serving (and refusing).
+        assert!(Client::connect_socket(&h.socket).await.is_err());
+        h.stop.cancel();
+        h.task.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pending_peers_wait_ends_at_stop_without_the_grace_period() {
+    within(async {
+        // A grace period far beyond `within`'s deadline: only cancelling at stop passes.
+        let h = start(Duration::from_secs(3600));
+        let mut client = Client::connect_socket(&h.socket).await.unwrap();
+        let waiting = h.backend.peers_waiting.notified();
+        let request =
+            tokio::spawn(async move { client.peers(Some((5, Duration::from_secs(600)))).await });
+        waiting.await;
+        h.stop.cancel();
+        h.task.await.unwrap();
+        match request.await.unwrap() {
+            Err(Error::Remote(err)) => assert_eq!(err.kind, RemoteErrorKind::ShuttingDown),
+            other => panic!("unexpected {other:?}"),
+        }
+    })
+    .await;
 }
