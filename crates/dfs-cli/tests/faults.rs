@@ -391,15 +391,12 @@ fn kill9_of_a_sender_mid_fetch_fails_over_to_another_holder() {
         .spawn()
         .unwrap();
     // The sender is the holder that has read a quarter of the file so far.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let sender = loop {
-        let read = [bytes_read(a.pid()), bytes_read(c.pid())];
-        if let Some(i) = (0..2).find(|&i| read[i] - before[i] > size / 4) {
-            break i;
-        }
-        assert!(std::time::Instant::now() < deadline, "no fetch started");
-        std::thread::yield_now();
-    };
+    let sender = b
+        .log
+        .wait_until("a holder to send a quarter of the file", || {
+            let read = [bytes_read(a.pid()), bytes_read(c.pid())];
+            (0..2).find(|&i| read[i] - before[i] > size / 4)
+        });
     let (killed, other) = if sender == 0 {
         (&mut a, &c)
     } else {
@@ -434,23 +431,15 @@ b:
 /// Waits until `node`'s store has a non-empty staging file (a transfer into it is under way).
 fn wait_for_staging_bytes(node: &Node) {
     let tmp = node.data.join("store").join("tmp");
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let staged = std::fs::read_dir(&tmp)
+    let what = format!("a transfer into {}", node.name);
+    node.log.wait_until(&what, || {
+        std::fs::read_dir(&tmp)
             .into_iter()
             .flatten()
             .flatten()
-            .any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.len() > 1 << 20));
-        if staged {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no transfer into {} started",
-            node.name
-        );
-        std::thread::yield_now();
-    }
+            .any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.len() > 1 << 20))
+            .then_some(())
+    });
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -64,11 +65,16 @@ pub fn assert_fails_with(out: &Output, code: i32, needle: &str) -> String {
     lines[0].to_owned()
 }
 
+/// How often [`Log::wait_until`] re-checks a condition that has no event of its own.
+const RECHECK: Duration = Duration::from_millis(5);
+
 /// Log text shared with a reader thread, with a condition variable to wait on.
 #[derive(Default)]
 pub struct Log {
     text: Mutex<String>,
     grew: Condvar,
+    /// Set (under the `text` lock) when the reader reached the end of the stream.
+    ended: AtomicBool,
 }
 
 impl Log {
@@ -82,7 +88,39 @@ impl Log {
                 log.grew.notify_all();
                 line.clear();
             }
+            let _text = log.text.lock().unwrap();
+            log.ended.store(true, Ordering::SeqCst);
+            log.grew.notify_all();
         });
+    }
+
+    /// Waits until the reader has read the whole stream (the process closed it, e.g. exited),
+    /// so [`Log::contents`] is complete.
+    pub fn wait_ended(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut text = self.text.lock().unwrap();
+        while !self.ended.load(Ordering::SeqCst) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the log reader did not finish:\n{text}");
+            text = self.grew.wait_timeout(text, left).unwrap().0;
+        }
+    }
+
+    /// Waits until `ready` returns a value, for conditions outside this process that have no
+    /// event to wait on (another process's I/O counters, a file's size): re-checks whenever
+    /// this log grows and at least every [`RECHECK`], blocked on the condition variable in
+    /// between (no busy spinning). Fails after [`DEADLINE`] with `what`.
+    pub fn wait_until<T>(&self, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(value) = ready() {
+                return value;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}");
+            let text = self.text.lock().unwrap();
+            let _ = self.grew.wait_timeout(text, left.min(RECHECK)).unwrap();
+        }
     }
 
     pub fn contents(&self) -> String {
@@ -426,6 +464,7 @@ fn spawn_serve(
             let _ = child.kill();
             let _ = child.wait();
             // Let the stderr reader finish so the log is complete.
+            log.wait_ended();
             Err(log.contents())
         }
     }
@@ -505,8 +544,8 @@ pub fn write_pattern_file(path: &Path, seed: u64, len: u64) -> blake3::Hash {
     hasher.finalize()
 }
 
-/// Writes `len` pattern bytes of `seed` into a child's stdin, in pieces; returns the hash of
-/// what was written. Stops early (returning `None`) if the pipe breaks.
+/// Writes `len` pattern bytes of `seed` into a child's stdin, in pieces, adding what was
+/// written to `hasher`. Returns `false` (having stopped early) if the pipe breaks, else `true`.
 pub fn feed(
     stdin: &mut ChildStdin,
     pattern: &mut Pattern,
