@@ -1,7 +1,7 @@
 //! The client commands: `put`, `get`, `rm`, `ls`, `peers`, `status`.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter};
 
 use crate::cli::{GetArgs, NodeArgs, PeersArgs, PutArgs, ReplicateArgs, RmArgs};
 use crate::control::{Client, RemoteError, RemoteErrorKind};
+use crate::output::{Partial, Signals, Stdout, Target};
 use crate::{Error, Result};
 
 /// Bodies smaller than this get no progress bar.
@@ -81,21 +82,22 @@ pub(crate) async fn put(args: PutArgs) -> Result<()> {
     let stored = client.put(&name, size, body, |n| bar.set_position(n)).await;
     bar.finish_and_clear();
     let stored = stored?;
-    println!(
+    let mut out = Stdout::new();
+    out.line(format_args!(
         "stored {} ({} bytes) on {} and {} replica(s)",
         stored.name,
         stored.size,
         short(client.node_id()),
         stored.replicas.len()
-    );
-    Ok(())
+    ))?;
+    out.flush()
 }
 
 pub(crate) async fn get(args: GetArgs) -> Result<()> {
     let output = args.output.filter(|p| p != Path::new("-"));
-    let mut client = Client::connect(&args.node.data).await?;
     match output {
         None => {
+            let mut client = Client::connect(&args.node.data).await?;
             let stdout = std::io::stdout();
             if stdout.is_terminal() {
                 return Err(Error::Usage {
@@ -112,7 +114,26 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
             })?;
         }
         Some(path) => {
-            let written = download_to_file(&mut client, &args.name, &path).await?;
+            // Checked before connecting: `-o DIR` fails at once.
+            let target = Target::resolve(&path)?;
+            let mut client = Client::connect(&args.node.data).await?;
+            let written = if target.is_direct() {
+                // Nothing to clean up: a signal ends the process as usual.
+                download_to(&mut client, &args.name, &target, &Partial::default()).await?
+            } else {
+                // Caught before the temporary file exists, so it never outlives the process.
+                let mut signals = Signals::new()?;
+                let partial = Partial::default();
+                tokio::select! {
+                    // A finished write wins over a signal that came with it.
+                    biased;
+                    written = download_to(&mut client, &args.name, &target, &partial) => written?,
+                    err = signals.recv() => {
+                        partial.remove();
+                        return Err(err);
+                    }
+                }
+            };
             eprintln!("wrote {} ({written} bytes)", path.display());
         }
     }
@@ -140,74 +161,83 @@ async fn download<W: tokio::io::AsyncWrite + Unpin>(
     result
 }
 
-/// Downloads into a temporary file beside `path`, renamed into place only when complete.
-async fn download_to_file(client: &mut Client, name: &str, path: &Path) -> Result<u64> {
+/// Downloads into `target` (for a file: a temporary file `partial` holds, renamed into place
+/// only when complete).
+async fn download_to(
+    client: &mut Client,
+    name: &str,
+    target: &Target,
+    partial: &Partial,
+) -> Result<u64> {
+    let output = target.open(partial)?;
     let io_err = |source| Error::Io {
-        context: format!("cannot write {}", path.display()),
+        context: format!("cannot write {}", target.shown().display()),
         source,
     };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".dfs-partial-")
-        .tempfile_in(&dir)
-        .map_err(io_err)?;
-    let file = tmp.as_file().try_clone().map_err(io_err)?;
+    let file = output.file().try_clone().map_err(io_err)?;
     let mut dst = BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file));
     let written = download(client, name, &mut dst).await?;
     dst.flush().await.map_err(io_err)?;
-    let file = dst.into_inner();
-    file.sync_all().await.map_err(io_err)?;
-    drop(file);
-    tmp.persist(path).map_err(|err| io_err(err.error))?;
+    drop(dst);
+    output.commit()?;
     Ok(written)
 }
 
 pub(crate) async fn rm(args: RmArgs) -> Result<()> {
     let mut client = Client::connect(&args.node.data).await?;
     client.remove(&args.name, args.everywhere).await?;
+    let mut out = Stdout::new();
     if args.everywhere {
-        println!("removed {} here and on every connected peer", args.name);
+        out.line(format_args!(
+            "removed {} here and on every connected peer",
+            args.name
+        ))?;
     } else {
-        println!("removed {}", args.name);
+        out.line(format_args!("removed {}", args.name))?;
     }
-    Ok(())
+    out.flush()
 }
 
 pub(crate) async fn replicate(args: ReplicateArgs) -> Result<()> {
     let mut client = Client::connect(&args.node.data).await?;
     let stored = client.replicate(&args.name).await?;
-    println!(
+    let mut out = Stdout::new();
+    out.line(format_args!(
         "replicated {} ({} bytes) to {} peer(s)",
         stored.name,
         stored.size,
         stored.replicas.len()
-    );
-    Ok(())
+    ))?;
+    out.flush()
 }
 
 pub(crate) async fn ls(args: NodeArgs) -> Result<()> {
     let mut client = Client::connect(&args.data).await?;
     let mut files = client.list().await?;
     files.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    let mut out = Stdout::new();
     for file in files {
         match file.name {
-            Some(name) => println!("{:>12}  {name}", file.size),
-            None => println!("{:>12}  <replica {}>", file.size, short(&file.id)),
+            Some(name) => out.line(format_args!("{:>12}  {name}", file.size))?,
+            None => out.line(format_args!(
+                "{:>12}  <replica {}>",
+                file.size,
+                short(&file.id)
+            ))?,
         }
     }
-    Ok(())
+    out.flush()
 }
 
 pub(crate) async fn peers(args: PeersArgs) -> Result<()> {
     let mut client = Client::connect(&args.node.data).await?;
     let wait = args.wait.map(|n| (n, Duration::from_secs(args.timeout)));
     let peers = client.peers(wait).await?;
+    let mut out = Stdout::new();
     for peer in &peers {
-        println!("{}  {}", peer.id, peer.addr);
+        out.line(format_args!("{}  {}", peer.id, peer.addr))?;
     }
+    out.flush()?;
     if let Some(n) = args.wait
         && peers.len() < n as usize
     {
@@ -226,23 +256,29 @@ pub(crate) async fn peers(args: PeersArgs) -> Result<()> {
 pub(crate) async fn status(args: NodeArgs) -> Result<()> {
     let mut client = Client::connect(&args.data).await?;
     let s = client.status().await?;
-    println!("node:     {}", s.node_id);
-    println!("listen:   {}", s.listen_addr);
-    println!("data:     {}", s.data_dir);
-    println!("peers:    {}", s.peers);
-    println!("files:    {} ({} bytes)", s.files, s.stored_bytes);
-    println!("uptime:   {}s", s.uptime_secs);
-    println!("version:  {}", s.version);
-    Ok(())
+    let mut out = Stdout::new();
+    out.line(format_args!("node:     {}", s.node_id))?;
+    out.line(format_args!("listen:   {}", s.listen_addr))?;
+    out.line(format_args!("data:     {}", s.data_dir))?;
+    out.line(format_args!("peers:    {}", s.peers))?;
+    out.line(format_args!(
+        "files:    {} ({} bytes)",
+        s.files, s.stored_bytes
+    ))?;
+    out.line(format_args!("uptime:   {}s", s.uptime_secs))?;
+    out.line(format_args!("version:  {}", s.version))?;
+    out.flush()
 }
 
 pub(crate) async fn scrub(args: NodeArgs) -> Result<()> {
     let mut client = Client::connect(&args.data).await?;
     let s = client.scrub().await?;
-    println!("checked:  {}", s.checked);
+    let mut out = Stdout::new();
+    out.line(format_args!("checked:  {}", s.checked))?;
     for id in &s.repaired {
-        println!("repaired: {}", short(id));
+        out.line(format_args!("repaired: {}", short(id)))?;
     }
+    out.flush()?;
     for what in &s.unrepaired {
         eprintln!("damaged:  {what}");
     }

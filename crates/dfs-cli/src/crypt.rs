@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use dfs_crypto::{Aes256Ctr, Aes256CtrBlake3, Cipher, Key};
 
 use crate::cli::CipherKind;
+use crate::output::{Output, Partial, Signals, Target};
 use crate::{Error, Result};
 
 /// Which way to run the cipher.
@@ -17,8 +18,10 @@ pub(crate) enum Direction {
 }
 
 /// Runs `direction` with the key in `key_file` from `input` (a file, or stdin for `None`/`-`)
-/// to `output` (a file, or stdout for `None`/`-`). A file output is written to a temporary file
-/// beside it and renamed into place only on success, so a failed decryption leaves nothing.
+/// to `output` (stdout for `None`/`-`, else see [`crate::output`]: a file is written to a
+/// temporary file beside it and renamed into place only on success, so a failed decryption
+/// leaves nothing; SIGINT or SIGTERM meanwhile removes the temporary file and ends with status
+/// 130 or 143).
 pub(crate) fn run(
     direction: Direction,
     key_file: &Path,
@@ -26,39 +29,23 @@ pub(crate) fn run(
     input: Option<&Path>,
     output: Option<&Path>,
 ) -> Result<u64> {
-    let key = crate::keys::read_key(key_file)?;
-    let input = input.filter(|p| *p != Path::new("-"));
+    let input = input
+        .filter(|p| *p != Path::new("-"))
+        .map(Path::to_path_buf);
     let output = output.filter(|p| *p != Path::new("-"));
-    let src: Box<dyn Read> = match input {
-        Some(path) => Box::new(File::open(path).map_err(|source| Error::Io {
-            context: format!("cannot read {}", path.display()),
-            source,
-        })?),
-        None => Box::new(io::stdin().lock()),
-    };
-    let src = BufReader::with_capacity(256 * 1024, src);
-    match output {
-        Some(path) => {
-            let dir = match path.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            let io_err = |source| Error::Io {
-                context: format!("cannot write {}", path.display()),
-                source,
-            };
-            let tmp = tempfile::Builder::new()
-                .prefix(".dfs-partial-")
-                .tempfile_in(&dir)
-                .map_err(io_err)?;
-            let mut dst = BufWriter::with_capacity(256 * 1024, tmp);
-            let n = apply(direction, &key, kind, src, &mut dst)?;
-            let tmp = dst.into_inner().map_err(|err| io_err(err.into_error()))?;
-            tmp.as_file().sync_all().map_err(io_err)?;
-            tmp.persist(path).map_err(|err| io_err(err.error))?;
-            Ok(n)
+    // Checked before reading anything: `-o DIR` fails at once.
+    let target = output.map(Target::resolve).transpose()?;
+    let key = crate::keys::read_key(key_file)?;
+    match target {
+        Some(target) if !target.is_direct() => to_file(direction, key, kind, input, target),
+        Some(target) => {
+            // A device or FIFO: written in place, nothing to clean up on a signal.
+            let output = target.open(&Partial::default())?;
+            let src = open_input(input.as_deref())?;
+            convert(direction, &key, kind, src, output)
         }
         None => {
+            let src = open_input(input.as_deref())?;
             let mut dst = BufWriter::with_capacity(256 * 1024, io::stdout().lock());
             let n = apply(direction, &key, kind, src, &mut dst)?;
             dst.flush().map_err(|source| Error::Io {
@@ -68,6 +55,89 @@ pub(crate) fn run(
             Ok(n)
         }
     }
+}
+
+/// `input` (stdin for `None`), buffered.
+fn open_input(input: Option<&Path>) -> Result<BufReader<Box<dyn Read + Send>>> {
+    let src: Box<dyn Read + Send> = match input {
+        Some(path) => Box::new(File::open(path).map_err(|source| Error::Io {
+            context: format!("cannot read {}", path.display()),
+            source,
+        })?),
+        None => Box::new(io::stdin()),
+    };
+    Ok(BufReader::with_capacity(256 * 1024, src))
+}
+
+/// Runs the cipher from `src` into `output` and commits it.
+fn convert(
+    direction: Direction,
+    key: &Key,
+    kind: CipherKind,
+    src: impl Read,
+    output: Output,
+) -> Result<u64> {
+    let shown = output.shown().to_path_buf();
+    let mut dst = BufWriter::with_capacity(256 * 1024, output);
+    let n = apply(direction, key, kind, src, &mut dst)?;
+    let output = dst.into_inner().map_err(|err| Error::Io {
+        context: format!("cannot write {}", shown.display()),
+        source: err.into_error(),
+    })?;
+    output.commit()?;
+    Ok(n)
+}
+
+/// Writes a regular file through a temporary file, on a worker thread raced against SIGINT
+/// and SIGTERM: on a signal the temporary file is removed at once, even while the worker is
+/// blocked reading its input (a FIFO, a terminal), and the command ends with status 130/143.
+fn to_file(
+    direction: Direction,
+    key: Key,
+    kind: CipherKind,
+    input: Option<PathBuf>,
+    target: Target,
+) -> Result<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            context: "cannot start the async runtime".to_owned(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        // Caught before the temporary file exists, so it never outlives the process.
+        let mut signals = Signals::new()?;
+        let partial = Partial::default();
+        let held = partial.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("dfs-crypt".to_owned())
+            .spawn(move || {
+                // The temporary file first, then the input (which may block, e.g. a FIFO).
+                let result = target.open(&held).and_then(|output| {
+                    let src = open_input(input.as_deref())?;
+                    convert(direction, &key, kind, src, output)
+                });
+                let _ = tx.send(result);
+            })
+            .map_err(|source| Error::Io {
+                context: "cannot start a thread".to_owned(),
+                source,
+            })?;
+        tokio::select! {
+            // A finished write wins over a signal that came with it.
+            biased;
+            result = rx => result.unwrap_or_else(|_| Err(Error::Io {
+                context: "the cipher thread ended without a result".to_owned(),
+                source: io::Error::other("thread panicked"),
+            })),
+            err = signals.recv() => {
+                partial.remove();
+                Err(err)
+            }
+        }
+    })
 }
 
 fn apply(

@@ -84,6 +84,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A client command writing `-o FILE` was stopped by SIGINT or SIGTERM; its temporary
+    /// file was removed.
+    #[error("interrupted by {signal}; the partial output was removed")]
+    Interrupted {
+        /// The signal's name.
+        signal: &'static str,
+        /// The exit status: 128 + the signal's number.
+        status: u8,
+    },
+
     /// The node could not be started or failed while running.
     #[error("{context}")]
     Node {
@@ -110,6 +120,10 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 pub const EXIT_UNREACHABLE: u8 = 4;
 /// Exit status: wrong data key or wrong network secret (authentication failed).
 pub const EXIT_AUTH: u8 = 5;
+/// Exit status: stopped by SIGINT (128 + 2).
+pub(crate) const EXIT_SIGINT: u8 = 130;
+/// Exit status: stopped by SIGTERM (128 + 15).
+pub(crate) const EXIT_SIGTERM: u8 = 143;
 
 impl Error {
     /// The process exit status for this error.
@@ -130,6 +144,7 @@ impl Error {
             Error::Crypto { source, .. } if is_auth_failure(source) => EXIT_AUTH,
             Error::WrongSecret { .. } => EXIT_AUTH,
             Error::Usage { .. } => EXIT_USAGE,
+            Error::Interrupted { status, .. } => *status,
             _ => EXIT_FAILURE,
         }
     }

@@ -7,6 +7,7 @@ pub mod control;
 mod crypt;
 mod error;
 mod keys;
+mod output;
 mod serve;
 
 pub use error::{

@@ -7,8 +7,12 @@
 mod common;
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
 
 use common::*;
 
@@ -44,11 +48,12 @@ fn node_unreachable() {
     let dir = tmp.path().to_str().unwrap();
     let file = tmp.path().join("f");
     std::fs::write(&file, b"x").unwrap();
+    let out = tmp.path().join("out");
     for args in [
         vec!["ls"],
         vec!["status"],
         vec!["peers"],
-        vec!["get", "f", "-o", "/dev/null"],
+        vec!["get", "f", "-o", out.to_str().unwrap()],
         vec!["rm", "f"],
         vec!["put", file.to_str().unwrap()],
     ] {
@@ -114,10 +119,11 @@ fn wrong_data_key() {
     assert_fails_with(&a.dfs(&["rm", "plain"]), EXIT_AUTH, "wrong data key");
     // A name the node never held is still plainly not found.
     assert_fails_with(
-        &a.dfs(&["get", "other", "-o", "/dev/null"]),
+        &a.dfs(&["get", "other", "-o", out.to_str().unwrap()]),
         EXIT_NOT_FOUND,
         "not found",
     );
+    assert!(!out.exists());
 }
 
 #[test]
@@ -256,4 +262,260 @@ fn file_unreadable() {
         eprintln!("permission case skipped: running as root");
     }
     assert!(a.ok(&["ls"]).trim().is_empty(), "nothing was stored");
+}
+
+/// The mode bits of `path` (following links).
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Names in `dir` starting with `.dfs-partial-`.
+fn partials(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".dfs-partial-"))
+        .collect()
+}
+
+/// `-o` writes into what is there: a device stays a device, a link stays a link (its target
+/// is written), a new file gets the umask's mode and a replaced one keeps its own; for
+/// `encrypt`, `decrypt` and `get`.
+#[test]
+fn output_goes_into_the_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keys = keygen(dir, "k");
+    let key = keys.key.to_str().unwrap();
+    let plain = dir.join("plain");
+    let hash = write_pattern_file(&plain, 5, 300_000);
+    let plain = plain.to_str().unwrap();
+
+    // /dev/null (as root the old rename replaced it with a regular file).
+    for cmd in ["encrypt", "decrypt"] {
+        let input = if cmd == "encrypt" { plain } else { "/dev/null" };
+        let out = run(&[cmd, "-k", key, input, "-o", "/dev/null"]);
+        // Decrypting an empty input may fail; it must never touch /dev/null.
+        if cmd == "encrypt" {
+            assert!(out.status.success(), "{}", stderr_of(&out));
+        }
+        let meta = std::fs::symlink_metadata("/dev/null").unwrap();
+        assert!(meta.file_type().is_char_device(), "/dev/null replaced");
+    }
+    assert!(partials(Path::new("/dev")).is_empty());
+
+    // A new file: 0666 less this process's umask (which the child inherits), like any file.
+    let probe = dir.join("probe");
+    std::fs::File::create(&probe).unwrap();
+    let sealed = dir.join("sealed");
+    let out = run(&["encrypt", "-k", key, plain, "-o", sealed.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(mode(&sealed), mode(&probe));
+
+    // Through a symlink to an existing file of mode 0640: the target is replaced, keeps its
+    // mode, and the link stays a link.
+    let real = dir.join("real");
+    std::fs::write(&real, b"old").unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink("real", &link).unwrap();
+    let out = run(&[
+        "decrypt",
+        "-k",
+        key,
+        sealed.to_str().unwrap(),
+        "-o",
+        link.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("real"));
+    assert_eq!(hash_file(&real), hash);
+    assert_eq!(mode(&real), 0o640);
+
+    // A dangling link: the file is created where it points.
+    let sub = dir.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let dangling = dir.join("dangling");
+    std::os::unix::fs::symlink("sub/made", &dangling).unwrap();
+    let out = run(&[
+        "decrypt",
+        "-k",
+        key,
+        sealed.to_str().unwrap(),
+        "-o",
+        dangling.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        std::fs::symlink_metadata(&dangling)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(hash_file(&sub.join("made")), hash);
+
+    // The same through a node's `get`.
+    let a = Node::start(&dir.join("a"), "a", &keys, &[], &["--no-fsync"]);
+    a.ok(&["put", plain]);
+    a.ok(&["get", "plain", "-o", "/dev/null"]);
+    assert!(
+        std::fs::symlink_metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    std::fs::write(&real, b"old").unwrap();
+    a.ok(&["get", "plain", "-o", link.to_str().unwrap()]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(hash_file(&real), hash);
+    assert_eq!(mode(&real), 0o640);
+    let fresh = dir.join("fresh");
+    a.ok(&["get", "plain", "-o", fresh.to_str().unwrap()]);
+    assert_eq!(mode(&fresh), mode(&probe));
+    assert!(partials(dir).is_empty());
+}
+
+/// `-o DIR` is a usage error found before anything else: before connecting to a node (none
+/// runs here: not "unreachable") and before reading the key or the input (both missing here).
+#[test]
+fn output_to_a_directory_fails_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let missing = tmp.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    assert_fails_with(
+        &run(&["get", "f", "-o", dir, "--data", dir]),
+        EXIT_USAGE,
+        "is a directory",
+    );
+    for cmd in ["encrypt", "decrypt"] {
+        assert_fails_with(
+            &run(&[cmd, "-k", missing, missing, "-o", dir]),
+            EXIT_USAGE,
+            "is a directory",
+        );
+    }
+}
+
+/// Creates a FIFO with `mkfifo`.
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Opens `fifo` for writing, which returns once a reader has opened it; fails after
+/// [`DEADLINE`] instead of hanging.
+fn open_fifo_writer(fifo: &Path) -> std::fs::File {
+    let (tx, rx) = mpsc::channel();
+    let path = fifo.to_path_buf();
+    thread::spawn(move || {
+        let _ = tx.send(OpenOptions::new().write(true).open(path));
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("the reader never opened the FIFO")
+        .unwrap()
+}
+
+/// SIGTERM or SIGINT while `encrypt -o FILE` is writing: the temporary file is removed, no
+/// output appears and the status is 143 or 130. The input is a FIFO this test holds open:
+/// `dfs` creates its temporary file before it opens the input, so once our open of the FIFO
+/// returns the partial file exists (checked), and the command is blocked mid-stream.
+#[test]
+fn signal_removes_the_partial_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keys = keygen(dir, "k");
+    let fifo = dir.join("fifo");
+    mkfifo(&fifo);
+    let out_dir = dir.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("sealed");
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let child = dfs()
+            .args([
+                "encrypt",
+                "-k",
+                keys.key.to_str().unwrap(),
+                fifo.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut writer = open_fifo_writer(&fifo);
+        // More than the input buffer: the cipher has read and written some of it.
+        writer.write_all(&Pattern::bytes(6, 1 << 20)).unwrap();
+        assert_eq!(partials(&out_dir).len(), 1, "a partial file while writing");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let output = rx
+            .recv_timeout(DEADLINE)
+            .expect("dfs did not exit on the signal")
+            .unwrap();
+        drop(writer);
+        let line = assert_fails_with(&output, code, "interrupted by SIG");
+        assert!(line.contains(&format!("SIG{signal}")), "{line}");
+        assert!(partials(&out_dir).is_empty(), "partial file left behind");
+        assert!(!out.exists());
+    }
+}
+
+/// stdout closed by its reader (`dfs put - | true`): the file is stored, the line is dropped
+/// quietly and the status is 0 (it was a panic, status 101). The pipe's read end is closed
+/// before `put` can print: it prints only after its stdin ends, which we close afterwards.
+#[test]
+fn closed_stdout_is_not_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "k");
+    let a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--no-fsync"]);
+    let mut child = dfs()
+        .args(["put", "-", "--name", "piped", "--data", a.data_arg()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello through a pipe").unwrap();
+    drop(stdin);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(DEADLINE)
+        .expect("put did not exit")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status {:?}: {}",
+        out.status,
+        stderr_of(&out)
+    );
+    assert!(stderr_of(&out).is_empty(), "{}", stderr_of(&out));
+    assert!(a.ok(&["ls"]).contains("piped"));
 }
