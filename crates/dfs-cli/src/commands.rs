@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter};
 
 use crate::cli::{GetArgs, NodeArgs, PeersArgs, PutArgs, ReplicateArgs, RmArgs};
 use crate::control::{Client, RemoteError, RemoteErrorKind};
-use crate::output::{Partial, Signals, Stdout, Target};
+use crate::output::{Output, Partial, Signals, Stdout, Target};
 use crate::{Error, Result};
 
 /// Bodies smaller than this get no progress bar.
@@ -116,18 +116,26 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
         Some(path) => {
             // Checked before connecting: `-o DIR` fails at once.
             let target = Target::resolve(&path)?;
-            let mut client = Client::connect(&args.node.data).await?;
             let written = if target.is_direct() {
                 // Nothing to clean up: a signal ends the process as usual.
-                download_to(&mut client, &args.name, &target, &Partial::default()).await?
+                let output = target.open(&Partial::default())?;
+                let mut client = Client::connect(&args.node.data).await?;
+                download_to(&mut client, &args.name, output).await?
             } else {
                 // Caught before the temporary file exists, so it never outlives the process.
                 let mut signals = Signals::new()?;
                 let partial = Partial::default();
+                let fetch = async {
+                    // The temporary file first: an unwritable directory fails before the node
+                    // is asked for anything.
+                    let output = target.open(&partial)?;
+                    let mut client = Client::connect(&args.node.data).await?;
+                    download_to(&mut client, &args.name, output).await
+                };
                 tokio::select! {
                     // A finished write wins over a signal that came with it.
                     biased;
-                    written = download_to(&mut client, &args.name, &target, &partial) => written?,
+                    written = fetch => written?,
                     err = signals.recv() => {
                         partial.remove();
                         return Err(err);
@@ -161,17 +169,11 @@ async fn download<W: tokio::io::AsyncWrite + Unpin>(
     result
 }
 
-/// Downloads into `target` (for a file: a temporary file `partial` holds, renamed into place
-/// only when complete).
-async fn download_to(
-    client: &mut Client,
-    name: &str,
-    target: &Target,
-    partial: &Partial,
-) -> Result<u64> {
-    let output = target.open(partial)?;
+/// Downloads into `output` and commits it (a temporary file is renamed into place only when
+/// complete).
+async fn download_to(client: &mut Client, name: &str, output: Output) -> Result<u64> {
     let io_err = |source| Error::Io {
-        context: format!("cannot write {}", target.shown().display()),
+        context: format!("cannot write {}", output.shown().display()),
         source,
     };
     let file = output.file().try_clone().map_err(io_err)?;

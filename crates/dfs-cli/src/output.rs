@@ -79,11 +79,6 @@ impl Target {
         Ok(Target { shown, kind })
     }
 
-    /// The path as given on the command line.
-    pub(crate) fn shown(&self) -> &Path {
-        &self.shown
-    }
-
     /// Whether the output is written in place (no temporary file to clean up on a signal).
     pub(crate) fn is_direct(&self) -> bool {
         matches!(self.kind, Kind::Direct(_))

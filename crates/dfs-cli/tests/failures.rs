@@ -512,6 +512,66 @@ fn signal_removes_the_partial_output() {
     }
 }
 
+/// SIGTERM or SIGINT during `get -o FILE`: the temporary file is removed and the status is
+/// 143 or 130. The test plays the node: it listens on the control socket and never answers,
+/// so `get` (which creates its temporary file before it connects) is stuck mid-command once
+/// the connection is accepted.
+#[test]
+fn signal_during_get_removes_the_partial_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let listener =
+        std::os::unix::net::UnixListener::bind(data.join(dfs_cli::control::SOCKET_FILE)).unwrap();
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("got");
+    let (accepted_tx, accepted) = mpsc::channel();
+    thread::spawn(move || {
+        // Hold every connection open (unanswered) until the test ends.
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn.unwrap());
+            if accepted_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let child = dfs()
+            .args(["get", "f", "-o", out.to_str().unwrap(), "--data"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        accepted
+            .recv_timeout(DEADLINE)
+            .expect("get never connected");
+        assert_eq!(partials(&out_dir).len(), 1, "a partial file while fetching");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let output = rx
+            .recv_timeout(DEADLINE)
+            .expect("dfs did not exit on the signal")
+            .unwrap();
+        let line = assert_fails_with(&output, code, &format!("interrupted by SIG{signal}"));
+        assert!(line.contains("partial output was removed"), "{line}");
+        assert!(partials(&out_dir).is_empty(), "partial file left behind");
+        assert!(!out.exists());
+    }
+}
+
 /// stdout closed by its reader (`dfs put - | true`): the file is stored, the line is dropped
 /// quietly and the status is 0 (it was a panic, status 101). The pipe's read end is closed
 /// before `put` can print: it prints only after its stdin ends, which we close afterwards.
