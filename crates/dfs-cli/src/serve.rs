@@ -583,30 +583,29 @@ impl Backend for Node {
     }
 
     async fn remove(&self, name: &str, everywhere: bool) -> Result<(), RemoteError> {
-        let here = self.server.has(name).await.map_err(|err| remote(&err))?;
-        // `FileServer::delete` does not say whether peers held the file, so "nobody had it"
-        // is only certain with no peer connected.
-        if !here && (!everywhere || self.server.peers().is_empty()) {
-            return Err(self.under_another_key(name).await.unwrap_or_else(|| {
-                RemoteError::new(
-                    RemoteErrorKind::NotFound,
-                    if everywhere {
-                        format!("file {name:?} not found on this node (and no peer is connected)")
-                    } else {
-                        format!("file {name:?} not found on this node")
-                    },
-                )
-            }));
-        }
         let scope = if everywhere {
             Scope::Everywhere
         } else {
             Scope::Local
         };
-        self.server
+        let report = self
+            .server
             .delete(name, scope)
             .await
-            .map_err(|err| remote(&err))
+            .map_err(|err| remote(&err))?;
+        if report.found() {
+            return Ok(());
+        }
+        Err(self.under_another_key(name).await.unwrap_or_else(|| {
+            RemoteError::new(
+                RemoteErrorKind::NotFound,
+                if everywhere {
+                    format!("file {name:?} not found on this node nor on any connected peer")
+                } else {
+                    format!("file {name:?} not found on this node")
+                },
+            )
+        }))
     }
 
     async fn list(&self) -> Result<Vec<FileEntry>, RemoteError> {

@@ -587,6 +587,31 @@ fn rm_everywhere_of_a_name_nobody_has_is_not_found() {
         "{}",
         stderr_of(&out)
     );
+    // With a peer connected, the peers' answers decide: a name only the peer holds is
+    // removed (exit 0), and once nobody holds it, it is not found.
+    let b = Node::start(&tmp.path().join("b"), "b", &keys, &[&a], &["--no-fsync"]);
+    a.wait_peers(1);
+    b.ok(&["put", f.to_str().unwrap()]);
+    a.ok(&["rm", "f"]);
+    a.ok(&["rm", "f", "--everywhere"]);
+    assert!(
+        b.dfs(&["get", "f", "-o", tmp.path().join("g").to_str().unwrap()])
+            .status
+            .code()
+            == Some(EXIT_NOT_FOUND)
+    );
+    let out = a.dfs(&["rm", "f", "--everywhere"]);
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_NOT_FOUND),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        stderr_of(&out).contains("nor on any connected peer"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]

@@ -21,7 +21,8 @@ pub use error::{Result, ServerError};
 pub use event::ServerEvent;
 pub use id::ObjectId;
 pub use server::{
-    FileInfo, FileReader, FileServer, PeerInfo, Receipt, ScrubReport, StoredCiphertext,
+    DeleteReport, FileInfo, FileReader, FileServer, PeerInfo, Receipt, ScrubReport,
+    StoredCiphertext,
 };
 
 pub use dfs_crypto::{Aes256Ctr, Aes256CtrBlake3, Cipher, Key};

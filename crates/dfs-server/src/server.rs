@@ -138,6 +138,23 @@ pub struct FileInfo {
     pub size: u64,
 }
 
+/// What [`FileServer::delete`] found and removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeleteReport {
+    /// Whether this node held a copy (now removed).
+    pub local: bool,
+    /// The peers that held a copy and removed it ([`Scope::Everywhere`] only).
+    pub peers: Vec<NodeId>,
+}
+
+impl DeleteReport {
+    /// Whether any copy was found: `false` means nobody asked had the file.
+    pub fn found(&self) -> bool {
+        self.local || !self.peers.is_empty()
+    }
+}
+
 /// A connected peer; see [`FileServer::peers`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -566,17 +583,38 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
 
     /// Deletes `name` from this node ([`Scope::Local`]) or from this node and every
     /// connected peer ([`Scope::Everywhere`]; peers that do not confirm in time are named in
-    /// [`ServerError::DeleteIncomplete`]). Deleting a missing file is not an error.
-    pub async fn delete(&self, name: &str, scope: Scope) -> Result<()> {
+    /// [`ServerError::DeleteIncomplete`]). Deleting a missing file is not an error: the
+    /// report says who held a copy ([`DeleteReport::found`]).
+    ///
+    /// ```
+    /// # use dfs_server::{Config, FileServer, Key, MemoryTransport, Scope};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let node = FileServer::start(
+    /// #     Config::builder(dir.path()).listen_addr("mem:0").data_key(Key::generate()?).build(),
+    /// #     MemoryTransport::new(),
+    /// # )
+    /// # .await?;
+    /// node.store_bytes("a.txt", b"hi").await?;
+    /// let report = node.delete("a.txt", Scope::Everywhere).await?;
+    /// assert!(report.local && report.found());
+    /// assert!(!node.delete("a.txt", Scope::Everywhere).await?.found());
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(&self, name: &str, scope: Scope) -> Result<DeleteReport> {
         let _token = self.inner.begin()?;
         let object = self.object_id(name);
-        self.inner
+        let local = self
+            .inner
             .delete_local(object, Some(name.to_owned()), None)
             .await?;
-        if scope == Scope::Everywhere {
-            self.inner.delete_remote(name, object).await?;
-        }
-        Ok(())
+        let peers = if scope == Scope::Everywhere {
+            self.inner.delete_remote(name, object).await?
+        } else {
+            Vec::new()
+        };
+        Ok(DeleteReport { local, peers })
     }
 
     /// The objects this node holds (its own files and opaque replicas).
@@ -1313,7 +1351,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         Ok(existed)
     }
 
-    async fn delete_remote(&self, name: &str, object: ObjectId) -> Result<()> {
+    /// Asks every connected peer to delete `object`; the peers that held it.
+    async fn delete_remote(&self, name: &str, object: ObjectId) -> Result<Vec<NodeId>> {
         let timeout = self.config.request_timeout;
         let asks = self
             .endpoint
@@ -1328,11 +1367,11 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                         .await?;
                     match s.recv::<Envelope>().await? {
                         Some(Envelope {
-                            message: Message::Deleted { .. },
+                            message: Message::Deleted { existed },
                             ..
                         }) => {
                             let _ = s.finish().await;
-                            Ok(())
+                            Ok(existed)
                         }
                         other => Err(ServerError::Remote {
                             peer: id,
@@ -1350,17 +1389,20 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 (id, result)
             });
         let results = futures::future::join_all(asks).await;
-        let failed: Vec<NodeId> = results
-            .into_iter()
-            .filter_map(|(id, r)| {
-                r.err().map(|e| {
+        let mut held = Vec::new();
+        let mut failed = Vec::new();
+        for (id, result) in results {
+            match result {
+                Ok(true) => held.push(id),
+                Ok(false) => {}
+                Err(e) => {
                     warn!(%name, peer = %id, error = %e, "remote delete failed");
-                    id
-                })
-            })
-            .collect();
+                    failed.push(id);
+                }
+            }
+        }
         if failed.is_empty() {
-            Ok(())
+            Ok(held)
         } else {
             Err(ServerError::DeleteIncomplete {
                 name: name.to_owned(),

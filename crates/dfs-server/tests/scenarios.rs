@@ -1128,8 +1128,17 @@ async fn delete_everywhere_and_replication_policies<N: Net>(net: N) {
 
     let wanted = a.store_bytes("everywhere", b"xyz").await;
     assert!(wanted.is_ok());
-    a.delete("two-copies", Scope::Everywhere).await.unwrap();
+    let report = a.delete("two-copies", Scope::Everywhere).await.unwrap();
+    assert!(report.local);
+    let mut held = report.peers.clone();
+    held.sort_by_key(|id| id.to_hex());
+    let mut want = receipt.replicas.clone();
+    want.sort_by_key(|id| id.to_hex());
+    assert_eq!(held, want, "the report names the peers that held a copy");
     a.delete("everywhere", Scope::Everywhere).await.unwrap();
+    // Nobody holds it any more: with peers connected, the report says so.
+    let again = a.delete("two-copies", Scope::Everywhere).await.unwrap();
+    assert!(!again.found(), "{again:?}");
     for node in all.iter() {
         assert!(!node.has("two-copies").await.unwrap());
         assert!(!node.has("everywhere").await.unwrap());
