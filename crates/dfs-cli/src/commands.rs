@@ -53,7 +53,17 @@ pub(crate) async fn put(args: PutArgs) -> Result<()> {
             });
         }
         (None, false) => match args.file.file_name() {
-            Some(name) => name.to_string_lossy().into_owned(),
+            Some(name) => match name.to_str() {
+                Some(name) => name.to_owned(),
+                None => {
+                    return Err(Error::Usage {
+                        message: format!(
+                            "the name of {} is not UTF-8; pass --name",
+                            args.file.display()
+                        ),
+                    });
+                }
+            },
             None => {
                 return Err(Error::Usage {
                     message: format!("{} has no file name; pass --name", args.file.display()),
@@ -61,6 +71,10 @@ pub(crate) async fn put(args: PutArgs) -> Result<()> {
             }
         },
     };
+    // The node would refuse the name only after the whole upload: check it first.
+    crate::control::daemon::check_name(&name).map_err(|why| Error::Usage {
+        message: format!("bad file name {name:?}: {why}"),
+    })?;
     let (body, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
         (Box::new(tokio::io::stdin()), None)
     } else {

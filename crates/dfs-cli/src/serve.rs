@@ -35,6 +35,7 @@ type Server = FileServer<TcpTransport>;
 /// Runs a node until SIGINT or SIGTERM.
 pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     init_tracing();
+    check_listen(&args.listen).await?;
     let data = args.data.clone();
     prepare_data_dir(&data)?;
     warn_if_data_dir_is_open(&data);
@@ -201,6 +202,21 @@ fn node_err(context: String, err: ServerError) -> Error {
     Error::Node {
         context,
         source: Box::new(err),
+    }
+}
+
+/// A `--listen` value that is no address is a usage error naming it (exit 2), not a failure
+/// deep inside the node's start.
+async fn check_listen(addr: &str) -> Result<()> {
+    let bad = |why: String| Error::Usage {
+        message: format!("bad --listen address {addr:?}: {why}"),
+    };
+    match tokio::net::lookup_host(addr).await {
+        Ok(mut addrs) => match addrs.next() {
+            Some(_) => Ok(()),
+            None => Err(bad("it resolves to no address".to_owned())),
+        },
+        Err(e) => Err(bad(e.to_string())),
     }
 }
 

@@ -8,6 +8,7 @@ mod common;
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -61,6 +62,54 @@ fn node_unreachable() {
         all.extend(["--data", dir]);
         assert_fails_with(&run(&all), EXIT_UNREACHABLE, "node unreachable");
     }
+}
+
+/// A name the node would refuse is refused before anything is uploaded (here: before
+/// connecting, as no node runs), as are non-UTF-8 file names taken as the name.
+#[test]
+fn bad_names_fail_before_the_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let file = tmp.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let f = file.to_str().unwrap();
+    assert_fails_with(
+        &run(&["put", f, "--name", "a\nb", "--data", dir]),
+        EXIT_USAGE,
+        "control characters",
+    );
+    assert_fails_with(
+        &run(&["put", f, "--name", "", "--data", dir]),
+        EXIT_USAGE,
+        "empty",
+    );
+    let odd = tmp.path().join(std::ffi::OsStr::from_bytes(b"bad\xffname"));
+    std::fs::write(&odd, b"x").unwrap();
+    let out = dfs()
+        .arg("put")
+        .arg(&odd)
+        .args(["--data", dir])
+        .output()
+        .unwrap();
+    assert_fails_with(&out, EXIT_USAGE, "not UTF-8");
+}
+
+#[test]
+fn bad_listen_address_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("n");
+    let line = assert_fails_with(
+        &run(&[
+            "serve",
+            "--listen",
+            "nonsense",
+            "--data",
+            data.to_str().unwrap(),
+        ]),
+        EXIT_USAGE,
+        "bad --listen address",
+    );
+    assert!(line.contains("nonsense"), "{line}");
 }
 
 #[test]

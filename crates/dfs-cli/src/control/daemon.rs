@@ -292,7 +292,7 @@ async fn handle_request<B: Backend>(
 const MAX_NAME_LEN: usize = 4096;
 
 /// Names are opaque to the cluster (peers see a keyed hash), but must be printable text.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a file name cannot be empty".to_owned());
     }
