@@ -146,13 +146,17 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
                     let mut client = Client::connect(&args.node.data).await?;
                     download_to(&mut client, &args.name, output).await
                 };
+                tokio::pin!(fetch);
                 tokio::select! {
                     // A finished write wins over a signal that came with it.
                     biased;
-                    written = fetch => written?,
+                    written = &mut fetch => written?,
                     err = signals.recv() => {
-                        partial.remove();
-                        return Err(err);
+                        if !partial.remove() {
+                            return Err(err);
+                        }
+                        // Too late: the output is complete and in place.
+                        fetch.await?
                     }
                 }
             };

@@ -39,7 +39,8 @@ pub(crate) fn run(
     match target {
         Some(target) if !target.is_direct() => to_file(direction, key, kind, input, target),
         Some(target) => {
-            // A device or FIFO: written in place, nothing to clean up on a signal.
+            // A device, a FIFO or a path under /dev or /proc: written in place, nothing to
+            // clean up on a signal.
             let output = target.open(&Partial::default())?;
             let src = open_input(input.as_deref())?;
             convert(direction, &key, kind, src, output)
@@ -109,32 +110,43 @@ fn to_file(
         // Caught before the temporary file exists, so it never outlives the process.
         let mut signals = Signals::new()?;
         let partial = Partial::default();
-        let held = partial.clone();
+        // The temporary file is created here, before the worker exists, and `partial` holds
+        // it from then on: a signal at any later point finds it and removes it. The worker
+        // only opens the input (which may block, e.g. a FIFO) and runs the cipher.
+        let output = target.open(&partial)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("dfs-crypt".to_owned())
             .spawn(move || {
-                // The temporary file first, then the input (which may block, e.g. a FIFO).
-                let result = target.open(&held).and_then(|output| {
-                    let src = open_input(input.as_deref())?;
-                    convert(direction, &key, kind, src, output)
-                });
+                let result = open_input(input.as_deref())
+                    .and_then(|src| convert(direction, &key, kind, src, output));
                 let _ = tx.send(result);
             })
             .map_err(|source| Error::Io {
                 context: "cannot start a thread".to_owned(),
                 source,
             })?;
+        let result = async {
+            rx.await.unwrap_or_else(|_| {
+                Err(Error::Io {
+                    context: "the cipher thread ended without a result".to_owned(),
+                    source: io::Error::other("thread panicked"),
+                })
+            })
+        };
+        tokio::pin!(result);
         tokio::select! {
             // A finished write wins over a signal that came with it.
             biased;
-            result = rx => result.unwrap_or_else(|_| Err(Error::Io {
-                context: "the cipher thread ended without a result".to_owned(),
-                source: io::Error::other("thread panicked"),
-            })),
+            result = &mut result => result,
             err = signals.recv() => {
-                partial.remove();
-                Err(err)
+                if partial.remove() {
+                    // Too late: the output is complete and in place, the worker is about to
+                    // report it.
+                    result.await
+                } else {
+                    Err(err)
+                }
             }
         }
     })

@@ -4,19 +4,26 @@
 //!
 //! `-o PATH` writes *into* what is at `PATH`:
 //!
-//! - a character or block device, a FIFO or a socket is opened and written directly, streaming
-//!   (no temporary file, no rename: `-o /dev/null` stays `/dev/null`);
+//! - a path under `/dev` or `/proc` (`/dev/stdout`, `/dev/stderr`, `/dev/fd/N`,
+//!   `/proc/self/fd/N`, `/dev/null`, also reached through a symbolic link) is opened for
+//!   appending and written directly, whatever it is: never replaced, never created (so
+//!   `-o /dev/stderr 2>>log` appends to `log`);
+//! - a character or block device or a FIFO is opened and written directly, streaming (no
+//!   temporary file, no rename, no truncation: `-o /dev/null` stays `/dev/null`); if it has
+//!   become a regular file by the time it is opened, nothing is written and the command fails;
 //! - a regular file, or a path that does not exist yet, is written to a temporary file
 //!   `.dfs-partial-*` beside it, renamed into place only when complete; a symbolic link is
 //!   followed to its final target first, so the temporary file goes beside the target and the
 //!   link stays a link;
 //! - a new file gets the usual permissions (`0666` less the umask); a replaced file keeps its
-//!   mode;
-//! - a directory is refused up front ([`Error::Usage`]), before anything is read or fetched.
+//!   mode, owner and group (like `cp -p`); when its owner and group cannot be kept (not root),
+//!   the new file is the writer's and loses any setuid and setgid bits;
+//! - a directory or a Unix socket (which cannot be opened) is refused up front
+//!   ([`Error::Usage`]), before anything is read or fetched.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -39,40 +46,72 @@ pub(crate) struct Target {
 
 #[derive(Debug)]
 enum Kind {
-    /// Not a regular file (device, FIFO, socket): opened and written in place.
+    /// Under `/dev` or `/proc`: opened for appending and written in place, whatever it is.
+    Append(PathBuf),
+    /// A device or FIFO: opened and written in place, refused if it is a regular file by then.
     Direct(PathBuf),
     /// A regular file or nothing yet at `dest` (symlinks resolved): temporary file + rename.
     Replace {
         dest: PathBuf,
-        /// The mode of the file being replaced (`None`: a new file).
-        mode: Option<Permissions>,
+        /// The file being replaced (`None`: a new file).
+        old: Option<Kept>,
     },
 }
 
+/// What a replaced file passes on to its replacement.
+#[derive(Clone, Copy, Debug)]
+struct Kept {
+    /// Permission bits, setuid, setgid and sticky included.
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
 impl Target {
-    /// Checks `path` without creating or opening anything: a directory is a usage error.
+    /// Checks `path` without creating or opening anything: a directory or a socket is a usage
+    /// error, and so is nothing at all under `/dev` or `/proc` (an I/O error: not found).
     pub(crate) fn resolve(path: &Path) -> Result<Target> {
         let shown = path.to_path_buf();
         let io_err = |source| Error::Io {
             context: format!("cannot write {}", path.display()),
             source,
         };
+        let (followed, special) = follow_links(path).map_err(io_err)?;
         let kind = match std::fs::metadata(path) {
             Ok(meta) if meta.is_dir() => {
                 return Err(Error::Usage {
                     message: format!("-o {}: is a directory", path.display()),
                 });
             }
+            Ok(meta) if meta.file_type().is_socket() => {
+                return Err(Error::Usage {
+                    message: format!(
+                        "-o {}: is a socket, which cannot be written to",
+                        path.display()
+                    ),
+                });
+            }
             // The kernel follows any links (also /proc's magic ones) when it is opened.
+            Ok(_) if special => Kind::Append(path.to_path_buf()),
             Ok(meta) if !meta.is_file() => Kind::Direct(path.to_path_buf()),
             Ok(meta) => Kind::Replace {
                 dest: std::fs::canonicalize(path).map_err(io_err)?,
-                mode: Some(meta.permissions()),
+                old: Some(Kept {
+                    mode: meta.mode() & 0o7777,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                }),
             },
+            Err(err) if err.kind() == io::ErrorKind::NotFound && special => {
+                return Err(io_err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no such file (dfs creates no files under /dev or /proc)",
+                )));
+            }
             Err(err) if err.kind() == io::ErrorKind::NotFound => Kind::Replace {
                 // Nothing there, or a dangling link: the file is created where it points.
-                dest: follow_links(path).map_err(io_err)?,
-                mode: None,
+                dest: followed,
+                old: None,
             },
             Err(err) => return Err(io_err(err)),
         };
@@ -81,54 +120,73 @@ impl Target {
 
     /// Whether the output is written in place (no temporary file to clean up on a signal).
     pub(crate) fn is_direct(&self) -> bool {
-        matches!(self.kind, Kind::Direct(_))
+        !matches!(self.kind, Kind::Replace { .. })
     }
 
     /// Opens the output for writing: the target itself, or a new temporary file beside it
     /// that `partial` owns (and removes when [`Partial::remove`] is called or it is dropped
     /// without [`Output::commit`]).
     pub(crate) fn open(&self, partial: &Partial) -> Result<Output> {
-        match &self.kind {
+        let file = match &self.kind {
+            Kind::Append(path) => OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|source| self.io_err(source))?,
             Kind::Direct(path) => {
+                // No truncation: if a regular file took the device's place since `resolve`,
+                // the check below refuses it before anything is written.
                 let file = OpenOptions::new()
                     .write(true)
                     .open(path)
                     .map_err(|source| self.io_err(source))?;
-                Ok(Output {
-                    file,
-                    replace: None,
-                    shown: self.shown.clone(),
-                })
-            }
-            Kind::Replace { dest, mode } => {
-                let dir = match dest.parent() {
-                    Some(dir) if !dir.as_os_str().is_empty() => dir,
-                    _ => Path::new("."),
-                };
-                let mut builder = tempfile::Builder::new();
-                builder.prefix(".dfs-partial-");
-                // A new file: 0666 less the umask (the syscall applies it). A replaced file:
-                // private until its own mode is set below, before anything is written.
-                builder.permissions(Permissions::from_mode(match mode {
-                    None => 0o666,
-                    Some(_) => 0o600,
-                }));
-                let tmp = builder
-                    .tempfile_in(dir)
-                    .map_err(|source| self.io_err(source))?;
-                let (file, path) = tmp.into_parts();
-                if let Some(mode) = mode {
-                    file.set_permissions(mode.clone())
-                        .map_err(|source| self.io_err(source))?;
+                let meta = file.metadata().map_err(|source| self.io_err(source))?;
+                if meta.is_file() {
+                    return Err(self.io_err(io::Error::other(
+                        "it became a regular file after it was checked; nothing was written",
+                    )));
                 }
-                partial.hold(path)?;
-                Ok(Output {
-                    file,
-                    replace: Some((partial.clone(), dest.clone())),
-                    shown: self.shown.clone(),
-                })
+                file
             }
+            Kind::Replace { dest, old } => return self.open_temporary(partial, dest, *old),
+        };
+        Ok(Output {
+            file,
+            replace: None,
+            shown: self.shown.clone(),
+        })
+    }
+
+    /// A new temporary file beside `dest`, held by `partial`, with `old`'s owner and mode.
+    fn open_temporary(&self, partial: &Partial, dest: &Path, old: Option<Kept>) -> Result<Output> {
+        let dir = match dest.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".dfs-partial-");
+        // A new file: 0666 less the umask (the syscall applies it). A replaced file: private
+        // until its owner and mode are set below, before anything is written.
+        builder.permissions(Permissions::from_mode(match old {
+            None => 0o666,
+            Some(_) => 0o600,
+        }));
+        let tmp = builder
+            .tempfile_in(dir)
+            .map_err(|source| self.io_err(source))?;
+        let (file, path) = tmp.into_parts();
+        // Held at once: removed on a signal or an error from here on.
+        partial.hold(path)?;
+        if let Some(old) = old {
+            // The owner first: a chown may clear setuid/setgid bits, the mode comes after.
+            let owner_kept = std::os::unix::fs::fchown(&file, Some(old.uid), Some(old.gid)).is_ok();
+            file.set_permissions(Permissions::from_mode(kept_mode(old.mode, owner_kept)))
+                .map_err(|source| self.io_err(source))?;
         }
+        Ok(Output {
+            file,
+            replace: Some((partial.clone(), dest.to_path_buf())),
+            shown: self.shown.clone(),
+        })
     }
 
     fn io_err(&self, source: io::Error) -> Error {
@@ -139,11 +197,25 @@ impl Target {
     }
 }
 
+/// The mode a replacement file gets from the file it replaces: the same, but without setuid
+/// and setgid when it could not be given the old owner and group (a setuid program must not
+/// change hands, e.g. from `nobody` to `root`, with new contents).
+fn kept_mode(mode: u32, owner_kept: bool) -> u32 {
+    if owner_kept {
+        mode & 0o7777
+    } else {
+        mode & 0o7777 & !0o6000
+    }
+}
+
 /// `path` with every symbolic link at its end followed (the parent directories are left as
-/// they are: the rename happens in the directory the last link points into).
-fn follow_links(path: &Path) -> io::Result<PathBuf> {
+/// they are: the rename happens in the directory the last link points into), and whether the
+/// path or a link on the way is in `/dev` or `/proc` (its directory resolved).
+fn follow_links(path: &Path) -> io::Result<(PathBuf, bool)> {
     let mut path = path.to_path_buf();
+    let mut special = false;
     for _ in 0..MAX_LINKS {
+        special = special || in_dev_or_proc(&path);
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let target = std::fs::read_link(&path)?;
@@ -152,12 +224,21 @@ fn follow_links(path: &Path) -> io::Result<PathBuf> {
                     _ => target,
                 };
             }
-            Ok(_) => return Ok(path),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(path),
+            Ok(_) => return Ok((path, special)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok((path, special)),
             Err(err) => return Err(err),
         }
     }
     Err(io::Error::other("too many levels of symbolic links"))
+}
+
+/// Whether the directory of `path`, all links resolved, is `/dev` or `/proc` or below.
+fn in_dev_or_proc(path: &Path) -> bool {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::canonicalize(dir).is_ok_and(|dir| dir.starts_with("/dev") || dir.starts_with("/proc"))
 }
 
 /// The temporary file of an output being written, shared between the writer and whoever
@@ -169,6 +250,8 @@ pub(crate) struct Partial(Arc<Mutex<PartialState>>);
 #[derive(Debug, Default)]
 struct PartialState {
     removed: bool,
+    /// Renamed into place: complete, nothing left to remove.
+    committed: bool,
     tmp: Option<TempPath>,
 }
 
@@ -183,12 +266,18 @@ impl Partial {
         Ok(())
     }
 
-    /// Deletes the temporary file, if any, and makes any later commit fail.
-    pub(crate) fn remove(&self) {
+    /// Deletes the temporary file, if any, and makes any later commit fail. Returns `true`
+    /// when it is too late: the output was already renamed into place, complete.
+    #[must_use]
+    pub(crate) fn remove(&self) -> bool {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.committed {
+            return true;
+        }
         state.removed = true;
         // Dropping the `TempPath` deletes the file.
         state.tmp = None;
+        false
     }
 }
 
@@ -237,6 +326,7 @@ impl Output {
             _ => return Err(interrupted_while_writing()),
         };
         tmp.persist(dest).map_err(|err| io_err(err.error))?;
+        state.committed = true;
         Ok(())
     }
 }
@@ -331,5 +421,121 @@ impl Stdout {
                 source,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names in `dir` starting with `.dfs-partial-`.
+    fn partials(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".dfs-partial-")
+            })
+            .count()
+    }
+
+    #[test]
+    fn setuid_and_setgid_are_dropped_only_with_the_owner() {
+        assert_eq!(kept_mode(0o4755, true), 0o4755);
+        assert_eq!(kept_mode(0o2750, true), 0o2750);
+        assert_eq!(kept_mode(0o4755, false), 0o755);
+        assert_eq!(kept_mode(0o6775, false), 0o775);
+        // The sticky bit and the permissions stay.
+        assert_eq!(kept_mode(0o1640, false), 0o1640);
+        assert_eq!(kept_mode(0o100644, false), 0o644);
+    }
+
+    /// A device that is a regular file by the time it is opened (swapped after `resolve`):
+    /// refused, and not one byte of the file is touched.
+    #[test]
+    fn direct_target_turned_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("was-a-device");
+        std::fs::write(&path, b"precious").unwrap();
+        let target = Target {
+            shown: path.clone(),
+            kind: Kind::Direct(path.clone()),
+        };
+        let err = target.open(&Partial::default()).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        assert!(
+            err.one_line().contains("regular file"),
+            "{}",
+            err.one_line()
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    /// Paths under /dev or /proc, given so or reached through a link, are appended to; a
+    /// missing one is not created; sockets and directories are usage errors. Nothing here
+    /// opens or writes anything.
+    #[test]
+    fn dev_and_proc_are_written_in_place_and_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        // A descriptor of our own (the harness's stdout and stderr may be anything).
+        let log = File::create(dir.path().join("log")).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&log);
+        let by_fd = [format!("/proc/self/fd/{fd}"), format!("/dev/fd/{fd}")];
+        for path in by_fd.iter().map(String::as_str).chain(["/dev/null"]) {
+            let target = Target::resolve(Path::new(path)).unwrap();
+            assert!(matches!(target.kind, Kind::Append(_)), "{path}: {target:?}");
+        }
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&by_fd[1], &link).unwrap();
+        let target = Target::resolve(&link).unwrap();
+        assert!(matches!(target.kind, Kind::Append(_)), "{target:?}");
+
+        let missing = Target::resolve(Path::new("/proc/self/fd/987654")).unwrap_err();
+        assert!(
+            matches!(&missing, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        );
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink("/proc/self/fd/987654", &dangling).unwrap();
+        assert!(matches!(Target::resolve(&dangling), Err(Error::Io { .. })));
+
+        let socket = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let err = Target::resolve(&socket).unwrap_err();
+        assert!(matches!(err, Error::Usage { .. }), "{err:?}");
+        assert!(err.one_line().contains("is a socket"), "{}", err.one_line());
+        assert!(matches!(
+            Target::resolve(dir.path()),
+            Err(Error::Usage { .. })
+        ));
+    }
+
+    /// A signal handled after the rename learns that the output is complete and in place; one
+    /// handled before it removes the temporary file and makes the commit fail.
+    #[test]
+    fn remove_after_commit_reports_the_output_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let target = Target::resolve(&path).unwrap();
+
+        let partial = Partial::default();
+        let mut output = target.open(&partial).unwrap();
+        output.write_all(b"complete").unwrap();
+        output.commit().unwrap();
+        assert!(partial.remove(), "the commit is reported");
+        assert_eq!(std::fs::read(&path).unwrap(), b"complete");
+        assert_eq!(partials(dir.path()), 0);
+
+        std::fs::remove_file(&path).unwrap();
+        let partial = Partial::default();
+        let mut output = target.open(&partial).unwrap();
+        output.write_all(b"partial").unwrap();
+        assert_eq!(partials(dir.path()), 1);
+        assert!(!partial.remove());
+        assert_eq!(partials(dir.path()), 0);
+        assert!(output.commit().is_err());
+        assert!(!path.exists());
     }
 }
