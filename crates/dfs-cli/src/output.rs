@@ -69,7 +69,7 @@ struct Kept {
 
 impl Target {
     /// Checks `path` without creating or opening anything: a directory or a socket is a usage
-    /// error, and so is nothing at all under `/dev` or `/proc` (an I/O error: not found).
+    /// error; a path under `/dev` or `/proc` with nothing there is an I/O error (not found).
     pub(crate) fn resolve(path: &Path) -> Result<Target> {
         let shown = path.to_path_buf();
         let io_err = |source| Error::Io {
