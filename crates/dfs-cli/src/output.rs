@@ -232,13 +232,17 @@ fn follow_links(path: &Path) -> io::Result<(PathBuf, bool)> {
     Err(io::Error::other("too many levels of symbolic links"))
 }
 
-/// Whether the directory of `path`, all links resolved, is `/dev` or `/proc` or below.
+/// Whether the directory of `path`, all links resolved, is `/dev` or `/proc` or below (but
+/// not `/dev/shm`).
 fn in_dev_or_proc(path: &Path) -> bool {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    std::fs::canonicalize(dir).is_ok_and(|dir| dir.starts_with("/dev") || dir.starts_with("/proc"))
+    std::fs::canonicalize(dir).is_ok_and(|dir| {
+        // `/dev/shm` holds ordinary files (a tmpfs): those are written like any other.
+        (dir.starts_with("/dev") && !dir.starts_with("/dev/shm")) || dir.starts_with("/proc")
+    })
 }
 
 /// The temporary file of an output being written, shared between the writer and whoever
@@ -492,6 +496,11 @@ mod tests {
         std::os::unix::fs::symlink(&by_fd[1], &link).unwrap();
         let target = Target::resolve(&link).unwrap();
         assert!(matches!(target.kind, Kind::Append(_)), "{target:?}");
+
+        // Except `/dev/shm`, a tmpfs of ordinary files.
+        if Path::new("/dev/shm").is_dir() {
+            assert!(!in_dev_or_proc(Path::new("/dev/shm/dfs-output-test")));
+        }
 
         let missing = Target::resolve(Path::new("/proc/self/fd/987654")).unwrap_err();
         assert!(
