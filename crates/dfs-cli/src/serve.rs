@@ -1,7 +1,7 @@
 //! `dfs serve`: a `FileServer` over TCP, the control socket, logs and graceful shutdown.
 
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use dfs_server::{
 };
 use dfs_transport::TransportError;
 use tokio::net::UnixListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -38,6 +38,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     check_listen(&args.listen).await?;
     let data = args.data.clone();
     prepare_data_dir(&data)?;
+    refuse_if_others_can_write(&data)?;
     warn_if_data_dir_is_open(&data);
     // Held until this function returns: one `dfs serve` per data directory.
     let _lock = lock_data_dir(&data)?;
@@ -91,18 +92,12 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
         _ = sigint.recv() => Err(interrupted("SIGINT", "while joining the network")),
         _ = sigterm.recv() => Err(interrupted("SIGTERM", "while joining the network")),
     };
-    if let Err(err) = joined {
-        stop.cancel();
-        // A further signal abandons the clean shutdown.
-        tokio::select! {
-            _ = server.shutdown() => {}
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-        }
-        return Err(err);
-    }
-
-    let (listener, owner) = bind_socket(&socket)?;
+    // From here on the node runs: every failure must stop it cleanly (see `abandon`).
+    let bound = joined.and_then(|()| bind_socket(&socket));
+    let (listener, owner) = match bound {
+        Ok(bound) => bound,
+        Err(err) => return Err(abandon(server, &stop, &mut sigint, &mut sigterm, err).await),
+    };
     let node = Node {
         server: server.clone(),
         data_dir: data.clone(),
@@ -169,6 +164,29 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     }
     info!("stopped");
     outcome
+}
+
+/// Stops a node that started but cannot go on (joining or binding the control socket
+/// failed): cancels its background tasks and shuts the server down (a further signal
+/// abandons the clean shutdown); returns `err`, the failure to report.
+async fn abandon(
+    server: Server,
+    stop: &CancellationToken,
+    sigint: &mut Signal,
+    sigterm: &mut Signal,
+    err: Error,
+) -> Error {
+    stop.cancel();
+    tokio::select! {
+        done = server.shutdown() => {
+            if let Err(e) = done {
+                warn!("the node did not shut down cleanly: {}", one_line(&e));
+            }
+        }
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    err
 }
 
 /// The error `serve` ends with when a signal cuts startup or shutdown short (status 1).
@@ -274,7 +292,10 @@ fn lock_data_dir(data: &Path) -> Result<std::fs::File> {
 
 /// Fails if a live node already owns `socket`; removes a stale socket left by a crash. Anything
 /// else at that path (a regular file, a directory, a symlink) is refused, never removed.
+/// Also removes the staging directories (see [`bind_socket`]) a node killed while binding left
+/// next to it. Runs under the data directory lock, so no other node is binding there.
 async fn claim_socket(socket: &Path) -> Result<()> {
+    sweep_staging_dirs(socket.parent().unwrap_or(Path::new(".")));
     let Ok(meta) = std::fs::symlink_metadata(socket) else {
         return Ok(());
     };
@@ -308,10 +329,92 @@ fn not_a_socket(socket: &Path) -> Error {
     }
 }
 
+/// The control socket is staged in a directory named this prefix followed by
+/// [`STAGING_RAND_LEN`] random ASCII letters and digits, as a socket named [`STAGED_SOCKET`].
+const STAGING_PREFIX: &str = ".ds";
+/// The random part of a staging directory's name.
+const STAGING_RAND_LEN: usize = 3;
+/// The staged socket's name inside its staging directory.
+const STAGED_SOCKET: &str = "s";
+
+// A socket path is limited to 107 bytes (`sun_path`): the staged path `DATA/.dsXYZ/s` must be
+// no longer than the final `DATA/dfs.sock`, or a data directory whose final path fits would
+// fail to bind.
+const _: () = assert!(
+    STAGING_PREFIX.len() + STAGING_RAND_LEN + 1 + STAGED_SOCKET.len() <= control::SOCKET_FILE.len()
+);
+
+/// Whether `name` is exactly a staging directory name (see [`STAGING_PREFIX`]).
+fn is_staging_name(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    name.len() == STAGING_PREFIX.len() + STAGING_RAND_LEN
+        && name.starts_with(STAGING_PREFIX)
+        && name[STAGING_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Removes the staging directories a node killed between creating one and renaming its socket
+/// away left in `data`. Only exact staging names that are real directories holding nothing but
+/// a socket named [`STAGED_SOCKET`] are removed; anything else is left alone (with a
+/// warning). Failures are logged, never fatal: a leftover only costs a name.
+fn sweep_staging_dirs(data: &Path) {
+    let Ok(entries) = std::fs::read_dir(data) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !is_staging_name(&entry.file_name()) {
+            continue;
+        }
+        let dir = entry.path();
+        // `file_type` does not follow symlinks: a symlink with a staging name is left alone.
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(inside) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let inside: Vec<_> = inside.flatten().collect();
+        let only_our_socket = match inside.as_slice() {
+            [] => true,
+            [one] => {
+                one.file_name() == STAGED_SOCKET && one.file_type().is_ok_and(|t| t.is_socket())
+            }
+            _ => false,
+        };
+        if !only_our_socket {
+            warn!(
+                "leaving {} alone: named like a control socket staging directory, but holds \
+                 other files",
+                dir.display()
+            );
+            continue;
+        }
+        if let [socket] = inside.as_slice() {
+            let _ = std::fs::remove_file(socket.path());
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => info!("removed {}, left by an interrupted start", dir.display()),
+            Err(err) => warn!(
+                "cannot remove {} (left by an interrupted start?): {err}",
+                dir.display()
+            ),
+        }
+    }
+}
+
 /// Binds the control socket and restricts it to the node's user before anyone can connect:
-/// it is bound inside a fresh private (`0700`) directory next to its final path, made `0600`,
-/// and only then renamed into place. Returns the listener and the node's user id (the owner
-/// of that directory), whom the control socket serves (see [`daemon::PeerPolicy`]).
+/// it is bound inside a fresh private (`0700`) staging directory next to its final path (see
+/// [`STAGING_PREFIX`]; the staged path is no longer than the final one), made `0600`, and
+/// only then renamed into place. Returns the listener and the node's user id (the process's
+/// effective uid), whom the control socket serves (see [`daemon::PeerPolicy`]).
+///
+/// The paths used here cannot be swapped by another user: [`refuse_if_others_can_write`]
+/// made sure not every user can rename or replace entries of the data directory (its group
+/// can, with a warning), and the staging directory is created fresh (`mkdir` fails on any existing
+/// name, symlinks included).
 fn bind_socket(socket: &Path) -> Result<(UnixListener, u32)> {
     let io_err = |source| Error::Io {
         context: format!("cannot create the control socket {}", socket.display()),
@@ -319,15 +422,18 @@ fn bind_socket(socket: &Path) -> Result<(UnixListener, u32)> {
     };
     let parent = socket.parent().unwrap_or(Path::new("."));
     let private = tempfile::Builder::new()
-        .prefix(".dfs.sock.")
+        .prefix(STAGING_PREFIX)
+        .rand_bytes(STAGING_RAND_LEN)
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(parent)
         .map_err(io_err)?;
     // The umask can only have removed bits; make sure the owner may use it.
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
         .map_err(io_err)?;
-    let owner = std::fs::metadata(private.path()).map_err(io_err)?.uid();
-    let staged = private.path().join(control::SOCKET_FILE);
+    // The process's own user, not the directory's owner as read back through its path (which
+    // follows symlinks, and is wrong on root-squashed NFS).
+    let owner = rustix::process::geteuid().as_raw();
+    let staged = private.path().join(STAGED_SOCKET);
     let listener = UnixListener::bind(&staged).map_err(io_err)?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
     // `claim_socket` cleared the path and the data directory lock keeps other nodes away;
@@ -340,6 +446,43 @@ fn bind_socket(socket: &Path) -> Result<(UnixListener, u32)> {
     std::fs::rename(&staged, socket).map_err(io_err)?;
     // `private` is removed on drop; the listener keeps serving under the new name.
     Ok((listener, owner))
+}
+
+/// Refuses a data directory that any user may write without the sticky bit (`o+w`, no `+t`);
+/// warns when its group may (`g+w`, no `+t`).
+///
+/// Whoever may write it can rename or delete any entry in it: they could replace the control
+/// socket (or its staging directory, between its creation and the rename) by their own, and
+/// clients would then hand them every uploaded file. No choice of paths or permissions on our
+/// side closes that (a Unix socket is found by its path, and `bind` takes one), so the node
+/// does not start there. With the sticky bit (like `/tmp`) others can only remove their own
+/// entries, which is safe. A group-writable directory is only a warning: under the common
+/// umask `002` with per-user groups, `mkdir` makes every directory group-writable by a group
+/// holding only its owner.
+fn refuse_if_others_can_write(data: &Path) -> Result<()> {
+    let meta = std::fs::metadata(data).map_err(|source| Error::Io {
+        context: format!("cannot read the data directory {}", data.display()),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o002 != 0 && !sticky {
+        return Err(Error::Usage {
+            message: format!(
+                "the data directory {} is writable by every user (mode {mode:04o}): they could \
+                 replace its control socket; `chmod 700` it",
+                data.display()
+            ),
+        });
+    }
+    if mode & 0o020 != 0 && !sticky {
+        warn!(
+            "the data directory {} is writable by its group (mode {mode:04o}): its members \
+             could replace the control socket; `chmod 700` it",
+            data.display()
+        );
+    }
+    Ok(())
 }
 
 /// Logs one warning when other users may enter or read the data directory.

@@ -501,8 +501,28 @@ fn serve_args(data: &Path, keys: &Keys) -> Vec<String> {
     .collect()
 }
 
+/// Whether `name` is a control socket staging directory's (`.ds` and 3 letters or digits).
+fn is_staging_name(name: &str) -> bool {
+    name.len() == 6
+        && name.starts_with(".ds")
+        && name[3..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The control socket staging directories in `data`.
+fn staging_dirs(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| is_staging_name(n))
+        .collect()
+}
+
+/// What this checks from outside: the socket's mode at the ready line under umask `000`, and
+/// that its staging directory is gone. That the socket is never accessible before (it is
+/// bound in a `0700` directory, made `0600`, then renamed into place) is by construction in
+/// `bind_socket`; no test observes the staging window.
 #[test]
-fn the_control_socket_is_private_from_the_start_even_under_umask_000() {
+fn the_control_socket_is_0600_at_the_ready_line_even_under_umask_000() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let tmp = tempfile::tempdir().unwrap();
     let keys = keygen(tmp.path(), "net");
@@ -524,11 +544,7 @@ fn the_control_socket_is_private_from_the_start_even_under_umask_000() {
         "socket mode at the ready line"
     );
     // The private directory it was bound in is gone.
-    let left: Vec<_> = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".dfs.sock"))
-        .collect();
+    let left = staging_dirs(&data);
     assert!(left.is_empty(), "{left:?}");
     a.log.wait_for("accessible to other users (mode 0755)");
     assert_eq!(
@@ -538,6 +554,107 @@ fn the_control_socket_is_private_from_the_start_even_under_umask_000() {
             .count(),
         1
     );
+    a.ok(&["status"]);
+}
+
+/// The longest data directory whose `DATA/dfs.sock` fits a socket address (107 bytes) serves:
+/// the socket's staging path is no longer than its final one. One byte more fails cleanly.
+#[test]
+fn a_data_directory_of_the_longest_socket_path_serves() {
+    const MAX_SOCKET_PATH: usize = 107; // `sun_path` is 108 bytes with the NUL.
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    let data_len = MAX_SOCKET_PATH - "/dfs.sock".len();
+    let base = tmp.path().to_str().unwrap().len() + 1;
+    assert!(base + 1 < data_len, "temporary directory path too long");
+    let data = tmp.path().join("d".repeat(data_len - base));
+    assert_eq!(
+        data.join("dfs.sock").to_str().unwrap().len(),
+        MAX_SOCKET_PATH
+    );
+    std::fs::create_dir(&data).unwrap();
+    let a = Node::start(&data, "a", &keys, &[], &[]);
+    a.ok(&["status"]);
+    assert!(staging_dirs(&data).is_empty());
+    drop(a);
+
+    // One byte longer: no socket path fits. The node stops (exit 1) with a clear error, and
+    // leaves neither a socket nor a staging directory behind.
+    let data = tmp.path().join("d".repeat(data_len - base + 1));
+    std::fs::create_dir(&data).unwrap();
+    let args = serve_args(&data, &keys);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, log) = serve_expect_failure(&args);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("cannot create the control socket"), "{log}");
+    assert!(!data.join("dfs.sock").exists());
+    assert!(staging_dirs(&data).is_empty());
+}
+
+/// A staging directory left by a node killed while binding its socket is removed at the next
+/// start; entries that only look like one are left alone.
+#[test]
+fn a_staging_directory_left_by_a_killed_start_is_swept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    let data = tmp.path().join("a");
+    std::fs::create_dir(&data).unwrap();
+    // What a killed start leaves: a `0700` directory holding a socket named `s`.
+    let stale = data.join(".dsAb1");
+    std::fs::create_dir(&stale).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(stale.join("s")).unwrap());
+    let empty = data.join(".ds9z0");
+    std::fs::create_dir(&empty).unwrap();
+    // Not ours: a longer name, a file inside, a symlink with the name.
+    let longer = data.join(".dsAb12");
+    std::fs::create_dir(&longer).unwrap();
+    let full = data.join(".dsKep");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("keep"), b"precious").unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = data.join(".dsLnk");
+    std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+
+    let a = Node::start(&data, "a", &keys, &[], &[]);
+    a.ok(&["status"]);
+    assert!(!stale.exists());
+    assert!(!empty.exists());
+    assert!(longer.is_dir());
+    assert_eq!(std::fs::read(full.join("keep")).unwrap(), b"precious");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(elsewhere.path().is_dir());
+    let mut left = staging_dirs(&data);
+    left.sort();
+    assert_eq!(left, [".dsKep", ".dsLnk"]);
+}
+
+/// A data directory every user may write is refused (they could replace the control socket),
+/// unless it has the sticky bit.
+#[test]
+fn a_data_directory_every_user_can_write_is_refused_unless_sticky() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keygen(tmp.path(), "net");
+    let data = tmp.path().join("a");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let args = serve_args(&data, &keys);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, log) = serve_expect_failure(&args);
+    assert_eq!(status.code(), Some(EXIT_USAGE), "{log}");
+    assert!(
+        log.contains("is writable by every user (mode 0777)"),
+        "{log}"
+    );
+    assert!(!data.join("dfs.sock").exists());
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let a = Node::start(&data, "a", &keys, &[], &[]);
     a.ok(&["status"]);
 }
 
