@@ -51,10 +51,20 @@ impl Client {
                     source,
                 })?;
         let mut ch = Channel::new(stream);
-        ch.send(&Request::Hello {
-            version: PROTOCOL_VERSION,
-        })
-        .await?;
+        let hello = ch
+            .send(&Request::Hello {
+                version: PROTOCOL_VERSION,
+            })
+            .await;
+        if let Err(err) = hello {
+            // A node that refuses this client answers before reading anything and closes the
+            // connection, so the `Hello` can fail to send (broken pipe); its reason may still
+            // be waiting to be read.
+            return match ch.recv::<Response>().await {
+                Ok(Some(Response::Error(remote))) => Err(Error::Remote(remote)),
+                _ => Err(err.into()),
+            };
+        }
         match ch.recv::<Response>().await? {
             Some(Response::Hello { version, node_id }) if version == PROTOCOL_VERSION => {
                 Ok(Client {

@@ -86,10 +86,11 @@ impl PeerPolicy {
     }
 }
 
-/// Whether the client on `stream` may use the socket under `policy`; logs a warning if not.
-fn admit(stream: &UnixStream, policy: PeerPolicy) -> bool {
+/// Whether the client on `stream` may use the socket under `policy`: `Err` holds the
+/// [`RemoteErrorKind::PermissionDenied`] error to send it. Logs a warning on refusal.
+fn admit(stream: &UnixStream, policy: PeerPolicy) -> Result<(), RemoteError> {
     match stream.peer_cred() {
-        Ok(cred) if policy.allows(cred.uid()) => true,
+        Ok(cred) if policy.allows(cred.uid()) => Ok(()),
         Ok(cred) => {
             warn!(
                 uid = cred.uid(),
@@ -98,13 +99,36 @@ fn admit(stream: &UnixStream, policy: PeerPolicy) -> bool {
                 cred.uid(),
                 policy.owner
             );
-            false
+            Err(RemoteError::new(
+                RemoteErrorKind::PermissionDenied,
+                format!(
+                    "permission denied: this node serves only its own user (uid {}){}, \
+                     not uid {}",
+                    policy.owner,
+                    if policy.allow_root { " and root" } else { "" },
+                    cred.uid()
+                ),
+            ))
         }
         Err(err) => {
             warn!("refused a control connection: cannot read its peer credentials: {err}");
-            false
+            Err(RemoteError::new(
+                RemoteErrorKind::PermissionDenied,
+                "permission denied: the node cannot tell which user this client runs as",
+            ))
         }
     }
+}
+
+/// How long a refused client's error frame may take to send.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Tells a refused client why, without reading anything it sent, and closes the connection.
+/// The frame is queued before the close, so the client reads it even if its own `Hello` then
+/// fails to send (see `Client::connect_socket`).
+async fn refuse(stream: UnixStream, err: RemoteError) {
+    let mut ch = Channel::new(stream);
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, ch.send(&Response::Error(err))).await;
 }
 
 /// Longest wait a client may ask for in `Request::Peers`.
@@ -113,8 +137,8 @@ const MAX_PEER_WAIT: Duration = Duration::from_secs(600);
 /// Serves the control socket until `stop` is cancelled, then lets in-flight requests finish for
 /// up to `grace` (or until `abort` is cancelled) before aborting them (an aborted upload
 /// stores nothing). Read-only requests (`List`, `Peers`, `Status`) end at `stop` at once:
-/// nothing is lost by cutting them short. Connections from users `policy` does not allow are
-/// closed unanswered.
+/// nothing is lost by cutting them short. Connections from users `policy` does not allow get
+/// one [`RemoteErrorKind::PermissionDenied`] error frame and are closed, their requests unread.
 pub(crate) async fn run<B: Backend>(
     listener: UnixListener,
     backend: B,
@@ -129,7 +153,8 @@ pub(crate) async fn run<B: Backend>(
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if !admit(&stream, policy) {
+                    if let Err(err) = admit(&stream, policy) {
+                        conns.spawn(refuse(stream, err));
                         continue;
                     }
                     conns.spawn(serve_connection(stream, backend.clone(), stop.clone(), abort.clone()));

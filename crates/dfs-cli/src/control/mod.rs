@@ -4,7 +4,8 @@
 //! `0600` from the start (it is bound in a fresh `0700` directory, restricted, then renamed into
 //! place), so only the node's user may drive the node: filesystem permissions are the access
 //! control, no secret travels. Every accepted connection's peer credentials are checked as
-//! well: a client running as another user (other than root) is closed unanswered.
+//! well: a client running as another user (other than root) gets one [`Response::Error`] of
+//! kind [`RemoteErrorKind::PermissionDenied`], its requests unread, and is disconnected.
 //! Client commands (`dfs put`, `get`, `rm`, `ls`, `peers`, `status`) take the same `--data DIR`
 //! as `serve` to find the socket.
 //!
@@ -261,6 +262,11 @@ pub enum RemoteErrorKind {
     Protocol,
     /// Anything else.
     Other,
+    /// The client's user may not use this node's control socket (sent before the `Hello`
+    /// exchange, then the node closes the connection). Added after protocol version 2 was
+    /// released, without a version change: it is only ever sent to clients that are refused
+    /// anyway, and a client that does not know it reports a malformed frame instead.
+    PermissionDenied,
 }
 
 /// Errors of the control channel itself.

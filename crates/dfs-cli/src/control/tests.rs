@@ -390,20 +390,41 @@ fn the_peer_policy_admits_the_owner_and_root_only() {
 }
 
 #[tokio::test]
-async fn a_client_of_another_user_is_refused_unanswered() {
+async fn a_client_of_another_user_is_refused_with_permission_denied() {
     within(async {
         // Nobody here is the owner, and root is not admitted: the tests' own user (root in
         // some containers) stands for "another user".
         let dir = tempfile::tempdir().unwrap();
+        let owner = own_uid(dir.path()).wrapping_add(1);
         let policy = daemon::PeerPolicy {
-            owner: own_uid(dir.path()).wrapping_add(1),
+            owner,
             allow_root: false,
         };
         let h = start_with(Duration::from_secs(5), Some(policy));
-        let err = Client::connect_socket(&h.socket).await.unwrap_err();
-        assert!(!matches!(err, Error::NodeUnreachable { .. }), "{err}");
-        // The node keeps serving (and refusing).
-        assert!(Client::connect_socket(&h.socket).await.is_err());
+        // The node answers before reading the client's `Hello` and closes: whichever comes
+        // first, the client reports the refusal, never a broken pipe. The node keeps serving
+        // (and refusing).
+        for _ in 0..20 {
+            match Client::connect_socket(&h.socket).await {
+                Err(Error::Remote(err)) => {
+                    assert_eq!(err.kind, RemoteErrorKind::PermissionDenied);
+                    assert!(err.message.starts_with("permission denied"), "{err}");
+                    assert!(err.message.contains(&format!("uid {owner}")), "{err}");
+                    assert_eq!(Error::Remote(err).exit_code(), crate::EXIT_FAILURE);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // A raw client that sends nothing still reads the refusal.
+        let stream = tokio::net::UnixStream::connect(&h.socket).await.unwrap();
+        let mut ch = Channel::new(stream);
+        match ch.recv::<Response>().await {
+            Ok(Some(Response::Error(err))) => {
+                assert_eq!(err.kind, RemoteErrorKind::PermissionDenied);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(ch.recv::<Response>().await, Ok(None)));
         h.stop.cancel();
         h.task.await.unwrap();
     })
