@@ -339,6 +339,24 @@ fn output_goes_into_the_target() {
     let plain = dir.join("plain");
     let hash = write_pattern_file(&plain, 5, 300_000);
     let plain = plain.to_str().unwrap();
+    // `dfs <op> -k KEY <input> -o <output>`, which must succeed.
+    let crypt_into = |op: &str, input: &Path, output: &Path| {
+        let out = run(&[
+            op,
+            "-k",
+            key,
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    };
+    let is_symlink = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    };
 
     // A character device (as root the old rename replaced /dev/null with a regular file). A
     // private copy of /dev/null (`mknod`, root only) so that a regression cannot break the
@@ -392,21 +410,8 @@ fn output_goes_into_the_target() {
     std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
     let link = dir.join("link");
     std::os::unix::fs::symlink("real", &link).unwrap();
-    let out = run(&[
-        "decrypt",
-        "-k",
-        key,
-        sealed.to_str().unwrap(),
-        "-o",
-        link.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(
-        std::fs::symlink_metadata(&link)
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
+    crypt_into("decrypt", &sealed, &link);
+    assert!(is_symlink(&link));
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("real"));
     assert_eq!(hash_file(&real), hash);
     assert_eq!(mode(&real), 0o640);
@@ -416,21 +421,8 @@ fn output_goes_into_the_target() {
     std::fs::create_dir(&sub).unwrap();
     let dangling = dir.join("dangling");
     std::os::unix::fs::symlink("sub/made", &dangling).unwrap();
-    let out = run(&[
-        "decrypt",
-        "-k",
-        key,
-        sealed.to_str().unwrap(),
-        "-o",
-        dangling.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(
-        std::fs::symlink_metadata(&dangling)
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
+    crypt_into("decrypt", &sealed, &dangling);
+    assert!(is_symlink(&dangling));
     assert_eq!(hash_file(&sub.join("made")), hash);
 
     // The same through a node's `get`.

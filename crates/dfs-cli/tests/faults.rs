@@ -484,23 +484,6 @@ fn kill9_of_the_only_sender_mid_fetch_commits_nothing_and_recovers() {
     assert_eq!(get_hash(&b, "big", tmp.path()), hash);
 }
 
-/// The arguments of a `dfs serve` on `data` with `keys` (for the helpers that take them whole).
-fn serve_args(data: &Path, keys: &Keys) -> Vec<String> {
-    [
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-        "--key-file",
-        keys.key.to_str().unwrap(),
-        "--secret-file",
-        keys.secret.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
-}
-
 /// Whether `name` is a control socket staging directory's (`.ds` and 3 letters or digits).
 fn is_staging_name(name: &str) -> bool {
     name.len() == 6

@@ -252,20 +252,9 @@ impl Node {
     }
 
     fn start_args(data: &Path, keys: &Keys) -> Vec<String> {
-        [
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data.to_str().unwrap(),
-            "--key-file",
-            keys.key.to_str().unwrap(),
-            "--secret-file",
-            keys.secret.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+        let mut args = vec!["serve".to_owned()];
+        args.extend(serve_args(data, keys));
+        args
     }
 
     fn spawn(&mut self) {
@@ -572,4 +561,21 @@ pub fn hash_file(path: &Path) -> blake3::Hash {
         .update_reader(std::fs::File::open(path).unwrap())
         .unwrap();
     hasher.finalize()
+}
+
+/// The arguments after `dfs serve` for a node on `data` with `keys` (port 0 on 127.0.0.1).
+pub fn serve_args(data: &Path, keys: &Keys) -> Vec<String> {
+    [
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--key-file",
+        keys.key.to_str().unwrap(),
+        "--secret-file",
+        keys.secret.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }
