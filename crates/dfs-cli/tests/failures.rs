@@ -526,25 +526,11 @@ fn signal_removes_the_partial_output() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let pid = child.id();
         let mut writer = open_fifo_writer(&fifo);
         // More than the input buffer: the cipher has read and written some of it.
         writer.write_all(&Pattern::bytes(6, 1 << 20)).unwrap();
         assert_eq!(partials(&out_dir).len(), 1, "a partial file while writing");
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let output = rx
-            .recv_timeout(DEADLINE)
-            .expect("dfs did not exit on the signal")
-            .unwrap();
+        let output = signal_and_wait(child, signal);
         drop(writer);
         let line = assert_fails_with(&output, code, "interrupted by SIG");
         assert!(line.contains(&format!("SIG{signal}")), "{line}");
@@ -587,25 +573,11 @@ fn signal_during_get_removes_the_partial_output() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let pid = child.id();
         accepted
             .recv_timeout(DEADLINE)
             .expect("get never connected");
         assert_eq!(partials(&out_dir).len(), 1, "a partial file while fetching");
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let output = rx
-            .recv_timeout(DEADLINE)
-            .expect("dfs did not exit on the signal")
-            .unwrap();
+        let output = signal_and_wait(child, signal);
         let line = assert_fails_with(&output, code, &format!("interrupted by SIG{signal}"));
         assert!(line.contains("partial output was removed"), "{line}");
         assert!(partials(&out_dir).is_empty(), "partial file left behind");
@@ -824,4 +796,21 @@ fn closed_stdout_is_not_an_error() {
     );
     assert!(stderr_of(&out).is_empty(), "{}", stderr_of(&out));
     assert!(a.ok(&["ls"]).contains("piped"));
+}
+
+/// Sends `SIG<signal>` to `child` and waits (up to the deadline) for it to exit.
+fn signal_and_wait(child: std::process::Child, signal: &str) -> std::process::Output {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("dfs did not exit on the signal")
+        .unwrap()
 }
