@@ -152,11 +152,13 @@ impl Target {
         Ok(Output {
             file,
             replace: None,
+            kept: None,
             shown: self.shown.clone(),
         })
     }
 
-    /// A new temporary file beside `dest`, held by `partial`, with `old`'s owner and mode.
+    /// A new temporary file beside `dest`, held by `partial`; it gets `old`'s owner and mode
+    /// when committed.
     fn open_temporary(&self, partial: &Partial, dest: &Path, old: Option<Kept>) -> Result<Output> {
         let dir = match dest.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -165,7 +167,8 @@ impl Target {
         let mut builder = tempfile::Builder::new();
         builder.prefix(".dfs-partial-");
         // A new file: 0666 less the umask (the syscall applies it). A replaced file: private
-        // until its owner and mode are set below, before anything is written.
+        // until it is complete; its owner and mode are set at the commit, after the last
+        // write (a write by a process without CAP_FSETID clears setuid and setgid).
         builder.permissions(Permissions::from_mode(match old {
             None => 0o666,
             Some(_) => 0o600,
@@ -176,15 +179,10 @@ impl Target {
         let (file, path) = tmp.into_parts();
         // Held at once: removed on a signal or an error from here on.
         partial.hold(path)?;
-        if let Some(old) = old {
-            // The owner first: a chown may clear setuid/setgid bits, the mode comes after.
-            let owner_kept = std::os::unix::fs::fchown(&file, Some(old.uid), Some(old.gid)).is_ok();
-            file.set_permissions(Permissions::from_mode(kept_mode(old.mode, owner_kept)))
-                .map_err(|source| self.io_err(source))?;
-        }
         Ok(Output {
             file,
             replace: Some((partial.clone(), dest.to_path_buf())),
+            kept: old,
             shown: self.shown.clone(),
         })
     }
@@ -298,6 +296,8 @@ pub(crate) struct Output {
     file: File,
     /// For a temporary file: who holds it and the path it is renamed to.
     replace: Option<(Partial, PathBuf)>,
+    /// The owner and mode of the file it replaces, given to it at the commit.
+    kept: Option<Kept>,
     shown: PathBuf,
 }
 
@@ -321,6 +321,15 @@ impl Output {
         let Some((partial, dest)) = &self.replace else {
             return Ok(());
         };
+        if let Some(old) = &self.kept {
+            // After the last write, so no write clears the bits; the owner first, as a
+            // chown may clear setuid/setgid too.
+            let owner_kept =
+                std::os::unix::fs::fchown(&self.file, Some(old.uid), Some(old.gid)).is_ok();
+            self.file
+                .set_permissions(Permissions::from_mode(kept_mode(old.mode, owner_kept)))
+                .map_err(io_err)?;
+        }
         self.file.sync_all().map_err(io_err)?;
         // Holding the lock while renaming: a signal either comes first (nothing is renamed)
         // or after (the output is complete).

@@ -369,8 +369,16 @@ fn sweep_staging_dirs(data: &Path) {
             continue;
         }
         let dir = entry.path();
-        // `file_type` does not follow symlinks: a symlink with a staging name is left alone.
+        // `file_type` does not follow symlinks: a symlink with a staging name is left alone,
+        // and so is a directory of another user's (only ours are ever left by a node).
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if !entry
+            .metadata()
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == me)
+        {
             continue;
         }
         let Ok(inside) = std::fs::read_dir(&dir) else {
@@ -448,17 +456,16 @@ fn bind_socket(socket: &Path) -> Result<(UnixListener, u32)> {
     Ok((listener, owner))
 }
 
-/// Refuses a data directory that any user may write without the sticky bit (`o+w`, no `+t`);
-/// warns when its group may (`g+w`, no `+t`).
+/// Refuses a data directory that any user may write (`o+w`, sticky or not); warns when its
+/// group may (`g+w`, no `+t`).
 ///
-/// Whoever may write it can rename or delete any entry in it: they could replace the control
-/// socket (or its staging directory, between its creation and the rename) by their own, and
-/// clients would then hand them every uploaded file. No choice of paths or permissions on our
-/// side closes that (a Unix socket is found by its path, and `bind` takes one), so the node
-/// does not start there. With the sticky bit (like `/tmp`) others can only remove their own
-/// entries, which is safe. A group-writable directory is only a warning: under the common
-/// umask `002` with per-user groups, `mkdir` makes every directory group-writable by a group
-/// holding only its owner.
+/// Whoever may write it can put their own socket at `dfs.sock` (replacing ours without the
+/// sticky bit, or simply creating it while no node runs, sticky bit or not), and clients
+/// would hand them their files. Clients refuse a socket served by another user
+/// (`Client::connect_socket` checks the node's credentials), but a node should not run
+/// where that is the only defence. A group-writable directory is only a warning: under the
+/// common umask `002` with per-user groups, `mkdir` makes every directory group-writable by a
+/// group holding only its owner, and the clients' check covers the rest.
 fn refuse_if_others_can_write(data: &Path) -> Result<()> {
     let meta = std::fs::metadata(data).map_err(|source| Error::Io {
         context: format!("cannot read the data directory {}", data.display()),
@@ -466,7 +473,7 @@ fn refuse_if_others_can_write(data: &Path) -> Result<()> {
     })?;
     let mode = meta.permissions().mode() & 0o7777;
     let sticky = mode & 0o1000 != 0;
-    if mode & 0o002 != 0 && !sticky {
+    if mode & 0o002 != 0 {
         return Err(Error::Usage {
             message: format!(
                 "the data directory {} is writable by every user (mode {mode:04o}): they could \

@@ -616,27 +616,28 @@ fn a_staging_directory_left_by_a_killed_start_is_swept() {
     assert_eq!(left, [".dsKep", ".dsLnk"]);
 }
 
-/// A data directory every user may write is refused (they could replace the control socket),
-/// unless it has the sticky bit.
+/// A data directory every user may write is refused, sticky bit or not (they could replace
+/// the control socket, or create one while no node runs); `0700` starts.
 #[test]
-fn a_data_directory_every_user_can_write_is_refused_unless_sticky() {
+fn a_data_directory_every_user_can_write_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let keys = keygen(tmp.path(), "net");
     let data = tmp.path().join("a");
     std::fs::create_dir(&data).unwrap();
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
     let args = serve_args(&data, &keys);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (status, log) = serve_expect_failure(&args);
-    assert_eq!(status.code(), Some(EXIT_USAGE), "{log}");
-    assert!(
-        log.contains("is writable by every user (mode 0777)"),
-        "{log}"
-    );
-    assert!(!data.join("dfs.sock").exists());
-
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    for mode in [0o777, 0o1777] {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (status, log) = serve_expect_failure(&args);
+        assert_eq!(status.code(), Some(EXIT_USAGE), "{log}");
+        assert!(
+            log.contains(&format!("is writable by every user (mode {mode:04o})")),
+            "{log}"
+        );
+        assert!(!data.join("dfs.sock").exists());
+    }
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     let a = Node::start(&data, "a", &keys, &[], &[]);
     a.ok(&["status"]);
 }
@@ -792,4 +793,59 @@ fn a_second_signal_during_the_grace_period_stops_at_once() {
     drop(stdin);
     assert!(!finish(put).status.success());
     assert!(!a.data.join("dfs.sock").exists(), "control socket removed");
+}
+
+/// A client does not talk to a socket served by another user (someone who could put a socket
+/// at the data directory's path would otherwise receive its files). Root only: the test runs
+/// a node as `nobody` (uid 65534) and connects to it as root.
+#[test]
+fn a_client_refuses_a_node_of_another_user() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    if me.ok() != Some(0) {
+        eprintln!("skipped: needs root to run a node as another user");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(tmp.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let keys = keygen(tmp.path(), "net");
+    for file in [&keys.key, &keys.secret] {
+        std::os::unix::fs::chown(file, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let data = tmp.path().join("a");
+    let mut child = dfs()
+        .arg("serve")
+        .args(serve_args(&data, &keys))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let ready = rx.recv_timeout(DEADLINE);
+    let out = dfs()
+        .args(["status", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    ready.expect("the node of another user never became ready");
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(err.contains("refusing to talk to"), "{err}");
+    assert!(err.contains(&format!("uid {NOBODY}")), "{err}");
 }

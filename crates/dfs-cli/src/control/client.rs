@@ -50,6 +50,23 @@ impl Client {
                     socket: socket.to_path_buf(),
                     source,
                 })?;
+        // Only a node of our own user (or root) may receive our requests and files: a socket
+        // someone else put at this path (in a directory others may write) is not our node.
+        let me = rustix::process::geteuid().as_raw();
+        let node = stream.peer_cred().map_err(|source| Error::Io {
+            context: format!("cannot check who serves {}", socket.display()),
+            source,
+        })?;
+        if !node_may_serve(node.uid(), me) {
+            return Err(Error::Io {
+                context: format!(
+                    "refusing to talk to {}: it is served by uid {}, not by you (uid {me}) or root",
+                    socket.display(),
+                    node.uid()
+                ),
+                source: std::io::ErrorKind::PermissionDenied.into(),
+            });
+        }
         let mut ch = Channel::new(stream);
         let hello = ch
             .send(&Request::Hello {
@@ -293,5 +310,28 @@ fn unexpected(response: &Response) -> Error {
 fn closed(when: &str) -> Error {
     Error::Protocol {
         reason: format!("the node closed the control connection {when}"),
+    }
+}
+
+/// Whether a node running as `node` may serve a client running as `me`: the same user, or
+/// root (a node run by root serves everyone who can open its socket).
+fn node_may_serve(node: u32, me: u32) -> bool {
+    node == me || node == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_user_or_root_may_serve_us() {
+        assert!(node_may_serve(1000, 1000));
+        assert!(node_may_serve(0, 1000));
+        assert!(node_may_serve(0, 0));
+        assert!(!node_may_serve(1001, 1000));
+        assert!(
+            !node_may_serve(1000, 0),
+            "root's client does not talk to a user's node"
+        );
     }
 }
