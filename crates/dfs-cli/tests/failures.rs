@@ -453,17 +453,23 @@ fn output_to_a_directory_fails_first() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();
     let missing = tmp.path().join("missing");
-    let missing = missing.to_str().unwrap();
+    assert_output_refused(dir, dir, missing.to_str().unwrap(), "is a directory");
+}
+
+/// `get`, `encrypt` and `decrypt` with `-o TARGET` all fail at once with status 2 and
+/// `needle`: before connecting (no node runs on `data`) and before reading the key or the
+/// input (`missing` does not exist).
+fn assert_output_refused(target: &str, data: &str, missing: &str, needle: &str) {
     assert_fails_with(
-        &run(&["get", "f", "-o", dir, "--data", dir]),
+        &run(&["get", "f", "-o", target, "--data", data]),
         EXIT_USAGE,
-        "is a directory",
+        needle,
     );
     for cmd in ["encrypt", "decrypt"] {
         assert_fails_with(
-            &run(&[cmd, "-k", missing, missing, "-o", dir]),
+            &run(&[cmd, "-k", missing, missing, "-o", target]),
             EXIT_USAGE,
-            "is a directory",
+            needle,
         );
     }
 }
@@ -720,18 +726,7 @@ fn output_to_a_socket_is_a_usage_error() {
     let socket = socket.to_str().unwrap();
     let missing = tmp.path().join("missing");
     let missing = missing.to_str().unwrap();
-    assert_fails_with(
-        &run(&["get", "f", "-o", socket, "--data", missing]),
-        EXIT_USAGE,
-        "is a socket",
-    );
-    for cmd in ["encrypt", "decrypt"] {
-        assert_fails_with(
-            &run(&[cmd, "-k", missing, missing, "-o", socket]),
-            EXIT_USAGE,
-            "is a socket",
-        );
-    }
+    assert_output_refused(socket, missing, missing, "is a socket");
 }
 
 /// A replaced file keeps its owner and group along with its mode (like `cp -p`): as root,
