@@ -99,14 +99,7 @@ fn to_file(
     input: Option<PathBuf>,
     target: Target,
 ) -> Result<u64> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            context: "cannot start the async runtime".to_owned(),
-            source,
-        })?;
-    runtime.block_on(async move {
+    crate::client_runtime()?.block_on(async move {
         // Caught before the temporary file exists, so it never outlives the process.
         let mut signals = Signals::new()?;
         let partial = Partial::default();

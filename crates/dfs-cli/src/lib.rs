@@ -52,14 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
         )
         .map(drop),
         Command::Serve(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|source| Error::Io {
-                    context: "cannot start the async runtime".to_owned(),
-                    source,
-                })?;
-            runtime.block_on(serve::serve(args))
+            build_runtime(tokio::runtime::Builder::new_multi_thread())?.block_on(serve::serve(args))
         }
         Command::Put(args) => client_runtime()?.block_on(commands::put(args)),
         Command::Get(args) => client_runtime()?.block_on(commands::get(args)),
@@ -72,12 +65,14 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn client_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            context: "cannot start the async runtime".to_owned(),
-            source,
-        })
+/// The runtime of a short client command (and of `encrypt`/`decrypt`): one thread.
+pub(crate) fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    build_runtime(tokio::runtime::Builder::new_current_thread())
+}
+
+fn build_runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime> {
+    builder.enable_all().build().map_err(|source| Error::Io {
+        context: "cannot start the async runtime".to_owned(),
+        source,
+    })
 }

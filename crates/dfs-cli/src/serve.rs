@@ -364,6 +364,7 @@ fn sweep_staging_dirs(data: &Path) {
     let Ok(entries) = std::fs::read_dir(data) else {
         return;
     };
+    let me = rustix::process::geteuid().as_raw();
     for entry in entries.flatten() {
         if !is_staging_name(&entry.file_name()) {
             continue;
@@ -374,7 +375,6 @@ fn sweep_staging_dirs(data: &Path) {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let me = rustix::process::geteuid().as_raw();
         if !entry
             .metadata()
             .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == me)
