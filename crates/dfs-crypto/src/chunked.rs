@@ -8,12 +8,13 @@ use zeroize::Zeroizing;
 
 use crate::keystream::CtrKey;
 use crate::stream::{State, StreamReader, StreamWriter};
-use crate::{Cipher, CryptoError, Key, Result};
+use crate::{Cipher, CryptoError, Key, Polyval, Result};
 
 /// Magic bytes that start every [`Aes256CtrBlake3`] ciphertext.
 pub const MAGIC: [u8; 4] = *b"DFSC";
-/// The format version this crate writes (and the only one it reads).
-pub const VERSION: u8 = 1;
+/// The format version this crate writes. It reads this one and version 1 (whose tags hash
+/// the whole chunk with keyed BLAKE3; see `FORMAT.md`).
+pub const VERSION: u8 = 2;
 /// Length of the random nonce in the header.
 pub const NONCE_LEN: usize = 32;
 /// Length of the header: magic, version, 3 reserved bytes, chunk size, nonce.
@@ -25,8 +26,14 @@ pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 /// The largest chunk size accepted (it bounds a decryptor's memory).
 pub const MAX_CHUNK_SIZE: usize = 4 * 1024 * 1024;
 
-const CONTEXT_ENC: &str = "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk encryption key";
-const CONTEXT_MAC: &str = "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk authentication key";
+const CONTEXT_ENC_V1: &str = "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk encryption key";
+const CONTEXT_MAC_V1: &str = "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk authentication key";
+const CONTEXT_ENC_V2: &str = "dfs-crypto 2026-12 Aes256CtrBlake3 v2 chunk encryption key";
+const CONTEXT_MAC_V2: &str = "dfs-crypto 2026-12 Aes256CtrBlake3 v2 chunk authentication key";
+const CONTEXT_HASH_V2: &str = "dfs-crypto 2026-12 Aes256CtrBlake3 v2 chunk hash key";
+
+/// Push-path input buffer: plaintext bytes encrypted per `Write::write` at most.
+const INPUT_BUF: usize = 64 * 1024;
 
 /// The server's default cipher: authenticated, chunked AES-256-CTR with a keyed BLAKE3 tag
 /// per chunk (encrypt-then-MAC), in the spirit of age's STREAM construction.
@@ -34,7 +41,9 @@ const CONTEXT_MAC: &str = "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk authentic
 /// A ciphertext is a 44-byte header (magic, version, chunk size, random 32-byte nonce)
 /// followed by chunks of `chunk_size` plaintext bytes (the last one shorter, possibly empty),
 /// each followed by a 32-byte tag. Per-file keys are derived from the key and the whole
-/// header with `blake3::derive_key`; each tag binds the chunk index and a last-chunk flag.
+/// header with `blake3::derive_key`. Each tag is keyed BLAKE3 over the chunk's digest (POLYVAL
+/// of its ciphertext under a secret per-file key, a universal hash that runs several times
+/// faster than BLAKE3), the chunk index and a last-chunk flag.
 /// A flipped bit, truncation, reordered, dropped or spliced chunks and appended bytes are all
 /// detected, and decryption releases only verified chunks. See `FORMAT.md` for the bytes.
 ///
@@ -219,7 +228,7 @@ fn header_chunk_size(header: &[u8; HEADER_LEN]) -> Result<usize> {
             reason: "bad magic (not an Aes256CtrBlake3 ciphertext)",
         });
     }
-    if header[4] != VERSION {
+    if !(1..=VERSION).contains(&header[4]) {
         return Err(CryptoError::UnsupportedVersion { version: header[4] });
     }
     if header[5..8] != [0, 0, 0] {
@@ -282,6 +291,11 @@ impl Cipher for Aes256CtrBlake3 {
 pub(crate) struct ChunkCore {
     ctr: CtrKey,
     mac_key: Zeroizing<[u8; 32]>,
+    /// Version 1: tags hash the whole chunk with BLAKE3 (no digest, `hash` unused).
+    v1: bool,
+    /// POLYVAL under the file's hash key, never updated: every chunk's digest starts from a
+    /// clone.
+    hash: Polyval,
     chunk_size: usize,
     /// Index of the next chunk.
     index: u64,
@@ -290,6 +304,7 @@ pub(crate) struct ChunkCore {
 impl std::fmt::Debug for ChunkCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChunkCore")
+            .field("version", &if self.v1 { 1 } else { 2 })
             .field("chunk_size", &self.chunk_size)
             .field("index", &self.index)
             .finish_non_exhaustive()
@@ -297,28 +312,60 @@ impl std::fmt::Debug for ChunkCore {
 }
 
 impl ChunkCore {
+    /// The per-file keys for a `header` whose version [`header_chunk_size`] accepted.
     fn new(key: &Key, header: &[u8; HEADER_LEN], chunk_size: usize) -> Self {
         let mut ikm = Zeroizing::new([0u8; 32 + HEADER_LEN]);
         ikm[..32].copy_from_slice(key.as_bytes());
         ikm[32..].copy_from_slice(header);
-        let enc_key = Zeroizing::new(blake3::derive_key(CONTEXT_ENC, &ikm[..]));
-        let mac_key = Zeroizing::new(blake3::derive_key(CONTEXT_MAC, &ikm[..]));
+        let v1 = header[4] == 1;
+        let (enc, mac) = if v1 {
+            (CONTEXT_ENC_V1, CONTEXT_MAC_V1)
+        } else {
+            (CONTEXT_ENC_V2, CONTEXT_MAC_V2)
+        };
+        let enc_key = Zeroizing::new(blake3::derive_key(enc, &ikm[..]));
+        let mac_key = Zeroizing::new(blake3::derive_key(mac, &ikm[..]));
+        let derived = Zeroizing::new(blake3::derive_key(CONTEXT_HASH_V2, &ikm[..]));
+        let mut hash_key = Zeroizing::new([0u8; 16]);
+        hash_key.copy_from_slice(&derived[..16]);
         ChunkCore {
             ctr: CtrKey::new(&enc_key),
             mac_key,
+            v1,
+            hash: Polyval::new(&hash_key),
             chunk_size,
             index: 0,
         }
     }
 
+    /// A fresh digest for the next chunk (version 2).
+    fn digest(&self) -> ChunkDigest {
+        ChunkDigest::new(self.hash.clone())
+    }
+
+    /// The tag of a whole chunk.
     fn tag(&self, index: u64, last: bool, ciphertext: &[u8]) -> blake3::Hash {
-        // The ciphertext goes first so BLAKE3 hashes it at full SIMD width from byte 0; the
-        // fixed-size suffix keeps the encoding injective.
-        let mut hasher = blake3::Hasher::new_keyed(&self.mac_key);
-        hasher.update(ciphertext);
-        hasher.update(&index.to_le_bytes());
-        hasher.update(&[u8::from(last)]);
-        hasher.finalize()
+        if self.v1 {
+            // Version 1: the ciphertext first, so BLAKE3 hashes it at full SIMD width from
+            // byte 0; the fixed-size suffix keeps the encoding injective.
+            let mut hasher = blake3::Hasher::new_keyed(&self.mac_key);
+            hasher.update(ciphertext);
+            hasher.update(&index.to_le_bytes());
+            hasher.update(&[u8::from(last)]);
+            return hasher.finalize();
+        }
+        let mut digest = self.digest();
+        digest.update(ciphertext);
+        self.tag_of_digest(index, last, digest.finalize())
+    }
+
+    /// Version 2: the tag of a chunk with this digest.
+    fn tag_of_digest(&self, index: u64, last: bool, digest: [u8; 16]) -> blake3::Hash {
+        let mut input = [0u8; 16 + 8 + 1];
+        input[..16].copy_from_slice(&digest);
+        input[16..24].copy_from_slice(&index.to_le_bytes());
+        input[24] = u8::from(last);
+        blake3::keyed_hash(&self.mac_key, &input)
     }
 
     fn counter(&self, index: u64) -> u128 {
@@ -347,37 +394,74 @@ impl ChunkCore {
     }
 }
 
-/// Ciphertext hashed per `blake3::Hasher::update` call while sealing (the whole chunk if it is
-/// smaller). A block starts at a multiple of this size within its chunk, so it is one aligned
-/// BLAKE3 subtree of 64 one-KiB chunks that the hasher runs in its widest SIMD batches.
-/// Pieces that are shorter or start elsewhere are much slower to hash (measured on AVX-512:
-/// 16 KiB pieces cost 7 % more per byte, 8 KiB pieces 45 %, a piece 32 bytes off a 16 KiB
-/// boundary 2.3x), so ciphertext is collected into whole blocks before it is hashed.
-const SEAL_BLOCK: usize = 64 * 1024;
+/// The running digest of one chunk's ciphertext (format version 2):
+/// `POLYVAL(H, pad16(ciphertext) || LE64(length) || LE64(0))`, fed in pieces of any size.
+#[derive(Clone)]
+struct ChunkDigest {
+    hash: Polyval,
+    /// Bytes fed so far.
+    len: u64,
+    /// The last `len % 16` bytes fed, not absorbed yet (ciphertext, so nothing secret).
+    partial: [u8; 16],
+}
 
-/// Encryption state. Encryption streams: plaintext is encrypted in place (in the caller's
-/// buffer on the pull path) and released before its chunk is complete (the tag follows the
-/// chunk); the hasher is fed whole blocks of [`SEAL_BLOCK`] bytes. A full chunk's tag waits
-/// until more input arrives (then it is not the last chunk) or the input ends (it is).
+impl ChunkDigest {
+    fn new(hash: Polyval) -> Self {
+        ChunkDigest {
+            hash,
+            len: 0,
+            partial: [0; 16],
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        let held = (self.len % 16) as usize;
+        self.len += data.len() as u64;
+        if held > 0 {
+            let take = (16 - held).min(data.len());
+            self.partial[held..held + take].copy_from_slice(&data[..take]);
+            data = &data[take..];
+            if held + take < 16 {
+                return;
+            }
+            self.hash.update_padded(&self.partial);
+        }
+        let whole = data.len() - data.len() % 16;
+        self.hash.update_padded(&data[..whole]);
+        self.partial[..data.len() - whole].copy_from_slice(&data[whole..]);
+    }
+
+    fn finalize(mut self) -> [u8; 16] {
+        let held = (self.len % 16) as usize;
+        if held > 0 {
+            self.hash.update_padded(&self.partial[..held]);
+        }
+        let mut lengths = [0u8; 16];
+        lengths[..8].copy_from_slice(&self.len.to_le_bytes());
+        self.hash.update_padded(&lengths);
+        self.hash.finalize()
+    }
+}
+
+/// Encryption state (always the current format version). Encryption streams: plaintext is
+/// encrypted in place (in the caller's buffer on the pull path, else in a buffer of the
+/// state's), its ciphertext fed to the chunk's digest and released before the chunk is
+/// complete (the tag follows the chunk). A full chunk's tag waits until more input arrives
+/// (then it is not the last chunk) or the input ends (it is).
 pub(crate) struct SealState {
     header: [u8; HEADER_LEN],
     header_pos: usize,
     core: ChunkCore,
-    /// MAC state of the current chunk.
-    hasher: blake3::Hasher,
+    /// Digest of the current chunk's ciphertext so far.
+    digest: ChunkDigest,
     /// Plaintext bytes of the current chunk encrypted so far.
     in_chunk: usize,
-    /// Bytes of the current chunk fed to the hasher: whole blocks, so a multiple of
-    /// [`SEAL_BLOCK`] (or the whole chunk).
-    hashed: usize,
-    /// A finished tag waiting to be output (before any staged bytes).
+    /// A finished tag waiting to be output (before any buffered bytes).
     tag: [u8; TAG_LEN],
     tag_pos: usize,
-    /// The current block: `block[..in_chunk - hashed]` is the ciphertext of chunk bytes
-    /// `hashed..in_chunk`, hashed once the block is complete. Input that does not go through
-    /// the caller's buffer is also encrypted here, and `block[out_start..out_end]` is then
-    /// output still to be handed on. Allocated on first use.
-    block: Vec<u8>,
+    /// Push path: input is encrypted here, and `buf[out_start..out_end]` is output still to
+    /// be handed on. Allocated on first use.
+    buf: Vec<u8>,
     out_start: usize,
     out_end: usize,
     eof: bool,
@@ -385,11 +469,10 @@ pub(crate) struct SealState {
 
 impl std::fmt::Debug for SealState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Not the buffers: the block may hold plaintext between `input` and `filled`.
+        // Not the buffer: it may hold plaintext between `input` and `filled`.
         f.debug_struct("SealState")
             .field("core", &self.core)
             .field("in_chunk", &self.in_chunk)
-            .field("hashed", &self.hashed)
             .field("pending", &self.pending().len())
             .field("eof", &self.eof)
             .finish_non_exhaustive()
@@ -401,13 +484,12 @@ impl SealState {
         SealState {
             header,
             header_pos: 0,
-            hasher: blake3::Hasher::new_keyed(&core.mac_key),
+            digest: core.digest(),
             core,
             in_chunk: 0,
-            hashed: 0,
             tag: [0; TAG_LEN],
             tag_pos: TAG_LEN,
-            block: Vec::new(),
+            buf: Vec::new(),
             out_start: 0,
             out_end: 0,
             eof: false,
@@ -420,7 +502,7 @@ impl SealState {
         } else if self.tag_pos < TAG_LEN {
             &self.tag[self.tag_pos..]
         } else {
-            &self.block[self.out_start..self.out_end]
+            &self.buf[self.out_start..self.out_end]
         }
     }
 
@@ -434,66 +516,30 @@ impl SealState {
         }
     }
 
-    /// The block length: [`SEAL_BLOCK`], or less if the chunk is smaller.
-    fn block_len(&self) -> usize {
-        SEAL_BLOCK.min(self.core.chunk_size)
+    /// Plaintext bytes the current chunk still takes, or `None` if it is full (the next byte
+    /// starts a new chunk).
+    fn chunk_room(&self) -> Option<usize> {
+        Some(self.core.chunk_size - self.in_chunk).filter(|&room| room > 0)
     }
 
-    /// Where the current block ends in the chunk.
-    fn block_end(&self) -> usize {
-        (self.hashed + SEAL_BLOCK).min(self.core.chunk_size)
-    }
-
-    /// Plaintext bytes the current chunk still takes before its current block is complete,
-    /// or `None` if the chunk is full (the next byte starts a new chunk).
-    fn block_room(&self) -> Option<usize> {
-        if self.in_chunk == self.core.chunk_size {
-            None
-        } else {
-            Some(self.block_end() - self.in_chunk)
-        }
-    }
-
-    fn ensure_block(&mut self) {
-        if self.block.is_empty() {
-            self.block = vec![0; self.block_len()];
-        }
-    }
-
-    /// Closes the current chunk: hashes what is left of it, and its tag becomes pending
-    /// output.
+    /// Closes the current chunk: its tag becomes pending output.
     fn close_chunk(&mut self, last: bool) {
-        let rest = self.in_chunk - self.hashed;
-        if rest > 0 {
-            // Only a final chunk can end in a partial block.
-            self.hasher.update(&self.block[..rest]);
-        }
-        let index = self.core.index;
-        self.hasher.update(&index.to_le_bytes());
-        self.hasher.update(&[u8::from(last)]);
-        self.tag = *self.hasher.finalize().as_bytes();
+        let digest = std::mem::replace(&mut self.digest, self.core.digest()).finalize();
+        self.tag = *self
+            .core
+            .tag_of_digest(self.core.index, last, digest)
+            .as_bytes();
         self.tag_pos = 0;
-        self.hasher.reset();
         self.core.index += 1;
         self.in_chunk = 0;
-        self.hashed = 0;
     }
 
-    /// The keystream position of the next plaintext byte.
-    fn position(&self) -> u64 {
-        self.core.index * self.core.chunk_size as u64 + self.in_chunk as u64
-    }
-
-    /// `n` more bytes of the current block are in `block[..]`: hashes the block if it is
-    /// complete.
-    fn advance(&mut self, n: usize) {
-        let end = self.block_end();
-        self.in_chunk += n;
-        debug_assert!(self.in_chunk <= end);
-        if self.in_chunk == end {
-            self.hasher.update(&self.block[..end - self.hashed]);
-            self.hashed = end;
-        }
+    /// Encrypts `data`, the next plaintext bytes of the current chunk, in place.
+    fn seal(&mut self, data: &mut [u8]) {
+        let position = self.core.index * self.core.chunk_size as u64 + self.in_chunk as u64;
+        crate::keystream::apply_at(&self.core.ctr, position, data);
+        self.digest.update(data);
+        self.in_chunk += data.len();
     }
 
     /// Bytes the caller may encrypt in its own buffer right now, if any, and how many bytes
@@ -502,17 +548,15 @@ impl SealState {
         if self.eof || !self.pending().is_empty() {
             return None;
         }
-        Some(match self.block_room() {
+        Some(match self.chunk_room() {
             // The current chunk is full: new bytes close it, so its tag goes first.
-            None => (self.block_len(), TAG_LEN),
+            None => (self.core.chunk_size, TAG_LEN),
             Some(room) => (room, 0),
         })
     }
 
     /// Encrypts `data[prefix..]` in place (at most the limit of
     /// [`SealState::direct_limit`]), writing the closed chunk's tag to `data[..prefix]`.
-    /// A whole block is hashed straight from `data`; otherwise the ciphertext is also
-    /// stored into the block buffer in the same pass, to be hashed once its block is complete.
     pub(crate) fn direct(&mut self, data: &mut [u8], prefix: usize) {
         let (head, body) = data.split_at_mut(prefix);
         if prefix > 0 {
@@ -520,46 +564,31 @@ impl SealState {
             head.copy_from_slice(&self.tag);
             self.tag_pos = TAG_LEN;
         }
-        let n = body.len();
-        let position = self.position();
-        if self.in_chunk == self.hashed && n == self.block_end() - self.in_chunk {
-            crate::keystream::apply_at(&self.core.ctr, position, body);
-            self.hasher.update(body);
-            self.in_chunk += n;
-            self.hashed = self.in_chunk;
-        } else {
-            self.ensure_block();
-            let start = self.in_chunk - self.hashed;
-            let copy = &mut self.block[start..start + n];
-            crate::keystream::apply_at_copy(&self.core.ctr, position, body, copy);
-            self.advance(n);
-        }
+        self.seal(body);
     }
 
     pub(crate) fn input(&mut self) -> &mut [u8] {
         if self.eof || !self.pending().is_empty() {
             return &mut [];
         }
-        self.ensure_block();
-        let (start, len) = match self.block_room() {
-            // A full chunk: the next bytes start a new one.
-            None => (0, self.block_len()),
-            Some(room) => (self.in_chunk - self.hashed, room),
-        };
-        &mut self.block[start..start + len]
+        if self.buf.is_empty() {
+            self.buf = vec![0; self.core.chunk_size.min(INPUT_BUF)];
+        }
+        // A full chunk: the next bytes start a new one.
+        let room = self.chunk_room().unwrap_or(self.core.chunk_size);
+        let len = room.min(self.buf.len());
+        &mut self.buf[..len]
     }
 
     pub(crate) fn filled(&mut self, n: usize) -> Result<()> {
-        if self.block_room().is_none() {
+        if self.chunk_room().is_none() {
             self.close_chunk(false);
         }
-        let start = self.in_chunk - self.hashed;
-        let position = self.position();
-        let data = &mut self.block[start..start + n];
-        crate::keystream::apply_at(&self.core.ctr, position, data);
-        self.out_start = start;
-        self.out_end = start + n;
-        self.advance(n);
+        let mut buf = std::mem::take(&mut self.buf);
+        self.seal(&mut buf[..n]);
+        self.buf = buf;
+        self.out_start = 0;
+        self.out_end = n;
         Ok(())
     }
 

@@ -83,19 +83,6 @@ impl CtrKey {
         self.apply_portable(counter, &mut dst[..len]);
     }
 
-    /// XORs the keystream starting at block `counter` into `data` and copies the result to
-    /// `copy` (same length), in one pass where the backend allows.
-    pub(crate) fn apply_copy(&self, counter: u128, data: &mut [u8], copy: &mut [u8]) {
-        debug_assert_eq!(data.len(), copy.len());
-        #[cfg(all(target_arch = "x86_64", not(dfs_crypto_portable)))]
-        if let Some(vaes) = &self.vaes {
-            return vaes.apply_copy(counter, data, copy);
-        }
-        let len = data.len().min(copy.len());
-        self.apply_portable(counter, &mut data[..len]);
-        copy[..len].copy_from_slice(&data[..len]);
-    }
-
     fn apply_portable(&self, mut counter: u128, data: &mut [u8]) -> u128 {
         let mut keystream = [aes::Block::default(); BATCH_BLOCKS];
         for chunk in data.chunks_mut(BATCH_BLOCKS * 16) {
@@ -182,18 +169,6 @@ pub(crate) fn apply_at(key: &CtrKey, position: u64, data: &mut [u8]) {
         *d ^= k;
     }
     key.apply(counter, &mut data[n..]);
-}
-
-/// [`apply_at`], also copying the result into `copy` (of the same length) in the same pass.
-pub(crate) fn apply_at_copy(key: &CtrKey, position: u64, data: &mut [u8], copy: &mut [u8]) {
-    let len = data.len().min(copy.len());
-    let (head, counter) = Head::at(key, position, len);
-    let n = head.bytes().len();
-    for ((d, c), k) in data[..n].iter_mut().zip(&mut copy[..n]).zip(head.bytes()) {
-        *d ^= k;
-        *c = *d;
-    }
-    key.apply_copy(counter, &mut data[n..len], &mut copy[n..len]);
 }
 
 /// A byte-granular CTR stream: a key, a starting counter block and a byte position.
@@ -306,7 +281,7 @@ mod tests {
         }
 
         #[test]
-        fn in_place_with_copy_matches_ctr_crate(
+        fn in_place_matches_ctr_crate(
             key in any::<[u8; 32]>(),
             position in 0u64..5000,
             data in proptest::collection::vec(any::<u8>(), 0..5000),
@@ -317,11 +292,6 @@ mod tests {
                 let mut got = data.clone();
                 apply_at(&ctr_key, position, &mut got);
                 prop_assert_eq!(&got, &expected);
-                let mut got = data.clone();
-                let mut copy = vec![0u8; data.len()];
-                apply_at_copy(&ctr_key, position, &mut got, &mut copy);
-                prop_assert_eq!(&got, &expected);
-                prop_assert_eq!(&copy, &expected);
             }
         }
 

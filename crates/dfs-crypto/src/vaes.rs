@@ -56,12 +56,6 @@ impl VaesKey {
         // SAFETY: as in `apply`: the features were detected when `self` was built.
         unsafe { apply_vaes_b2b(&self.round_keys, counter, src, dst) }
     }
-
-    /// See [`CtrKey::apply_copy`](crate::keystream::CtrKey::apply_copy).
-    pub(crate) fn apply_copy(&self, counter: u128, data: &mut [u8], copy: &mut [u8]) {
-        // SAFETY: as in `apply`: the features were detected when `self` was built.
-        unsafe { apply_vaes_copy(&self.round_keys, counter, data, copy) }
-    }
 }
 
 #[inline]
@@ -207,47 +201,6 @@ fn apply_vaes_b2b(round_keys: &[u128; 15], mut counter: u128, src: &[u8], dst: &
         unsafe {
             let d = _mm512_maskz_loadu_epi8(mask, from.as_ptr() as *const i8);
             _mm512_mask_storeu_epi8(to.as_mut_ptr() as *mut i8, mask, _mm512_xor_si512(d, ks));
-        }
-        counter = counter.wrapping_add(part.div_ceil(16) as u128);
-    }
-}
-
-/// `data ^= keystream` and `copy = data` in one pass (the result is stored twice), over the
-/// first `min(data.len(), copy.len())` bytes (the caller passes equal lengths).
-#[target_feature(enable = "avx512f,avx512bw,vaes")]
-fn apply_vaes_copy(round_keys: &[u128; 15], mut counter: u128, data: &mut [u8], copy: &mut [u8]) {
-    let s = schedule(round_keys);
-    let len = data.len().min(copy.len());
-    let (data, copy) = (&mut data[..len], &mut copy[..len]);
-    let mut data_chunks = data.chunks_exact_mut(BLOCKS * 16);
-    let mut copy_chunks = copy.chunks_exact_mut(BLOCKS * 16);
-    for (d_chunk, c_chunk) in (&mut data_chunks).zip(&mut copy_chunks) {
-        let ks = keystream_batch(&s, counter);
-        for (i, k) in ks.iter().enumerate() {
-            let data_ptr = d_chunk[i * 64..].as_mut_ptr();
-            let copy_ptr = c_chunk[i * 64..].as_mut_ptr();
-            // SAFETY: `d_chunk` and `c_chunk` are exactly LANES * 64 bytes, so bytes
-            // `i * 64 .. i * 64 + 64` of each are in bounds for `i < LANES`.
-            unsafe {
-                let x = _mm512_xor_si512(_mm512_loadu_si512(data_ptr as *const __m512i), *k);
-                _mm512_storeu_si512(data_ptr as *mut __m512i, x);
-                _mm512_storeu_si512(copy_ptr as *mut __m512i, x);
-            }
-        }
-        counter = counter.wrapping_add(BLOCKS as u128);
-    }
-    let data_tail = data_chunks.into_remainder();
-    let copy_tail = copy_chunks.into_remainder();
-    for (d, c) in data_tail.chunks_mut(64).zip(copy_tail.chunks_mut(64)) {
-        let ks = encrypt4(&s.rk, counter_blocks(counter, s.bswap));
-        let part = d.len().min(c.len());
-        let mask = byte_mask(part);
-        // SAFETY: the mask selects only bytes `0..part` of `d` and `c`, both at least `part`
-        // bytes long; masked-off bytes are neither read nor written.
-        unsafe {
-            let x = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, d.as_ptr() as *const i8), ks);
-            _mm512_mask_storeu_epi8(d.as_mut_ptr() as *mut i8, mask, x);
-            _mm512_mask_storeu_epi8(c.as_mut_ptr() as *mut i8, mask, x);
         }
         counter = counter.wrapping_add(part.div_ceil(16) as u128);
     }

@@ -7,15 +7,23 @@ use std::io::{self, Read};
 
 use ctr::cipher::{KeyIvInit, StreamCipher};
 use dfs_crypto::{Aes256CtrBlake3, Cipher, Key};
+use polyval::universal_hash::UniversalHash;
 use proptest::prelude::*;
 
 const FORMAT: &str = include_str!("../FORMAT.md");
 
-/// The format, implemented from `FORMAT.md` without using the crate.
-fn reference_seal(key: &[u8; 32], nonce: &[u8; 32], chunk_size: u32, plain: &[u8]) -> Vec<u8> {
+/// The format, implemented from `FORMAT.md` without using the crate: version 2 (what the crate
+/// writes) or version 1 (which it still reads).
+fn reference_seal(
+    version: u8,
+    key: &[u8; 32],
+    nonce: &[u8; 32],
+    chunk_size: u32,
+    plain: &[u8],
+) -> Vec<u8> {
     let mut header = Vec::new();
     header.extend_from_slice(b"DFSC");
-    header.push(1);
+    header.push(version);
     header.extend_from_slice(&[0, 0, 0]);
     header.extend_from_slice(&chunk_size.to_le_bytes());
     header.extend_from_slice(nonce);
@@ -23,14 +31,22 @@ fn reference_seal(key: &[u8; 32], nonce: &[u8; 32], chunk_size: u32, plain: &[u8
 
     let mut ikm = key.to_vec();
     ikm.extend_from_slice(&header);
-    let enc_key = blake3::derive_key(
-        "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk encryption key",
-        &ikm,
-    );
-    let mac_key = blake3::derive_key(
-        "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk authentication key",
-        &ikm,
-    );
+    let (enc_context, mac_context) = match version {
+        1 => (
+            "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk encryption key",
+            "dfs-crypto 2026-11 Aes256CtrBlake3 v1 chunk authentication key",
+        ),
+        _ => (
+            "dfs-crypto 2026-12 Aes256CtrBlake3 v2 chunk encryption key",
+            "dfs-crypto 2026-12 Aes256CtrBlake3 v2 chunk authentication key",
+        ),
+    };
+    let enc_key = blake3::derive_key(enc_context, &ikm);
+    let mac_key = blake3::derive_key(mac_context, &ikm);
+    let hash_key: [u8; 16] =
+        blake3::derive_key("dfs-crypto 2026-12 Aes256CtrBlake3 v2 chunk hash key", &ikm)[..16]
+            .try_into()
+            .unwrap();
     // One CTR stream over the whole plaintext, counter block starting at zero.
     let mut body = plain.to_vec();
     ctr::Ctr128BE::<aes::Aes256>::new(&enc_key.into(), &[0u8; 16].into())
@@ -45,7 +61,16 @@ fn reference_seal(key: &[u8; 32], nonce: &[u8; 32], chunk_size: u32, plain: &[u8
     for (index, chunk) in chunks.iter().enumerate() {
         let last = index + 1 == chunks.len();
         let mut mac = blake3::Hasher::new_keyed(&mac_key);
-        mac.update(chunk);
+        if version == 1 {
+            mac.update(chunk);
+        } else {
+            let mut lengths = [0u8; 16];
+            lengths[..8].copy_from_slice(&(chunk.len() as u64).to_le_bytes());
+            let mut digest = polyval::Polyval::new(&hash_key.into());
+            digest.update_padded(chunk);
+            digest.update_padded(&lengths);
+            mac.update(&digest.finalize());
+        }
         mac.update(&(index as u64).to_le_bytes());
         mac.update(&[u8::from(last)]);
         out.extend_from_slice(chunk);
@@ -75,7 +100,7 @@ fn independent_implementation_agrees() {
             let plain: Vec<u8> = (0..len).map(|i| (i * 5) as u8).collect();
             assert_eq!(
                 crate_seal(&key, nonce, chunk_size, &plain),
-                reference_seal(&key, &nonce, chunk_size, &plain),
+                reference_seal(2, &key, &nonce, chunk_size, &plain),
                 "chunk {chunk_size} len {len}"
             );
         }
@@ -131,14 +156,64 @@ proptest! {
             .unwrap();
         let source = Trickle { data: &plain, step: source_step };
         let sealed = read_in_steps(cipher.encrypt_reader_with_nonce(source, nonce), read_step);
-        prop_assert!(sealed == reference_seal(&key, &nonce, chunk_size, &plain));
+        prop_assert!(sealed == reference_seal(2, &key, &nonce, chunk_size, &plain));
     }
 }
 
-/// The value after `label` on its line in `FORMAT.md`'s test vector, plus any continuation
-/// lines that are pure hex.
-fn field(label: &str) -> String {
-    let vector = &FORMAT[FORMAT.find("## Test vector").unwrap()..];
+/// Version 1 ciphertexts (written by earlier releases) still decrypt, for any read sizes,
+/// and fail like version 2 ones when damaged.
+#[test]
+fn version_1_still_decrypts() {
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+    let nonce: [u8; 32] = std::array::from_fn(|i| 99 ^ i as u8);
+    let cipher = Aes256CtrBlake3::new(&Key::from_bytes(key));
+    for chunk_size in [16u32, 48, 64 * 1024] {
+        for len in [0usize, 1, 15, 16, 17, 47, 48, 49, 96, 100, 1000, 200_000] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 13 + i / 253) as u8).collect();
+            let sealed = reference_seal(1, &key, &nonce, chunk_size, &plain);
+            for step in [1000, 65536 + 45] {
+                let opened = read_in_steps(cipher.decrypt_reader(&sealed[..]), step);
+                assert_eq!(opened, plain, "chunk {chunk_size} len {len} step {step}");
+            }
+            let mut flipped = sealed.clone();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 0x10;
+            let err = cipher.decrypt(&flipped[..], &mut Vec::new()).unwrap_err();
+            assert!(
+                matches!(err, dfs_crypto::CryptoError::Authentication { .. }),
+                "{err:?}"
+            );
+        }
+    }
+}
+
+/// Relabelling a file's version (either way) changes every derived key, so no tag verifies:
+/// a version-2 file cannot be read under version 1's rules, nor the reverse.
+#[test]
+fn relabelled_version_fails_authentication() {
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let nonce = [7u8; 32];
+    let cipher = Aes256CtrBlake3::new(&Key::from_bytes(key));
+    let plain = vec![0x42u8; 3000];
+    for (version, relabel) in [(1u8, 2u8), (2, 1)] {
+        let mut sealed = reference_seal(version, &key, &nonce, 1024, &plain);
+        sealed[4] = relabel;
+        let err = cipher.decrypt(&sealed[..], &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, dfs_crypto::CryptoError::Authentication { chunk: 0 }),
+            "v{version} as v{relabel}: {err:?}"
+        );
+    }
+}
+
+/// The value after `label` on its line in the `FORMAT.md` test vector for `version`, plus any
+/// continuation lines that are pure hex.
+fn field(version: u8, label: &str) -> String {
+    let heading = format!("## Test vector, version {version}");
+    let start = FORMAT
+        .find(&heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in FORMAT.md"));
+    let vector = &FORMAT[start..];
     let mut lines = vector
         .lines()
         .skip_while(|l| !l.trim_start().starts_with(label));
@@ -164,22 +239,26 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 #[test]
-fn format_md_test_vector() {
-    let key: [u8; 32] = unhex(&field("key:")).try_into().unwrap();
-    let nonce: [u8; 32] = unhex(&field("nonce:")).try_into().unwrap();
-    let chunk_size: u32 = field("chunk size:").parse().unwrap();
-    let plain = field("plaintext:");
-    let plain = plain.trim_matches('"').as_bytes();
-    let expected = unhex(&field("ciphertext:"));
+fn format_md_test_vectors() {
+    for version in [2, 1] {
+        let key: [u8; 32] = unhex(&field(version, "key:")).try_into().unwrap();
+        let nonce: [u8; 32] = unhex(&field(version, "nonce:")).try_into().unwrap();
+        let chunk_size: u32 = field(version, "chunk size:").parse().unwrap();
+        let plain = field(version, "plaintext:");
+        let plain = plain.trim_matches('"').as_bytes();
+        let expected = unhex(&field(version, "ciphertext:"));
 
-    let sealed = crate_seal(&key, nonce, chunk_size, plain);
-    assert_eq!(sealed, reference_seal(&key, &nonce, chunk_size, plain));
-    if sealed != expected {
-        let hex: String = sealed.iter().map(|b| format!("{b:02x}")).collect();
-        panic!("FORMAT.md ciphertext differs; the crate produces:\n{hex}");
+        let reference = reference_seal(version, &key, &nonce, chunk_size, plain);
+        if version == dfs_crypto::VERSION {
+            assert_eq!(crate_seal(&key, nonce, chunk_size, plain), reference);
+        }
+        if reference != expected {
+            let hex: String = reference.iter().map(|b| format!("{b:02x}")).collect();
+            panic!("FORMAT.md's version {version} ciphertext differs from the spec:\n{hex}");
+        }
+        let cipher = Aes256CtrBlake3::new(&Key::from_bytes(key));
+        let mut out = Vec::new();
+        cipher.decrypt(&expected[..], &mut out).unwrap();
+        assert_eq!(out, plain);
     }
-    let cipher = Aes256CtrBlake3::new(&Key::from_bytes(key));
-    let mut out = Vec::new();
-    cipher.decrypt(&expected[..], &mut out).unwrap();
-    assert_eq!(out, plain);
 }
