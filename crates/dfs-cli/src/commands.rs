@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter};
 
 use crate::cli::{GetArgs, NodeArgs, PeersArgs, PutArgs, ReplicateArgs, RmArgs};
-use crate::control::{Client, RemoteError, RemoteErrorKind};
+use crate::control::{Client, RemoteError, RemoteErrorKind, RemovedInfo};
 use crate::output::{Output, Partial, Signals, Stdout, Target};
 use crate::{Error, Result};
 
@@ -205,17 +205,27 @@ async fn download_to(client: &mut Client, name: &str, output: Output) -> Result<
 
 pub(crate) async fn rm(args: RmArgs) -> Result<()> {
     let mut client = Client::connect(&args.node.data).await?;
-    client.remove(&args.name, args.everywhere).await?;
+    let removed = client.remove(&args.name, args.everywhere).await?;
     let mut out = Stdout::new();
-    if args.everywhere {
-        out.line(format_args!(
-            "removed {} here and on every connected peer",
-            args.name
-        ))?;
-    } else {
-        out.line(format_args!("removed {}", args.name))?;
-    }
+    out.line(format_args!(
+        "{}",
+        removed_message(&args.name, args.everywhere, &removed)
+    ))?;
     out.flush()
+}
+
+/// What `dfs rm` prints: where copies were found and removed.
+fn removed_message(name: &str, everywhere: bool, removed: &RemovedInfo) -> String {
+    let peers = match removed.peers.len() {
+        1 => "1 peer".to_owned(),
+        n => format!("{n} peers"),
+    };
+    match (everywhere, removed.local, removed.peers.is_empty()) {
+        (false, ..) => format!("removed {name}"),
+        (true, true, true) => format!("removed {name} here; no connected peer had a copy"),
+        (true, true, false) => format!("removed {name} here and on {peers}"),
+        (true, false, _) => format!("removed {name} on {peers}; this node had no copy"),
+    }
 }
 
 pub(crate) async fn replicate(args: ReplicateArgs) -> Result<()> {

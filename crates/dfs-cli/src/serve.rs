@@ -19,7 +19,8 @@ use tracing::{error, info, warn};
 use crate::cli::ServeArgs;
 use crate::control::daemon::{self, Backend, UploadBody};
 use crate::control::{
-    self, FileEntry, NodeStatus, PeerEntry, RemoteError, RemoteErrorKind, ScrubSummary, StoredInfo,
+    self, FileEntry, NodeStatus, PeerEntry, RemoteError, RemoteErrorKind, RemovedInfo,
+    ScrubSummary, StoredInfo,
 };
 use crate::error::one_line;
 use crate::{Error, Result};
@@ -748,7 +749,7 @@ impl Backend for Node {
         }
     }
 
-    async fn remove(&self, name: &str, everywhere: bool) -> Result<(), RemoteError> {
+    async fn remove(&self, name: &str, everywhere: bool) -> Result<RemovedInfo, RemoteError> {
         let scope = if everywhere {
             Scope::Everywhere
         } else {
@@ -760,7 +761,10 @@ impl Backend for Node {
             .await
             .map_err(|err| remote(&err))?;
         if report.found() {
-            return Ok(());
+            return Ok(RemovedInfo {
+                local: report.local,
+                peers: report.peers.iter().map(|id| id.to_hex()).collect(),
+            });
         }
         Err(self.under_another_key(name).await.unwrap_or_else(|| {
             RemoteError::new(

@@ -102,7 +102,8 @@ fn put_and_get_through_different_nodes() {
     let out = tmp.path().join("again");
     c.ok(&["get", "photo.bin", "-o", out.to_str().unwrap()]);
     assert_eq!(hash_file(&out), hash, "re-fetched from a peer");
-    a.ok(&["rm", "photo.bin", "--everywhere"]);
+    let said = a.ok(&["rm", "photo.bin", "--everywhere"]);
+    assert!(said.contains("removed photo.bin here and on "), "{said}");
     for node in [&a, &b, &c] {
         let out = node.dfs(&[
             "get",

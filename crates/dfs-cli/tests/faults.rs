@@ -680,7 +680,11 @@ fn rm_everywhere_of_a_name_nobody_has_is_not_found() {
     let f = tmp.path().join("f");
     write_pattern_file(&f, 8, 1000);
     a.ok(&["put", f.to_str().unwrap()]);
-    a.ok(&["rm", "f", "--everywhere"]);
+    let said = a.ok(&["rm", "f", "--everywhere"]);
+    assert!(
+        said.contains("removed f here; no connected peer had a copy"),
+        "{said}"
+    );
     let out = a.dfs(&["rm", "f", "--everywhere"]);
     assert_eq!(
         out.status.code(),
@@ -694,7 +698,11 @@ fn rm_everywhere_of_a_name_nobody_has_is_not_found() {
     a.wait_peers(1);
     b.ok(&["put", f.to_str().unwrap()]);
     a.ok(&["rm", "f"]);
-    a.ok(&["rm", "f", "--everywhere"]);
+    let said = a.ok(&["rm", "f", "--everywhere"]);
+    assert!(
+        said.contains("removed f on 1 peer; this node had no copy"),
+        "{said}"
+    );
     assert!(
         b.dfs(&["get", "f", "-o", tmp.path().join("g").to_str().unwrap()])
             .status

@@ -7,8 +7,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::{
-    CHUNK_LEN, Channel, FileEntry, NodeStatus, PROTOCOL_VERSION, PeerEntry, Request, Response,
-    ScrubSummary, StoredInfo, fill, socket_path,
+    CHUNK_LEN, Channel, FileEntry, NodeStatus, PROTOCOL_VERSION, PeerEntry, RemovedInfo, Request,
+    Response, ScrubSummary, StoredInfo, fill, socket_path,
 };
 use crate::{Error, Result};
 
@@ -224,14 +224,15 @@ impl Client {
         Ok(written)
     }
 
-    /// Deletes `name` on the node, and on every connected peer when `everywhere`.
-    pub async fn remove(&mut self, name: &str, everywhere: bool) -> Result<()> {
+    /// Deletes `name` on the node, and on every connected peer when `everywhere`; says where
+    /// copies were found.
+    pub async fn remove(&mut self, name: &str, everywhere: bool) -> Result<RemovedInfo> {
         let request = Request::Remove {
             name: name.to_owned(),
             everywhere,
         };
         match self.call(&request).await? {
-            Response::Removed => Ok(()),
+            Response::Removed(info) => Ok(info),
             other => Err(unexpected(&other)),
         }
     }

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     CHUNK_LEN, Channel, FileEntry, NodeStatus, PROTOCOL_VERSION, PeerEntry, RemoteError,
-    RemoteErrorKind, Request, Response, ScrubSummary, StoredInfo, fill,
+    RemoteErrorKind, RemovedInfo, Request, Response, ScrubSummary, StoredInfo, fill,
 };
 
 /// The body of an upload as the backend sees it: plaintext bytes that end (EOF) only after the
@@ -45,7 +45,7 @@ pub(crate) trait Backend: Clone + Send + Sync + 'static {
         &self,
         name: &str,
         everywhere: bool,
-    ) -> impl Future<Output = Result<(), RemoteError>> + Send;
+    ) -> impl Future<Output = Result<RemovedInfo, RemoteError>> + Send;
     fn list(&self) -> impl Future<Output = Result<Vec<FileEntry>, RemoteError>> + Send;
     /// The connected peers once at least `wait_for` are connected or `timeout` passed.
     fn peers(
@@ -271,7 +271,7 @@ async fn handle_request<B: Backend>(
         Request::Get { name } => return handle_get(ch, backend, name, abort).await,
         Request::Remove { name, everywhere } => tokio::select! {
             () = abort.cancelled() => Err(shutting_down()),
-            res = backend.remove(&name, everywhere) => res.map(|()| Response::Removed),
+            res = backend.remove(&name, everywhere) => res.map(Response::Removed),
         },
         Request::List => tokio::select! {
             () = stop.cancelled() => Err(shutting_down()),

@@ -39,7 +39,7 @@ pub use client::Client;
 pub const SOCKET_FILE: &str = "dfs.sock";
 
 /// The control protocol version; client and node must agree.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest control frame accepted, in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
@@ -143,8 +143,8 @@ pub enum Response {
     Chunk(Bytes),
     /// The body is complete.
     End,
-    /// The file was deleted.
-    Removed,
+    /// The file was deleted where it says (version 3; it used to carry nothing).
+    Removed(RemovedInfo),
     /// The node's local files.
     Files(Vec<FileEntry>),
     /// The connected peers.
@@ -166,6 +166,15 @@ pub struct StoredInfo {
     pub size: u64,
     /// Ids (hex) of the peers that acknowledged a durable copy.
     pub replicas: Vec<String>,
+}
+
+/// Where a deleted file's copies were found (and removed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedInfo {
+    /// Whether the node itself held a copy.
+    pub local: bool,
+    /// Ids (hex) of the peers that held a copy and removed it (only for `everywhere`).
+    pub peers: Vec<String>,
 }
 
 /// One local file of a node.

@@ -67,9 +67,12 @@ impl Backend for MemBackend {
         }
     }
 
-    async fn remove(&self, name: &str, _everywhere: bool) -> Result<(), RemoteError> {
+    async fn remove(&self, name: &str, _everywhere: bool) -> Result<RemovedInfo, RemoteError> {
         match self.files.lock().unwrap().remove(name) {
-            Some(_) => Ok(()),
+            Some(_) => Ok(RemovedInfo {
+                local: true,
+                peers: Vec::new(),
+            }),
             None => Err(RemoteError::new(RemoteErrorKind::NotFound, "not found")),
         }
     }
