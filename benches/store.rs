@@ -6,7 +6,9 @@
 //!   reads both from the page cache (hot) and after dropping the file's pages (cold,
 //!   `dd iflag=nocache count=0`, skipped if `dd` is missing).
 //! - `store_4KiB`: 4 KiB objects, writes/s (fsync on and off) and reads/s, against
-//!   `cacache`'s sync API (`write_sync` / `read_sync`; cacache never fsyncs).
+//!   `cacache`'s sync API (`write_sync` / `read_sync`; cacache never fsyncs), and the floor
+//!   of the prescribed durable write (stage, fsync, rename, fsync the directory) in plain
+//!   `std::fs`.
 //!
 //! After criterion's own output the bench prints the medians, the ratios, the CPU time
 //! (user + system, all threads) per 1 GiB iteration and the peak RSS of the process. Size of the big object: `DFS_BENCH_STORE_MIB` (default 1024).
@@ -414,6 +416,34 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
         })
     });
 
+    // The floor of the durable write protocol the issue prescribes (stage in `tmp`, write,
+    // fsync, rename into place, fsync the directory), in plain `std::fs` into one flat
+    // directory: no header, no hashing, no sharded directories to create. No store that
+    // follows the protocol writes faster than this.
+    let floor = dir.join("floor");
+    fs::create_dir_all(floor.join("tmp")).unwrap();
+    fs::create_dir_all(floor.join("objects")).unwrap();
+    let objects = File::open(floor.join("objects")).unwrap();
+    let id = "store_4KiB/write/std-fs-floor".to_owned();
+    group.bench_function(BenchmarkId::new("write", "std-fs-floor"), |b| {
+        b.iter_custom(|iters| {
+            let keys: Vec<String> = (0..iters).map(|_| next_key()).collect();
+            let start = Instant::now();
+            for key in &keys {
+                let staged = floor.join("tmp").join(key);
+                let mut file = File::create(&staged).unwrap();
+                file.write_all(data).unwrap();
+                file.sync_data().unwrap();
+                drop(file);
+                fs::rename(&staged, floor.join("objects").join(key)).unwrap();
+                objects.sync_all().unwrap();
+            }
+            let elapsed = start.elapsed();
+            record(&id, iters, elapsed);
+            elapsed
+        })
+    });
+
     // Reads: a fixed set of objects, read round-robin into a fresh Vec (what
     // `cacache::read_sync` returns).
     let read_store = Store::builder(dir.join("small-read"))
@@ -516,7 +546,7 @@ fn summary(big_size: u64) {
     let ops =
         |id: &str| median_of_last(&format!("store_4KiB/{id}"), SMALL_SAMPLES).map(|t| 1.0 / t);
     if let Some(cacache) = ops("write/cacache") {
-        for label in ["dfs-store-fsync", "dfs-store-nofsync"] {
+        for label in ["dfs-store-fsync", "dfs-store-nofsync", "std-fs-floor"] {
             if let Some(ours) = ops(&format!("write/{label}")) {
                 println!(
                     "store_4KiB write {label:<18} {ours:>9.0} ops/s  cacache {cacache:>9.0} ops/s  ratio {:.2}x",
