@@ -3,9 +3,11 @@
 //! Groups `ctr/16KiB`, `ctr/64KiB`, `ctr/1MiB`: each iteration moves one buffer of that size.
 //! - `keystream`: raw keystream applied in place (`Aes256Ctr::apply_keystream`).
 //! - `keystream-ctr-crate`: the RustCrypto `ctr::Ctr128BE<aes::Aes256>` reference, same work.
-//! - `blake3-keyed`: keyed BLAKE3 of the buffer alone (the MAC's share of the auth modes).
+//! - `blake3-keyed`: keyed BLAKE3 of the buffer alone (what format version 1 of
+//!   `Aes256CtrBlake3` paid per byte for its tags).
 //! - `polyval` / `polyval-portable`: `dfs_crypto::Polyval` of the buffer (the bulk of
-//!   `dfs-transport`'s frame tags) on the fastest backend and on the `polyval` crate.
+//!   `Aes256CtrBlake3`'s chunk tags and of `dfs-transport`'s frame tags) on the fastest
+//!   backend and on the `polyval` crate.
 //! - `source-copy`: filling the buffer from the in-memory source alone (the `memcpy` that
 //!   every streaming case below pays on top of its cipher work, and `openssl speed` does not).
 //! - `stream-encrypt`: a long-lived encrypting reader (Go format) over an in-memory source,

@@ -356,16 +356,16 @@ impl ChunkCore {
         }
         let mut digest = self.digest();
         digest.update(ciphertext);
-        self.tag_of_digest(index, last, digest.finalize())
+        self.tag_of_digest(index, last, &digest.finalize())
     }
 
     /// Version 2: the tag of a chunk with this digest.
-    fn tag_of_digest(&self, index: u64, last: bool, digest: [u8; 16]) -> blake3::Hash {
-        let mut input = [0u8; 16 + 8 + 1];
-        input[..16].copy_from_slice(&digest);
+    fn tag_of_digest(&self, index: u64, last: bool, digest: &[u8; 16]) -> blake3::Hash {
+        let mut input = Zeroizing::new([0u8; 16 + 8 + 1]);
+        input[..16].copy_from_slice(digest);
         input[16..24].copy_from_slice(&index.to_le_bytes());
         input[24] = u8::from(last);
-        blake3::keyed_hash(&self.mac_key, &input)
+        blake3::keyed_hash(&self.mac_key, &input[..])
     }
 
     fn counter(&self, index: u64) -> u128 {
@@ -396,7 +396,6 @@ impl ChunkCore {
 
 /// The running digest of one chunk's ciphertext (format version 2):
 /// `POLYVAL(H, pad16(ciphertext) || LE64(length) || LE64(0))`, fed in pieces of any size.
-#[derive(Clone)]
 struct ChunkDigest {
     hash: Polyval,
     /// Bytes fed so far.
@@ -431,7 +430,8 @@ impl ChunkDigest {
         self.partial[..data.len() - whole].copy_from_slice(&data[whole..]);
     }
 
-    fn finalize(mut self) -> [u8; 16] {
+    /// The digest (secret: it is only ever hashed into the tag).
+    fn finalize(mut self) -> Zeroizing<[u8; 16]> {
         let held = (self.len % 16) as usize;
         if held > 0 {
             self.hash.update_padded(&self.partial[..held]);
@@ -439,7 +439,7 @@ impl ChunkDigest {
         let mut lengths = [0u8; 16];
         lengths[..8].copy_from_slice(&self.len.to_le_bytes());
         self.hash.update_padded(&lengths);
-        self.hash.finalize()
+        Zeroizing::new(self.hash.finalize())
     }
 }
 
@@ -527,7 +527,7 @@ impl SealState {
         let digest = std::mem::replace(&mut self.digest, self.core.digest()).finalize();
         self.tag = *self
             .core
-            .tag_of_digest(self.core.index, last, digest)
+            .tag_of_digest(self.core.index, last, &digest)
             .as_bytes();
         self.tag_pos = 0;
         self.core.index += 1;
@@ -616,7 +616,6 @@ fn lookahead(chunk_size: usize) -> usize {
 
 /// Decryption state: header in, then `chunk_size + TAG_LEN + lookahead` bytes in, verified plaintext
 /// out. Nothing is output before its chunk's tag has been checked.
-#[derive(Debug)]
 pub(crate) struct OpenState {
     key: Key,
     header: [u8; HEADER_LEN],
@@ -636,6 +635,19 @@ pub(crate) struct OpenState {
     lazy: bool,
     /// Plaintext stream position of `buf[0]` of the released chunk.
     chunk_start: u64,
+}
+
+impl std::fmt::Debug for OpenState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the buffer: it holds verified plaintext on the push path.
+        f.debug_struct("OpenState")
+            .field("core", &self.core)
+            .field("header_pos", &self.header_pos)
+            .field("fill", &self.fill)
+            .field("pending", &self.pending_len())
+            .field("eof", &self.eof)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OpenState {
@@ -786,5 +798,76 @@ impl OpenState {
 
     pub(crate) fn done(&self) -> bool {
         self.eof && self.pending_len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use polyval::universal_hash::UniversalHash;
+
+    use super::*;
+
+    /// `FORMAT.md`'s digest, straight from the `polyval` crate.
+    fn reference_digest(h: &[u8; 16], chunk: &[u8]) -> [u8; 16] {
+        let mut lengths = [0u8; 16];
+        lengths[..8].copy_from_slice(&(chunk.len() as u64).to_le_bytes());
+        let mut hash = polyval::Polyval::new(&(*h).into());
+        hash.update_padded(chunk);
+        hash.update_padded(&lengths);
+        hash.finalize().into()
+    }
+
+    /// A chunk fed to `ChunkDigest` in pieces of any sizes (empty ones, single bytes, pieces
+    /// that end inside a block and pieces that complete one) has the digest of the whole.
+    #[test]
+    fn digest_of_any_split_is_the_digest_of_the_whole() {
+        let h: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(29) ^ 0x5c);
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        let steps: [&[usize]; 6] = [
+            &[1],
+            &[0, 3, 15, 1, 16, 17],
+            &[7, 9],
+            &[16],
+            &[513, 0, 511, 2],
+            &[1000],
+        ];
+        for len in [0, 1, 15, 16, 17, 31, 32, 33, 511, 512, 513, 1000, 3000] {
+            let want = reference_digest(&h, &data[..len]);
+            for pattern in steps {
+                let mut digest = ChunkDigest::new(Polyval::new(&h));
+                let mut pos = 0;
+                for &step in pattern.iter().cycle() {
+                    if pos == len {
+                        break;
+                    }
+                    let end = (pos + step).min(len);
+                    digest.update(&data[pos..end]);
+                    pos = end;
+                }
+                assert_eq!(*digest.finalize(), want, "len {len} steps {pattern:?}");
+            }
+        }
+    }
+
+    /// Without the length block a chunk and its zero-extension inside the last block would
+    /// have one digest; with it they differ.
+    #[test]
+    fn the_length_block_separates_zero_extensions() {
+        let h = [0x5a_u8; 16];
+        let mut bare = polyval::Polyval::new(&h.into());
+        bare.update_padded(&[1, 2, 3]);
+        let mut extended = polyval::Polyval::new(&h.into());
+        extended.update_padded(&[1, 2, 3, 0]);
+        assert_eq!(bare.finalize(), extended.finalize());
+        assert_ne!(
+            reference_digest(&h, &[1, 2, 3]),
+            reference_digest(&h, &[1, 2, 3, 0])
+        );
+        let digest = |chunk: &[u8]| {
+            let mut d = ChunkDigest::new(Polyval::new(&h));
+            d.update(chunk);
+            *d.finalize()
+        };
+        assert_ne!(digest(&[1, 2, 3]), digest(&[1, 2, 3, 0]));
     }
 }

@@ -186,7 +186,6 @@ impl Cipher for Aes256Ctr {
 }
 
 /// The sans-io state of a Go-format CTR stream (either direction).
-#[derive(Debug)]
 pub(crate) struct CtrState {
     encrypt: bool,
     iv: [u8; IV_LEN],
@@ -198,6 +197,18 @@ pub(crate) struct CtrState {
     out_start: usize,
     out_end: usize,
     eof: bool,
+}
+
+impl std::fmt::Debug for CtrState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the buffer: it holds plaintext (before encryption, after decryption).
+        f.debug_struct("CtrState")
+            .field("encrypt", &self.encrypt)
+            .field("iv_pos", &self.iv_pos)
+            .field("pending", &(self.out_end - self.out_start))
+            .field("eof", &self.eof)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CtrState {

@@ -8,9 +8,11 @@ pub const POLYVAL_LEN: usize = 16;
 /// POLYVAL (RFC 8452, section 3): a universal hash over GF(2^128), fast enough to authenticate
 /// bulk data at memory speed.
 ///
-/// **A building block, not a MAC by itself**: its output must be encrypted with a fresh
-/// one-time pad per message (e.g. a PRF of a never-repeated nonce, as GCM and GCM-SIV do),
-/// and the key `H` must stay secret. `dfs-transport` builds its frame tags this way.
+/// **A building block, not a MAC by itself**: the key `H` must stay secret, and the output
+/// must not be published as it is. Either encrypt it with a fresh one-time pad per message
+/// (a PRF of a never-repeated nonce, as GCM and GCM-SIV do; `dfs-transport`'s frame tags) or
+/// use it only as the input of a PRF (hash-then-PRF; [`Aes256CtrBlake3`](crate::Aes256CtrBlake3)'s
+/// chunk tags, keyed BLAKE3 of the digest).
 ///
 /// On x86-64 CPUs with AVX-512 and VPCLMULQDQ it runs a hand-written kernel that folds 32
 /// blocks per iteration (detected at run time; [`Polyval::backend`] says which); elsewhere the

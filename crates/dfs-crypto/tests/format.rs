@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 
 use ctr::cipher::{KeyIvInit, StreamCipher};
-use dfs_crypto::{Aes256CtrBlake3, Cipher, Key};
+use dfs_crypto::{Aes256CtrBlake3, Cipher, CryptoError, HEADER_LEN, Key};
 use polyval::universal_hash::UniversalHash;
 use proptest::prelude::*;
 
@@ -142,8 +142,8 @@ proptest! {
     fn reader_agrees_with_reference_for_any_read_sizes(
         chunk_size in prop_oneof![Just(16u32), Just(1024), Just(65536), Just(100_000), Just(196_608)],
         len in 0usize..400_000,
-        read_step in prop_oneof![Just(16384usize), Just(65536), Just(65568), 1usize..70_000],
-        source_step in prop_oneof![Just(usize::MAX), 1usize..70_000],
+        read_step in prop_oneof![Just(16384usize), Just(65536), Just(65568), 1usize..48, 1usize..70_000],
+        source_step in prop_oneof![Just(usize::MAX), 1usize..48, 1usize..70_000],
     ) {
         let key: [u8; 32] = std::array::from_fn(|i| i as u8 ^ 0x5a);
         let nonce: [u8; 32] = std::array::from_fn(|i| i as u8);
@@ -179,10 +179,79 @@ fn version_1_still_decrypts() {
             let last = flipped.len() - 1;
             flipped[last] ^= 0x10;
             let err = cipher.decrypt(&flipped[..], &mut Vec::new()).unwrap_err();
+            assert!(matches!(err, CryptoError::Authentication { .. }), "{err:?}");
+        }
+    }
+}
+
+/// Decrypts `sealed` with `decrypt` and with the pull adapter, which must agree.
+fn open(cipher: &Aes256CtrBlake3, sealed: &[u8]) -> (Result<u64, CryptoError>, Vec<u8>) {
+    let mut out = Vec::new();
+    let result = cipher.decrypt(sealed, &mut out);
+    let mut pulled = Vec::new();
+    let pull = cipher.decrypt_reader(sealed).read_to_end(&mut pulled);
+    assert_eq!(pulled, out);
+    assert_eq!(pull.is_ok(), result.is_ok());
+    (result, out)
+}
+
+/// Both versions classify damage as `FORMAT.md`'s Decryption section says, and release only
+/// the verified whole chunks before it.
+#[test]
+fn damage_is_classified_alike_in_both_versions() {
+    let key = [9u8; 32];
+    let nonce = [5u8; 32];
+    let cipher = Aes256CtrBlake3::new(&Key::from_bytes(key));
+    const C: usize = 32;
+    const RECORD: usize = C + 32;
+    for version in [1u8, 2] {
+        let plain: Vec<u8> = (0..2 * C as u8).collect();
+        let sealed = reference_seal(version, &key, &nonce, C as u32, &plain);
+        assert_eq!(open(&cipher, &sealed).1, plain);
+        // Cut at the chunk boundary, or inside the final record's tag.
+        for cut in [HEADER_LEN + RECORD, HEADER_LEN + RECORD + 31] {
+            let (result, out) = open(&cipher, &sealed[..cut]);
             assert!(
-                matches!(err, dfs_crypto::CryptoError::Authentication { .. }),
-                "{err:?}"
+                matches!(result, Err(CryptoError::Truncated { chunk: 1 })),
+                "v{version} cut {cut}: {result:?}"
             );
+            assert!(out.is_empty() || out == plain[..C], "v{version}");
+        }
+        // Appended bytes.
+        let mut longer = sealed.clone();
+        longer.push(0);
+        let (result, out) = open(&cipher, &longer);
+        assert!(
+            matches!(result, Err(CryptoError::TrailingData { chunk: 1 })),
+            "v{version}: {result:?}"
+        );
+        assert_eq!(out, plain[..C]);
+        // Swapped records.
+        let mut swapped = sealed.clone();
+        let (first, second) = swapped[HEADER_LEN..].split_at_mut(RECORD);
+        first.swap_with_slice(&mut second[..RECORD]);
+        let (result, out) = open(&cipher, &swapped);
+        assert!(
+            matches!(result, Err(CryptoError::Authentication { chunk: 0 })),
+            "v{version}: {result:?}"
+        );
+        assert!(out.is_empty());
+
+        // A short final chunk (3 bytes) zero-extended, or cut by a byte, under its tag.
+        let plain: Vec<u8> = (0..C as u8 + 3).collect();
+        let sealed = reference_seal(version, &key, &nonce, C as u32, &plain);
+        let tag_at = sealed.len() - 32;
+        for (what, body) in [
+            ("extended", [&sealed[..tag_at], &[0]].concat()),
+            ("cut", sealed[..tag_at - 1].to_vec()),
+        ] {
+            let damaged = [&body[..], &sealed[tag_at..]].concat();
+            let (result, out) = open(&cipher, &damaged);
+            assert!(
+                matches!(result, Err(CryptoError::Authentication { chunk: 1 })),
+                "v{version} {what}: {result:?}"
+            );
+            assert_eq!(out, plain[..C], "v{version} {what}");
         }
     }
 }
@@ -200,7 +269,7 @@ fn relabelled_version_fails_authentication() {
         sealed[4] = relabel;
         let err = cipher.decrypt(&sealed[..], &mut Vec::new()).unwrap_err();
         assert!(
-            matches!(err, dfs_crypto::CryptoError::Authentication { chunk: 0 }),
+            matches!(err, CryptoError::Authentication { chunk: 0 }),
             "v{version} as v{relabel}: {err:?}"
         );
     }

@@ -251,3 +251,40 @@ fn plaintext_len_of_rejects_bad_headers() {
     assert_eq!(ctr.header_len(), 0);
     assert_eq!(ctr.plaintext_len_of(&[], 16 + 5).unwrap(), 5);
 }
+
+/// `Debug` of an adapter never shows the bytes it holds: a writer in the middle of a stream
+/// holds plaintext (before encryption, or verified after decryption).
+#[test]
+fn debug_output_shows_no_plaintext() {
+    // A distinctive byte: a buffer printed by `Debug` would show "171, 171, 171".
+    let secret = vec![0xab_u8; 200];
+    let leaks = |dbg: String| dbg.contains("171, 171");
+    let sealed_cipher = Aes256CtrBlake3::new(&key()).with_chunk_size(64).unwrap();
+    let ctr_cipher = Aes256Ctr::new(&key());
+    for (name, sealed, dec) in [
+        ("sealed", seal(&sealed_cipher, &secret), true),
+        ("ctr", seal(&ctr_cipher, &secret), false),
+    ] {
+        let mut writer = if dec {
+            sealed_cipher.decrypt_writer(Vec::new())
+        } else {
+            ctr_cipher.decrypt_writer(Vec::new())
+        };
+        // Past the first record, so verified plaintext is buffered.
+        writer.write_all(&sealed[..sealed.len() - 10]).unwrap();
+        assert!(!leaks(format!("{writer:?}")), "{name} decrypting writer");
+    }
+    for mut writer in [
+        sealed_cipher.encrypt_writer(Vec::new()).unwrap(),
+        ctr_cipher.encrypt_writer(Vec::new()).unwrap(),
+    ] {
+        writer.write_all(&secret[..100]).unwrap();
+        assert!(!leaks(format!("{writer:?}")));
+    }
+}
+
+fn seal<C: Cipher>(cipher: &C, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    cipher.encrypt(data, &mut out).unwrap();
+    out
+}
