@@ -38,6 +38,8 @@ const READ_BUF: usize = 256 * 1024;
 const BIG_SAMPLES: usize = 10;
 const SMALL_SAMPLES: usize = 20;
 const SMALL: usize = 4096;
+/// Objects up to this size are packed in the `dfs-store-pack` cases.
+const PACK_LIMIT: u32 = 64 * 1024;
 /// Objects pre-written for the read benchmarks.
 const READ_SET: usize = 1000;
 
@@ -374,6 +376,18 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
         .durability(Durability::None)
         .open()
         .unwrap();
+    // The same with small objects packed (`StoreBuilder::pack_small_objects`): appended
+    // to a log of segments, one data flush per durable write instead of two journal
+    // commits.
+    let pack_fsync = Store::builder(dir.join("small-pack-fsync"))
+        .pack_small_objects(PACK_LIMIT)
+        .open()
+        .unwrap();
+    let pack_nofsync = Store::builder(dir.join("small-pack-nofsync"))
+        .pack_small_objects(PACK_LIMIT)
+        .durability(Durability::None)
+        .open()
+        .unwrap();
     let cache: PathBuf = dir.join("cacache");
     let mut group = c.benchmark_group("store_4KiB");
     group
@@ -387,7 +401,12 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
         counter += 1;
         format!("object-{counter}")
     };
-    for (label, store) in [("dfs-store-fsync", &fsync), ("dfs-store-nofsync", &nofsync)] {
+    for (label, store) in [
+        ("dfs-store-fsync", &fsync),
+        ("dfs-store-nofsync", &nofsync),
+        ("dfs-store-pack-fsync", &pack_fsync),
+        ("dfs-store-pack-nofsync", &pack_nofsync),
+    ] {
         let id = format!("store_4KiB/write/{label}");
         group.bench_function(BenchmarkId::new("write", label), |b| {
             b.iter_custom(|iters| {
@@ -450,29 +469,37 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
         .durability(Durability::None)
         .open()
         .unwrap();
+    let read_pack = Store::builder(dir.join("small-pack-read"))
+        .pack_small_objects(PACK_LIMIT)
+        .durability(Durability::None)
+        .open()
+        .unwrap();
     let read_cache = dir.join("cacache-read");
     let keys: Vec<String> = (0..READ_SET).map(|i| format!("read-{i}")).collect();
     for key in &keys {
         read_store.write(key, data).unwrap();
+        read_pack.write(key, data).unwrap();
         cacache::write_sync(&read_cache, key, data).unwrap();
     }
-    let id = "store_4KiB/read/dfs-store".to_owned();
-    group.bench_function(BenchmarkId::new("read", "dfs-store"), |b| {
-        let mut i = 0;
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let mut reader = read_store.read(&keys[i % READ_SET]).unwrap();
-                let mut out = Vec::with_capacity(reader.size() as usize);
-                reader.read_to_end(&mut out).unwrap();
-                assert_eq!(black_box(out).len(), SMALL);
-                i += 1;
-            }
-            let elapsed = start.elapsed();
-            record(&id, iters, elapsed);
-            elapsed
-        })
-    });
+    for (label, store) in [("dfs-store", &read_store), ("dfs-store-pack", &read_pack)] {
+        let id = format!("store_4KiB/read/{label}");
+        group.bench_function(BenchmarkId::new("read", label), |b| {
+            let mut i = 0;
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut reader = store.read(&keys[i % READ_SET]).unwrap();
+                    let mut out = Vec::with_capacity(reader.size() as usize);
+                    reader.read_to_end(&mut out).unwrap();
+                    assert_eq!(black_box(out).len(), SMALL);
+                    i += 1;
+                }
+                let elapsed = start.elapsed();
+                record(&id, iters, elapsed);
+                elapsed
+            })
+        });
+    }
     let id = "store_4KiB/read/cacache".to_owned();
     group.bench_function(BenchmarkId::new("read", "cacache"), |b| {
         let mut i = 0;
@@ -546,7 +573,13 @@ fn summary(big_size: u64) {
     let ops =
         |id: &str| median_of_last(&format!("store_4KiB/{id}"), SMALL_SAMPLES).map(|t| 1.0 / t);
     if let Some(cacache) = ops("write/cacache") {
-        for label in ["dfs-store-fsync", "dfs-store-nofsync", "std-fs-floor"] {
+        for label in [
+            "dfs-store-fsync",
+            "dfs-store-nofsync",
+            "dfs-store-pack-fsync",
+            "dfs-store-pack-nofsync",
+            "std-fs-floor",
+        ] {
             if let Some(ours) = ops(&format!("write/{label}")) {
                 println!(
                     "store_4KiB write {label:<18} {ours:>9.0} ops/s  cacache {cacache:>9.0} ops/s  ratio {:.2}x",
@@ -555,11 +588,13 @@ fn summary(big_size: u64) {
             }
         }
     }
-    if let (Some(ours), Some(cacache)) = (ops("read/dfs-store"), ops("read/cacache")) {
-        println!(
-            "store_4KiB read  dfs-store          {ours:>9.0} ops/s  cacache {cacache:>9.0} ops/s  ratio {:.2}x",
-            ours / cacache
-        );
+    for label in ["dfs-store", "dfs-store-pack"] {
+        if let (Some(ours), Some(cacache)) = (ops(&format!("read/{label}")), ops("read/cacache")) {
+            println!(
+                "store_4KiB read  {label:<22} {ours:>9.0} ops/s  cacache {cacache:>9.0} ops/s  ratio {:.2}x",
+                ours / cacache
+            );
+        }
     }
     if let Some(rss) = peak_rss_mib() {
         println!("peak RSS of the whole bench process (criterion included): {rss:.1} MiB");

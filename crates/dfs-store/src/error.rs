@@ -119,6 +119,15 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// Another [`Store`](crate::Store) (in this process or another) has the root's pack
+    /// open: one at a time can (see
+    /// [`StoreBuilder::pack_small_objects`](crate::StoreBuilder::pack_small_objects)).
+    #[error("the store's pack is in use by another Store (lock file {path})")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+
     /// A stored file has a format version this build does not read.
     #[error("object at {path} has unsupported format version {version}")]
     UnsupportedVersion {

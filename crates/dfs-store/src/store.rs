@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
 use crate::error::{Mismatch, Result, StoreError};
 use crate::format::{FIXED_LEN, Header};
+use crate::pack::{Found, MAX_PACKED, Pack};
 use crate::path::{HashPath, PathKey, PathTransform, check_key};
 use crate::tail::Tail;
 
@@ -64,6 +65,7 @@ pub struct StoreBuilder<P = HashPath> {
     root: PathBuf,
     transform: P,
     durability: Durability,
+    pack: u32,
 }
 
 impl<P: PathTransform> StoreBuilder<P> {
@@ -73,6 +75,7 @@ impl<P: PathTransform> StoreBuilder<P> {
             root: self.root,
             transform,
             durability: self.durability,
+            pack: self.pack,
         }
     }
 
@@ -82,9 +85,48 @@ impl<P: PathTransform> StoreBuilder<P> {
         self
     }
 
+    /// Stores objects of at most `max_size` bytes (up to 1 MiB) in the pack: an append-only
+    /// log of segment files under `<root>/pack`, instead of one file each. Off by default.
+    ///
+    /// A durable write of a small object as its own file costs two journal commits (the
+    /// file, then its rename); an append to the pack costs one data flush, and concurrent
+    /// writers share their flushes. Larger objects, and every
+    /// [`write_tailed`](Store::write_tailed), still go to their own files; every verb
+    /// sees both. The price: the pack's index lives in memory (about 100 bytes plus the
+    /// key per packed object), opening the store reads the whole pack, and only one
+    /// `Store` (one process) at a time can open a root that has a pack
+    /// ([`StoreError::Locked`]). Space of overwritten and deleted packed objects is
+    /// reclaimed as segments fill ([`Store::compact`] does it at once). The layout is in
+    /// `FORMAT.md`, "Pack".
+    ///
+    /// A store whose root has a pack always reads it, with or without this option.
+    ///
+    /// ```
+    /// use dfs_store::Store;
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::builder(dir.path()).pack_small_objects(16 * 1024).open()?;
+    /// store.write("small", &b"packed"[..])?;
+    /// store.write("large", &vec![7u8; 100_000][..])?;
+    /// assert!(store.stat("small")?.path().starts_with(dir.path().join("pack")));
+    /// assert!(store.stat("large")?.path().starts_with(dir.path().join("objects")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pack_small_objects(mut self, max_size: u32) -> Self {
+        self.pack = max_size;
+        self
+    }
+
     /// Creates the root if needed, sweeps staging files left by crashed writers and opens
     /// the store.
     pub fn open(self) -> Result<Store<P>> {
+        if self.pack > MAX_PACKED {
+            return Err(StoreError::InvalidConfig {
+                reason: format!(
+                    "pack_small_objects({}): the largest packed object is {MAX_PACKED} bytes",
+                    self.pack
+                ),
+            });
+        }
         let root = self.root;
         let objects = root.join(OBJECTS_DIR);
         let tmp = root.join(TMP_DIR);
@@ -100,6 +142,12 @@ impl<P: PathTransform> StoreBuilder<P> {
             fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
             created.extend(missing);
         }
+        let fsync = self.durability == Durability::Fsync;
+        let pack = if self.pack > 0 || Pack::exists(&root) {
+            Some(Pack::open(&root, fsync, self.pack)?)
+        } else {
+            None
+        };
         let store = Store {
             root,
             objects,
@@ -107,6 +155,10 @@ impl<P: PathTransform> StoreBuilder<P> {
             transform: self.transform,
             durability: self.durability,
             unsynced_dirs: UnsyncedDirs::default(),
+            pack: pack.map(|pack| Packed {
+                pack: Arc::new(pack),
+                stripes: std::array::from_fn(|_| Mutex::new(())),
+            }),
             #[cfg(test)]
             fail_writes_after: None,
             #[cfg(test)]
@@ -161,10 +213,37 @@ pub struct Store<P: PathTransform = HashPath> {
     transform: P,
     durability: Durability,
     unsynced_dirs: UnsyncedDirs,
+    pack: Option<Packed>,
     #[cfg(test)]
     pub(crate) fail_writes_after: Option<u64>,
     #[cfg(test)]
     pub(crate) dir_syncs: Mutex<DirSyncs>,
+}
+
+/// The pack of a store, with the locks that order a key's moves between the pack and its
+/// object file.
+///
+/// The pack takes precedence: a key with a live pack record is that record, whatever file
+/// may sit at its path. So a packed write is durable in the pack *before* the key's file
+/// is removed, a file write is committed *before* the key's pack record is deleted, and a
+/// delete removes the file *before* the pack record: a crash between two steps leaves the
+/// previous version or the new one, never neither, never an older one. Each key's steps
+/// (and the lookups of readers) run under one of `stripes`, picked by the key's hash, so
+/// concurrent writers of one key cannot interleave them.
+#[derive(Debug)]
+struct Packed {
+    pack: Arc<Pack>,
+    stripes: [Mutex<()>; 64],
+}
+
+impl Packed {
+    fn lock(&self, key: &str) -> MutexGuard<'_, ()> {
+        let h = blake3::hash(key.as_bytes());
+        let stripe = usize::from(h.as_bytes()[0]) % self.stripes.len();
+        self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Directories this store created (with [`Durability::Fsync`]) whose parent has not been
@@ -280,6 +359,7 @@ impl Store<HashPath> {
             root: root.as_ref().to_owned(),
             transform: HashPath::default(),
             durability: Durability::default(),
+            pack: 0,
         }
     }
 }
@@ -477,6 +557,56 @@ impl<P: PathTransform> Store<P> {
         tail: Option<&'a Tail>,
     ) -> Result<(u64, blake3::Hash)> {
         let (loc, final_path) = self.locate(key)?;
+        let Some(packed) = &self.pack else {
+            return self.write_file(key, (loc, final_path), src, expected, later, tail);
+        };
+        let limit = u64::from(packed.pack.max_object());
+        let fits = |size: u64| size <= limit && limit > 0;
+        if tail.is_some() || !expected.is_none_or(|e| fits(e.size)) {
+            return self.write_file(key, (loc, final_path), src, expected, later, tail);
+        }
+        // Take up to one byte past what the pack holds (or past the expected size).
+        let take = expected.map_or(limit, |e| e.size).saturating_add(1);
+        let mut head = Vec::new();
+        if let Err(source) = (&mut src).take(take).read_to_end(&mut head) {
+            return Err(StoreError::Source {
+                key: key.to_owned(),
+                source,
+            });
+        }
+        let size = head.len() as u64;
+        if !fits(size) {
+            let src = io::Cursor::new(head).chain(src);
+            return self.write_file(key, (loc, final_path), src, expected, later, tail);
+        }
+        let hash = blake3::hash(&head);
+        let opts = WriteOpts {
+            key,
+            path: &final_path,
+            expected,
+            later: std::cell::Cell::new(later),
+            tail: None,
+            early_sync: false,
+        };
+        opts.check(size, &hash)?;
+        let _order = packed.lock(key);
+        packed.pack.put(key, &head, hash.as_bytes())?;
+        // The pack record shadows the key's file from now on: remove it (best effort;
+        // one left behind, say by a crash right here, is never read).
+        let _ = self.remove_file_object(&final_path);
+        Ok((size, hash))
+    }
+
+    /// Writes `src` as `key`'s own object file (staged, fsynced, renamed into place).
+    fn write_file<'a>(
+        &self,
+        key: &str,
+        (loc, final_path): (PathKey, PathBuf),
+        mut src: impl Read,
+        expected: Option<Expected>,
+        later: Option<LateExpectation<'a>>,
+        tail: Option<&'a Tail>,
+    ) -> Result<(u64, blake3::Hash)> {
         let mut staging = Staging::create(&self.tmp)?;
         if let Some(tail) = tail {
             let reader = File::open(&staging.path)
@@ -515,7 +645,12 @@ impl<P: PathTransform> Store<P> {
                 .sync_all()
                 .map_err(|e| StoreError::io("fsync", &staging.path, e))?;
         }
+        let _order = self.pack.as_ref().map(|packed| packed.lock(key));
         self.commit(&mut staging, &loc, &final_path)?;
+        if let Some(packed) = &self.pack {
+            // The file is durable: now the older pack record may go.
+            packed.pack.delete(key)?;
+        }
         Ok(written)
     }
 
@@ -636,8 +771,18 @@ impl<P: PathTransform> Store<P> {
     /// ```
     pub fn read(&self, key: &str) -> Result<ObjectReader> {
         let (_, path) = self.locate(key)?;
+        if let Some(packed) = &self.pack {
+            let order = packed.lock(key);
+            if let Some(found) = packed.pack.get(key) {
+                drop(order);
+                return ObjectReader::packed(key, found);
+            }
+            let (file, header) = open_object(&path, Some(key))?;
+            drop(order);
+            return Ok(ObjectReader::new(Body::File(file), header, path));
+        }
         let (file, header) = open_object(&path, Some(key))?;
-        Ok(ObjectReader::new(file, header, path))
+        Ok(ObjectReader::new(Body::File(file), header, path))
     }
 
     /// Whether an object file exists for `key` (it is not read or verified).
@@ -652,6 +797,10 @@ impl<P: PathTransform> Store<P> {
     /// ```
     pub fn has(&self, key: &str) -> Result<bool> {
         let (_, path) = self.locate(key)?;
+        let _order = self.pack.as_ref().map(|packed| packed.lock(key));
+        if self.pack.as_ref().is_some_and(|p| p.pack.contains(key)) {
+            return Ok(true);
+        }
         match fs::metadata(&path) {
             Ok(meta) => Ok(meta.is_file()),
             Err(e) if is_absent(&e) => Ok(false),
@@ -672,6 +821,10 @@ impl<P: PathTransform> Store<P> {
     /// ```
     pub fn stat(&self, key: &str) -> Result<ObjectMeta> {
         let (_, path) = self.locate(key)?;
+        let _order = self.pack.as_ref().map(|packed| packed.lock(key));
+        if let Some(found) = self.pack.as_ref().and_then(|p| p.pack.get(key)) {
+            return Ok(ObjectMeta::packed(key, &found));
+        }
         let (_, header) = open_object(&path, Some(key))?;
         Ok(ObjectMeta::from_header(header, path))
     }
@@ -690,13 +843,26 @@ impl<P: PathTransform> Store<P> {
     /// ```
     pub fn delete(&self, key: &str) -> Result<bool> {
         let (_, path) = self.locate(key)?;
-        match fs::metadata(&path) {
+        let Some(packed) = &self.pack else {
+            return self.remove_file_object(&path);
+        };
+        let _order = packed.lock(key);
+        // The file first: were the pack record deleted first, a crash in between would
+        // bring back the older version the file may hold.
+        let file = self.remove_file_object(&path)?;
+        let record = packed.pack.delete(key)?;
+        Ok(file || record)
+    }
+
+    /// Removes the object file at `path` and prunes the directories this leaves empty.
+    fn remove_file_object(&self, path: &Path) -> Result<bool> {
+        match fs::metadata(path) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => return Ok(false),
             Err(e) if is_absent(&e) => return Ok(false),
             Err(e) => return Err(StoreError::io("stat", path, e)),
         }
-        match fs::remove_file(&path) {
+        match fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if is_absent(&e) => return Ok(false),
             Err(e) => return Err(StoreError::io("remove", path, e)),
@@ -760,6 +926,9 @@ impl<P: PathTransform> Store<P> {
             self.sync_dir(&self.root)?;
             self.unsynced_dirs.synced(&self.objects);
         }
+        if let Some(packed) = &self.pack {
+            packed.pack.clear()?;
+        }
         // A write committing at the very moment of the swap may still land in the old
         // directory (its path lookup passed `objects` before the rename): such a write is
         // ordered before the clear, and its file makes `remove_dir_all` race. Retry; if a
@@ -810,8 +979,33 @@ impl<P: PathTransform> Store<P> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn objects(&self) -> Objects {
+        let (packed, pack) = match &self.pack {
+            Some(p) => (p.pack.snapshot(), Some(Arc::clone(&p.pack))),
+            None => (Vec::new(), None),
+        };
         Objects {
+            packed: packed.into_iter(),
+            pack,
             walker: Walker::new(&self.objects),
+        }
+    }
+
+    /// Rewrites the pack's sealed segments at once, reclaiming the space of overwritten
+    /// and deleted packed objects (writes do this gradually on their own). Without a pack,
+    /// does nothing.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::builder(dir.path()).pack_small_objects(4096).open()?;
+    /// store.write("k", &b"v1"[..])?;
+    /// store.write("k", &b"v2"[..])?;
+    /// store.compact()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn compact(&self) -> Result<()> {
+        match &self.pack {
+            Some(packed) => packed.pack.compact(),
+            None => Ok(()),
         }
     }
 
@@ -842,6 +1036,28 @@ impl<P: PathTransform> Store<P> {
     /// ```
     pub fn scrub(&self) -> ScrubReport {
         let mut report = ScrubReport::default();
+        if let Some(packed) = &self.pack {
+            for (path, reason) in packed.pack.damage() {
+                report.checked += 1;
+                let error = StoreError::corrupt(&path, None, reason);
+                report.bad.push(BadObject {
+                    path,
+                    key: None,
+                    error,
+                });
+            }
+            for (key, found) in packed.pack.snapshot() {
+                report.checked += 1;
+                let path = found.path.clone();
+                if let Err(error) = ObjectReader::packed(&key, found).and_then(|r| r.verify()) {
+                    report.bad.push(BadObject {
+                        path,
+                        key: Some(key),
+                        error,
+                    });
+                }
+            }
+        }
         for item in Walker::new(&self.objects) {
             report.checked += 1;
             let path = match item {
@@ -872,6 +1088,9 @@ impl<P: PathTransform> Store<P> {
     fn check_one(&self, path: &Path) -> Result<(), (Option<String>, StoreError)> {
         let (file, header) = open_object(path, None).map_err(|e| (None, e))?;
         let key = header.key.clone();
+        if self.pack.as_ref().is_some_and(|p| p.pack.contains(&key)) {
+            return Ok(()); // an older version the key's pack record shadows: never read
+        }
         match self.locate(&key) {
             Ok((_, expected)) if expected == path => {}
             _ => {
@@ -883,7 +1102,7 @@ impl<P: PathTransform> Store<P> {
                 return Err((Some(key), error));
             }
         }
-        ObjectReader::new(file, header, path.to_owned())
+        ObjectReader::new(Body::File(file), header, path.to_owned())
             .verify()
             .map_err(|e| (Some(key), e))
     }
@@ -973,7 +1192,7 @@ fn random_u64() -> u64 {
 }
 
 /// fsyncs a directory so renames and creations in it are durable.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     sync_dir_io(dir).map_err(|e| StoreError::io("fsync directory", dir, e))
 }
 
@@ -1517,6 +1736,15 @@ impl ObjectMeta {
         }
     }
 
+    fn packed(key: &str, found: &Found) -> ObjectMeta {
+        ObjectMeta {
+            key: key.to_owned(),
+            size: found.entry.size(),
+            hash: *found.entry.hash(),
+            path: found.path.clone(),
+        }
+    }
+
     /// The key.
     pub fn key(&self) -> &str {
         &self.key
@@ -1532,7 +1760,8 @@ impl ObjectMeta {
         &self.hash
     }
 
-    /// The object's file.
+    /// The object's file: its own, or the pack segment holding it (see
+    /// [`StoreBuilder::pack_small_objects`]).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -1561,7 +1790,7 @@ impl ObjectMeta {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct ObjectReader {
-    file: BufReader<File>,
+    file: Body,
     verifier: Verifier,
     size: u64,
     remaining: u64,
@@ -1582,8 +1811,39 @@ impl fmt::Debug for ObjectReader {
     }
 }
 
+/// Where an [`ObjectReader`]'s bytes come from.
+enum Body {
+    /// The object's own file, past its header.
+    File(BufReader<File>),
+    /// A packed object, read whole (it is at most 1 MiB) but verified as it is handed out.
+    Packed(io::Cursor<Vec<u8>>),
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Body::File(file) => file.read(buf),
+            Body::Packed(bytes) => bytes.read(buf),
+        }
+    }
+}
+
 impl ObjectReader {
-    fn new(file: BufReader<File>, header: Header, path: PathBuf) -> ObjectReader {
+    fn packed(key: &str, found: Found) -> Result<ObjectReader> {
+        let bytes = found.read_data(key)?;
+        let header = Header {
+            key: key.to_owned(),
+            payload_len: found.entry.size(),
+            payload_hash: *found.entry.hash(),
+        };
+        Ok(ObjectReader::new(
+            Body::Packed(io::Cursor::new(bytes)),
+            header,
+            found.path,
+        ))
+    }
+
+    fn new(file: Body, header: Header, path: PathBuf) -> ObjectReader {
         ObjectReader {
             file,
             verifier: Verifier::new(header.payload_len),
@@ -1824,15 +2084,30 @@ impl Iterator for Keys {
 }
 
 /// Iterator over stored objects' metadata; see [`Store::objects`].
-#[derive(Debug)]
 pub struct Objects {
+    /// The pack's objects when the iteration started.
+    packed: std::vec::IntoIter<(String, Found)>,
+    /// To skip object files a pack record shadows.
+    pack: Option<Arc<Pack>>,
     walker: Walker,
+}
+
+impl fmt::Debug for Objects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Objects")
+            .field("packed_left", &self.packed.len())
+            .field("walker", &self.walker)
+            .finish()
+    }
 }
 
 impl Iterator for Objects {
     type Item = Result<ObjectMeta>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some((key, found)) = self.packed.next() {
+            return Some(Ok(ObjectMeta::packed(&key, &found)));
+        }
         loop {
             let path = match self.walker.next()? {
                 Ok(path) => path,
@@ -1841,6 +2116,10 @@ impl Iterator for Objects {
             return match open_object(&path, None) {
                 // Deleted since the directory was read: not an object any more.
                 Err(StoreError::Io { ref source, .. }) if is_absent(source) => continue,
+                // An older version the key's pack record shadows.
+                Ok((_, header)) if self.pack.as_ref().is_some_and(|p| p.contains(&header.key)) => {
+                    continue;
+                }
                 opened => Some(opened.map(|(_, header)| ObjectMeta::from_header(header, path))),
             };
         }

@@ -55,6 +55,17 @@ fn crash_child() {
     ) else {
         return;
     };
+    if mode == "pack-loop" {
+        let store = Store::builder(&root)
+            .pack_small_objects(PACK_LIMIT)
+            .open()
+            .expect("child open");
+        for i in 0u64.. {
+            let key = format!("loop-{}", i % 8);
+            store.write(&key, &versioned(i)[..]).expect("child write");
+            println!("COMMITTED {key} {i}");
+        }
+    }
     let store = Store::open(&root).expect("child open");
     match mode.as_str() {
         // Stall inside one big write after `n` bytes.
@@ -80,6 +91,18 @@ fn crash_child() {
         }
         other => panic!("unknown mode {other}"),
     }
+}
+
+/// Objects up to this size are packed in the `pack-loop` child.
+const PACK_LIMIT: u32 = 16 * 1024;
+
+/// Version `i` of a `pack-loop` object: `i` (LE) then a fill byte; sizes cycle through
+/// packed (below `PACK_LIMIT`) and file-sized ones, so keys move between the two.
+fn versioned(i: u64) -> Vec<u8> {
+    let size = [100, 4096, 40_000, 16 * 1024, 0x1_0000 + 7][(i % 5) as usize].max(8);
+    let mut data = vec![(i % 251) as u8; size];
+    data[..8].copy_from_slice(&i.to_le_bytes());
+    data
 }
 
 fn spawn_child(root: &Path, mode: &str) -> Child {
@@ -182,6 +205,51 @@ fn killed_while_writing_in_a_loop_every_committed_object_is_whole() {
             assert_eq!(out.len() as u64, size);
             // Every object is one whole version: a single repeated byte.
             assert!(out.iter().all(|b| *b == out[0]), "mixed object {key}");
+        }
+    }
+}
+
+#[test]
+fn killed_while_writing_packed_and_file_objects_every_acknowledged_version_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut acknowledged = std::collections::HashMap::new();
+    for round in 0..5 {
+        let mut child = spawn_child(root, "pack-loop");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        for _ in 0..(7 + round * 13) {
+            let line = wait_for_line(&mut lines, |l| l.contains("COMMITTED "));
+            let mut words = line.rsplit(' ');
+            let i: u64 = words.next().unwrap().parse().unwrap();
+            let key = words.next().unwrap().to_owned();
+            acknowledged.insert(key, i);
+        }
+        kill9(child);
+
+        let store = Store::builder(root)
+            .pack_small_objects(PACK_LIMIT)
+            .open()
+            .expect("reopen after crash");
+        let report = store.scrub();
+        assert!(report.is_clean(), "round {round}: {report:?}");
+        let mut keys: Vec<String> = store.keys().collect::<Result<_, _>>().unwrap();
+        keys.sort();
+        let mut unique = keys.clone();
+        unique.dedup();
+        assert_eq!(keys, unique, "a key listed twice (pack and file)");
+        for (key, version) in acknowledged.iter_mut() {
+            let last = *version;
+            let mut out = Vec::new();
+            store.read(key).unwrap().read_to_end(&mut out).unwrap();
+            let i = u64::from_le_bytes(out[..8].try_into().unwrap());
+            // The last acknowledged version, or the one in flight at the kill.
+            assert!(
+                i == last || i == last + 8,
+                "{key}: version {i}, last acknowledged {last}"
+            );
+            assert_eq!(out, versioned(i), "{key}: version {i} is not whole");
+            *version = i;
         }
     }
 }
