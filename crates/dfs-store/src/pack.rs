@@ -193,8 +193,8 @@ impl Pack {
                 .map_err(|e| StoreError::io("open", &path, e))?;
             let is_last = i + 1 == ids.len();
             let mut scan = scan_segment(&file, &path, id, is_last)?;
-            if let Some(what) = scan.damage {
-                damage.push((path.clone(), what));
+            if let Some(what) = &scan.damage {
+                damage.push((path.clone(), what.clone()));
             }
             if scan.foreign {
                 continue; // not ours to touch, nor to append to
@@ -205,7 +205,7 @@ impl Pack {
                 remove_segment(&path)?;
                 continue;
             }
-            if is_last && !scan.clean_tail {
+            if is_last && !scan.clean_tail && scan.damage.is_none() {
                 // Cut what a crash left after the last whole record, so that nothing of
                 // it is ever read as records, and appends can go on from there.
                 file.set_len(scan.end)
@@ -760,42 +760,29 @@ fn scan_segment(file: &File, path: &Path, id: u64, is_last: bool) -> Result<Scan
         });
     }
     let mut pos = SEGMENT_HEADER_LEN;
-    let mut last_torn = false;
+    let mut last_mismatch = false;
     let mut buf = vec![0u8; 64 * 1024];
+    // Each iteration reads one record; `break` at the first one that is not whole.
     loop {
         let mut h = [0u8; RECORD_HEADER_LEN];
         let got = read_full(&mut reader, &mut h).map_err(io_err)?;
-        let zeros = h[..got].iter().all(|&b| b == 0);
         let parsed = if got == RECORD_HEADER_LEN {
             parse_header(&h)
         } else {
             None
         };
         let Some(rec) = parsed else {
-            if zeros && rest_is_zero(&mut reader, &mut buf).map_err(io_err)? {
-                scan.clean_tail = true;
-            } else if !is_last {
-                scan.damage = Some(format!(
-                    "invalid record header at offset {pos}; the records after it are lost"
-                ));
-            }
+            let zeros = h[..got].iter().all(|&b| b == 0);
+            scan.clean_tail = zeros && rest_is_zero(&mut reader, &mut buf).map_err(io_err)?;
             break;
         };
         let mut key = vec![0u8; rec.key_len as usize];
         if read_full(&mut reader, &mut key).map_err(io_err)? < key.len()
             || header_check(&h[..56], &key) != rec.check
         {
-            if !is_last {
-                scan.damage = Some(format!(
-                    "invalid record header at offset {pos}; the records after it are lost"
-                ));
-            }
             break;
         }
         let Ok(key) = String::from_utf8(key) else {
-            scan.damage = Some(format!(
-                "record at offset {pos} has a key that is not UTF-8"
-            ));
             break;
         };
         let mut hasher = blake3::Hasher::new();
@@ -810,13 +797,9 @@ fn scan_segment(file: &File, path: &Path, id: u64, is_last: bool) -> Result<Scan
             left -= n;
         }
         if left > 0 {
-            // The file ends inside the record's data.
-            if !is_last {
-                scan.damage = Some(format!("segment ends inside the record at offset {pos}"));
-            }
-            break;
+            break; // the file ends inside the record's bytes
         }
-        last_torn = *hasher.finalize().as_bytes() != rec.hash && rec.kind == KIND_PUT;
+        last_mismatch = rec.kind == KIND_PUT && *hasher.finalize().as_bytes() != rec.hash;
         let entry = Entry {
             segment: id,
             offset: pos,
@@ -829,15 +812,84 @@ fn scan_segment(file: &File, path: &Path, id: u64, is_last: bool) -> Result<Scan
         scan.records.push((key, rec.kind, entry));
         scan.end = pos;
     }
-    if last_torn && is_last && scan.damage.is_none() {
-        // The final record's data never fully reached the disk: the write was not
-        // acknowledged. (Elsewhere a mismatch stays indexed: reads report it as corrupt.)
+    if scan.clean_tail {
+        // A mismatched record followed by nothing stays indexed in a sealed segment
+        // (reads report it), but in the newest one it is an append cut short (below).
+        if !(is_last && last_mismatch) {
+            return Ok(scan);
+        }
+        scan.clean_tail = false;
+    }
+    // The scan stopped before the zeros: a cut append, or damage. Valid records further on
+    // mean damage (an append is only ever cut at the end): they are left in place, never
+    // truncated away, and reported.
+    drop(reader);
+    if let Some(next) = find_record(file, scan.end + 1, file_len).map_err(io_err)? {
+        scan.damage = Some(format!(
+            "invalid record at offset {}; the valid records from offset {next} on are not \
+             read (left in place)",
+            scan.end
+        ));
+    } else if !is_last {
+        scan.damage = Some(format!(
+            "the segment ends with an invalid record at offset {}",
+            scan.end
+        ));
+    } else if last_mismatch {
+        // The newest segment's final record's bytes never all reached the disk: the
+        // write was not acknowledged.
         if let Some((_, _, entry)) = scan.records.pop() {
             scan.end = entry.offset;
-            scan.clean_tail = false;
         }
     }
     Ok(scan)
+}
+
+/// The offset of the first valid record header (magic, fields, header check) at or after
+/// `from`, if any.
+fn find_record(file: &File, from: u64, file_len: u64) -> io::Result<Option<u64>> {
+    const WINDOW: usize = 1 << 20;
+    let mut window = vec![0u8; WINDOW];
+    let mut at = from;
+    while at + (RECORD_HEADER_LEN as u64) <= file_len {
+        let n = (file_len - at).min(WINDOW as u64) as usize;
+        read_exact_at(file, &mut window[..n], at)?;
+        let mut i = 0;
+        while let Some(hit) = window[i..n]
+            .windows(RECORD_MAGIC.len())
+            .position(|w| w == RECORD_MAGIC)
+        {
+            let offset = at + (i + hit) as u64;
+            if is_record_at(file, offset, file_len)? {
+                return Ok(Some(offset));
+            }
+            i += hit + 1;
+        }
+        // Step back a little so that a magic split across windows is seen.
+        at += (n as u64)
+            .saturating_sub(RECORD_MAGIC.len() as u64 - 1)
+            .max(1);
+    }
+    Ok(None)
+}
+
+/// Whether a record with a valid header (and header check) starts at `offset`.
+fn is_record_at(file: &File, offset: u64, file_len: u64) -> io::Result<bool> {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    if offset + RECORD_HEADER_LEN as u64 > file_len {
+        return Ok(false);
+    }
+    read_exact_at(file, &mut h, offset)?;
+    let Some(rec) = parse_header(&h) else {
+        return Ok(false);
+    };
+    let key_at = offset + RECORD_HEADER_LEN as u64;
+    if key_at + u64::from(rec.key_len) > file_len {
+        return Ok(false);
+    }
+    let mut key = vec![0u8; rec.key_len as usize];
+    read_exact_at(file, &mut key, key_at)?;
+    Ok(header_check(&h[..56], &key) == rec.check)
 }
 
 /// Reads until `buf` is full or the end; returns the bytes read.
@@ -964,6 +1016,11 @@ mod tests {
         let pack = Pack::open(dir.path(), true, 4096).unwrap();
         assert_eq!(get(&pack, "d").unwrap(), b"four");
         assert_eq!(get(&pack, "a").unwrap(), b"three");
+        // A delete as the newest record stands too (it has no bytes to check).
+        assert!(pack.delete("d").unwrap());
+        drop(pack);
+        let pack = Pack::open(dir.path(), true, 4096).unwrap();
+        assert_eq!(get(&pack, "d"), None);
     }
 
     #[test]
@@ -1037,7 +1094,47 @@ mod tests {
         assert!(pack.get("second").is_none());
         let damage = pack.damage();
         assert_eq!(damage.len(), 1, "{damage:?}");
-        assert!(damage[0].1.contains("invalid record header"), "{damage:?}");
+        assert!(
+            damage[0].1.contains("invalid record at offset 16"),
+            "{damage:?}"
+        );
+    }
+
+    #[test]
+    fn damage_in_the_newest_segment_with_records_after_it_is_never_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(PACK_DIR).join(segment_name(0));
+        {
+            let pack = Pack::open(dir.path(), true, 4096).unwrap();
+            for i in 0..10u8 {
+                put(&pack, &format!("k{i}"), &[i; 500]);
+            }
+        }
+        let len = fs::metadata(&seg).unwrap().len();
+        let before = fs::read(&seg).unwrap();
+        // Break the third record's header (bit rot, not a cut append: records follow).
+        let third = SEGMENT_HEADER_LEN + 2 * (72 + 2 + 500);
+        let file = OpenOptions::new().write(true).open(&seg).unwrap();
+        write_all_at(&file, b"Z", third + 30).unwrap();
+        drop(file);
+        let pack = Pack::open(dir.path(), true, 4096).unwrap();
+        assert_eq!(get(&pack, "k1").unwrap(), [1; 500]);
+        assert!(
+            pack.get("k5").is_none(),
+            "records after the damage are not read"
+        );
+        let damage = pack.damage();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(fs::metadata(&seg).unwrap().len(), len, "nothing truncated");
+        assert_ne!(pack.state().active, 0, "appends go to a new segment");
+        put(&pack, "new", b"n");
+        drop(pack);
+        let after = fs::read(&seg).unwrap();
+        let differing = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 1, "only the flipped byte differs");
+        let pack = Pack::open(dir.path(), true, 4096).unwrap();
+        assert_eq!(get(&pack, "new").unwrap(), b"n");
+        assert_eq!(pack.damage().len(), 1);
     }
 
     #[test]
