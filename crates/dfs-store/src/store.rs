@@ -93,7 +93,8 @@ impl<P: PathTransform> StoreBuilder<P> {
     /// writers share their flushes. Larger objects, and every
     /// [`write_tailed`](Store::write_tailed), still go to their own files; every verb
     /// sees both. The price: the pack's index lives in memory (about 100 bytes plus the
-    /// key per packed object), opening the store reads the whole pack, and only one
+    /// key per packed object), opening the store reads every record header (and the
+    /// newest segment whole), and only one
     /// `Store` (one process) at a time can open a root that has a pack
     /// ([`StoreError::Locked`]). Space of overwritten and deleted packed objects is
     /// reclaimed as segments fill ([`Store::compact`] does it at once). The layout is in
