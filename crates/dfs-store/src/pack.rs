@@ -507,7 +507,9 @@ impl Pack {
             self.broken.store(true, Ordering::SeqCst);
             StoreError::io("append to", &path, e)
         };
-        if state.tail + len > state.allocated {
+        // Zero-filled space only pays off for the fdatasync of durable appends; without
+        // them the file just grows.
+        if self.fsync && state.tail + len > state.allocated {
             let grow = EXTEND_STEP.max(state.tail + len - state.allocated);
             zero_fill(&file, state.allocated, grow).map_err(failed)?;
             state.allocated += grow;
@@ -611,7 +613,13 @@ fn new_segment(dir: &Path, state: &mut State, id: u64, fsync: bool) -> Result<()
     header[0..8].copy_from_slice(&SEGMENT_MAGIC);
     header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
     let init = write_all_at(&file, &header, 0)
-        .and_then(|()| zero_fill(&file, SEGMENT_HEADER_LEN, EXTEND_STEP))
+        .and_then(|()| {
+            if fsync {
+                zero_fill(&file, SEGMENT_HEADER_LEN, EXTEND_STEP)
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
     if let Err(e) = init {
         let _ = fs::remove_file(&path);
@@ -631,7 +639,7 @@ fn new_segment(dir: &Path, state: &mut State, id: u64, fsync: bool) -> Result<()
     );
     state.active = id;
     state.tail = SEGMENT_HEADER_LEN;
-    state.allocated = SEGMENT_HEADER_LEN + EXTEND_STEP;
+    state.allocated = SEGMENT_HEADER_LEN + if fsync { EXTEND_STEP } else { 0 };
     Ok(())
 }
 
