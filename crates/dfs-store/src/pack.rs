@@ -6,11 +6,11 @@
 //! file, then the rename); an append to a segment whose blocks are already allocated and
 //! zero-filled costs one data flush. The pack keeps an in-memory index (key -> record)
 //! rebuilt by scanning the segments at open; it takes precedence over object files, which
-//! is what makes every ordering below crash-safe (see [`Store`](crate::Store)'s writes).
+//! is what makes every ordering in [`Store`](crate::Store)'s writes crash-safe.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, ErrorKind, Read};
+use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -20,27 +20,42 @@ use crate::path::MAX_KEY_LEN;
 
 /// Directory under the root holding the segments and the lock file.
 pub(crate) const PACK_DIR: &str = "pack";
-/// The lock file: one process at a time opens a store that has a pack.
+/// The lock file: one `Store` at a time opens a root that has a pack.
 const LOCK_FILE: &str = "lock";
+/// Suffix compaction gives a damaged segment it sets aside instead of removing.
+const DAMAGED_SUFFIX: &str = ".damaged";
 /// First bytes of every segment file.
 const SEGMENT_MAGIC: [u8; 8] = *b"dfs-pack";
 /// The segment format version this build writes and reads.
 const SEGMENT_VERSION: u32 = 1;
-/// Segment header: magic, version, reserved.
+/// Segment header: magic, version, flags.
 const SEGMENT_HEADER_LEN: u64 = 16;
+/// Segment flag: every older segment is cleared (`Store::clear`).
+const FLAG_CLEARS: u32 = 1;
 /// First bytes of every record.
 const RECORD_MAGIC: [u8; 4] = *b"dfsR";
 /// Fixed part of a record header (the key and the data follow it).
 const RECORD_HEADER_LEN: usize = 72;
 const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
-/// The largest object a pack takes.
+/// A put found cut short when the pack was opened, voided so it is never read.
+const KIND_VOID: u8 = 3;
+/// The largest object a pack takes: the most
+/// [`StoreBuilder::pack_small_objects`](crate::StoreBuilder::pack_small_objects) accepts.
+///
+/// ```
+/// assert_eq!(dfs_store::MAX_PACKED, 1 << 20);
+/// ```
 pub const MAX_PACKED: u32 = 1 << 20;
 /// A segment takes no more appends once it is this long (a record never straddles two).
 const SEGMENT_TARGET: u64 = 64 << 20;
-/// The active segment is zero-filled ahead of the appends by this much at a time, so an
-/// append overwrites allocated blocks and its `fdatasync` flushes data, not metadata.
+/// With fsync, the active segment is zero-filled ahead of the appends by this much at a
+/// time, so an append overwrites allocated blocks and its `fdatasync` flushes data, not
+/// metadata.
 const EXTEND_STEP: u64 = 1 << 20;
+
+/// A file of the pack and what is wrong with it, reported by scrubs.
+type Damage = (PathBuf, String);
 
 /// Where one live object's record is.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +121,10 @@ struct Segment {
     used: u64,
     /// Bytes of the records the index points to.
     live: u64,
+    /// Its header says every older segment is cleared.
+    clears: bool,
+    /// Damage found in it at open (records after the damage are not read).
+    damaged: bool,
 }
 
 #[derive(Debug)]
@@ -116,11 +135,43 @@ struct State {
     active: u64,
     /// Where the next record goes in the active segment.
     tail: u64,
-    /// Length of the active segment's file (zero-filled past `tail`).
+    /// Length of the active segment's file (zero-filled past `tail` with fsync).
     allocated: u64,
     next_seq: u64,
-    /// Damage found while opening: (segment, what), reported by scrubs.
-    damage: Vec<(PathBuf, String)>,
+    /// Damage found while opening: (file, what), reported by scrubs.
+    damage: Vec<Damage>,
+}
+
+impl State {
+    /// Points `key` at `entry` (or at nothing), keeping the segments' live counts.
+    fn set_live(&mut self, key: &str, entry: Option<Entry>) {
+        let old = match entry {
+            Some(entry) => {
+                if let Some(segment) = self.segments.get_mut(&entry.segment) {
+                    segment.live += entry.record_len();
+                }
+                self.index.insert(key.to_owned(), entry)
+            }
+            None => self.index.remove(key),
+        };
+        if let Some(old) = old
+            && let Some(segment) = self.segments.get_mut(&old.segment)
+        {
+            segment.live -= old.record_len();
+        }
+    }
+
+    /// The active segment's file and path.
+    fn active(&self) -> Result<(Arc<File>, PathBuf)> {
+        match self.segments.get(&self.active) {
+            Some(segment) => Ok((Arc::clone(&segment.file), segment.path.clone())),
+            None => Err(StoreError::io(
+                "append to",
+                PathBuf::from(segment_name(self.active)),
+                io::Error::other("the pack has no active segment after an earlier failure"),
+            )),
+        }
+    }
 }
 
 /// The pack of one store.
@@ -136,7 +187,7 @@ pub(crate) struct Pack {
     /// The (segment, offset) up to which appends are known durable.
     synced: Mutex<(u64, u64)>,
     /// Set when a write or fsync of a segment failed: what reached the disk is unknown,
-    /// so no further append is made until the store is opened again.
+    /// so no append is acknowledged any more until the store is opened again.
     broken: AtomicBool,
 }
 
@@ -155,64 +206,58 @@ impl Pack {
         if created && fsync {
             sync_dir(root)?;
         }
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io("open", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked { path: lock_path });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", lock_path, e)),
-        }
+        let lock = lock(&dir)?;
+        let (ids, mut damage) = list_segments(&dir)?;
+        // New segments take ids after every segment file, ours or not.
+        let highest = ids.last().copied();
 
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io("list", &dir, e))? {
-            let entry = entry.map_err(|e| StoreError::io("list", &dir, e))?;
-            let name = entry.file_name();
-            if let Some(id) = name.to_str().and_then(parse_segment_name) {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
-
-        let mut latest: HashMap<String, (u8, Entry)> = HashMap::new();
-        let mut segments = BTreeMap::new();
-        let mut damage = Vec::new();
-        let mut last_clean = None;
-        for (i, &id) in ids.iter().enumerate() {
+        // Headers first: the newest segment that clears everything older hides those
+        // (a clear that removed them only in part); they go now.
+        let mut headers = Vec::with_capacity(ids.len());
+        let mut floor = 0;
+        for id in ids {
             let path = dir.join(segment_name(id));
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
                 .map_err(|e| StoreError::io("open", &path, e))?;
-            let is_last = i + 1 == ids.len();
-            let mut scan = scan_segment(&file, &path, id, is_last)?;
+            match read_segment_header(&file, &path)? {
+                Header::Ours { clears } => {
+                    if clears {
+                        floor = id;
+                    }
+                    headers.push((id, path, file, clears));
+                }
+                Header::Empty => remove_file(&path)?,
+                Header::Damaged(what) | Header::Foreign(what) => damage.push((path, what)),
+            }
+        }
+        let mut removed = false;
+        headers.retain(|(id, path, _, _)| {
+            let keep = *id >= floor;
+            removed |= !keep && remove_file(path).is_ok();
+            keep
+        });
+        if removed {
+            sync_dir(&dir)?;
+        }
+
+        let mut latest: HashMap<String, (u8, Entry)> = HashMap::new();
+        let mut segments = BTreeMap::new();
+        let mut resume = None;
+        let count = headers.len();
+        for (i, (id, path, file, clears)) in headers.into_iter().enumerate() {
+            let newest = i + 1 == count;
+            let mut scan = scan_segment(&file, &path, id, newest)?;
             if let Some(what) = &scan.damage {
                 damage.push((path.clone(), what.clone()));
             }
-            if scan.foreign {
-                continue; // not ours to touch, nor to append to
-            }
-            if scan.no_header {
-                // A writer crashed before the segment's header was durable: no record of
-                // it was acknowledged.
-                remove_segment(&path)?;
-                continue;
-            }
-            if is_last && !scan.clean_tail && scan.damage.is_none() {
-                // Cut what a crash left after the last whole record, so that nothing of
-                // it is ever read as records, and appends can go on from there.
-                file.set_len(scan.end)
-                    .and_then(|()| file.sync_data())
-                    .map_err(|e| StoreError::io("truncate the cut end of", &path, e))?;
-                scan.clean_tail = true;
-                scan.file_len = scan.end;
+            if newest {
+                recover_newest(&file, &path, &mut scan, &mut damage)?;
+                if scan.clean_tail {
+                    resume = Some((id, scan.end, scan.file_len));
+                }
             }
             for (key, kind, entry) in scan.records {
                 match latest.get(&key) {
@@ -222,9 +267,6 @@ impl Pack {
                     }
                 }
             }
-            if is_last && scan.clean_tail {
-                last_clean = Some((id, scan.end, scan.file_len));
-            }
             segments.insert(
                 id,
                 Segment {
@@ -232,6 +274,8 @@ impl Pack {
                     path,
                     used: scan.end - SEGMENT_HEADER_LEN.min(scan.end),
                     live: 0,
+                    clears,
+                    damaged: scan.damage.is_some(),
                 },
             );
         }
@@ -246,7 +290,6 @@ impl Pack {
                 index.insert(key, entry);
             }
         }
-
         let mut state = State {
             index,
             segments,
@@ -256,17 +299,19 @@ impl Pack {
             next_seq,
             damage,
         };
-        let pack_fsync = fsync;
-        match last_clean {
-            // Appends go on where the last segment ends (nothing but zeros after it).
+        match resume {
+            // Appends go on where the newest segment ends (nothing but zeros after it).
             Some((id, end, len)) if end < SEGMENT_TARGET => {
                 state.active = id;
                 state.tail = end;
                 state.allocated = len;
             }
             _ => {
-                let id = ids.last().map_or(0, |id| id + 1);
-                new_segment(&dir, &mut state, id, pack_fsync)?;
+                let id = match highest {
+                    Some(id) => next_id(id, &dir)?,
+                    None => 0,
+                };
+                new_segment(&dir, &mut state, id, fsync, false)?;
             }
         }
         let synced = (state.active, state.tail);
@@ -328,7 +373,7 @@ impl Pack {
     }
 
     /// Damage found when the pack was opened.
-    pub(crate) fn damage(&self) -> Vec<(PathBuf, String)> {
+    pub(crate) fn damage(&self) -> Vec<Damage> {
         self.state().damage.clone()
     }
 
@@ -345,11 +390,16 @@ impl Pack {
         Ok(())
     }
 
+    /// Marks the pack broken and returns the error.
+    fn fail(&self, op: &'static str, path: &Path, e: io::Error) -> StoreError {
+        self.broken.store(true, Ordering::SeqCst);
+        StoreError::io(op, path, e)
+    }
+
     /// Appends `key` -> `data` (whose BLAKE3 is `hash`) and waits until it is durable
     /// (per the store's durability). Until this returns `Ok`, the previous version of the
     /// key stands after a crash.
     pub(crate) fn put(&self, key: &str, data: &[u8], hash: &[u8; 32]) -> Result<()> {
-        self.check_usable()?;
         let (segment, end) = {
             let mut state = self.state();
             let seq = state.next_seq;
@@ -368,16 +418,15 @@ impl Pack {
             (segment, offset + record.len() as u64)
         };
         self.make_durable(segment, end)?;
-        self.compact_if_worthwhile()
+        // The write is done and durable whatever happens next: a failed compaction is
+        // retried by a later write (and a failed fsync in it stops further appends).
+        let _ = self.compact_if_worthwhile();
+        Ok(())
     }
 
     /// Appends a deletion of `key` if it has a live record, and waits until it is durable.
     /// Returns whether there was one.
     pub(crate) fn delete(&self, key: &str) -> Result<bool> {
-        if !self.contains(key) {
-            return Ok(false);
-        }
-        self.check_usable()?;
         let (segment, end) = {
             let mut state = self.state();
             if !state.index.contains_key(key) {
@@ -394,23 +443,29 @@ impl Pack {
         Ok(true)
     }
 
-    /// Removes every record: the segments go, oldest first (so a crash half-way leaves
-    /// only newer records, never brings back older ones), and a fresh one starts.
+    /// Removes every record at once: a new segment flagged as clearing every older one is
+    /// made durable (from then on a reopen ignores, and removes, the older segments), then
+    /// the older segments are removed.
     pub(crate) fn clear(&self) -> Result<()> {
         self.check_usable()?;
         let mut state = self.state();
-        let ids: Vec<u64> = state.segments.keys().copied().collect();
-        let next = ids.last().map_or(0, |id| id + 1);
-        for id in ids {
-            if let Some(segment) = state.segments.remove(&id) {
-                remove_segment(&segment.path)?;
-            }
+        let old: Vec<(u64, Segment)> = std::mem::take(&mut state.segments).into_iter().collect();
+        let newest = old.last().map_or(state.active, |(id, _)| *id);
+        let next = next_id(newest, &self.dir)?;
+        if let Err(e) = new_segment(&self.dir, &mut state, next, true, true) {
+            // Nothing changed: the old segments stay in use.
+            state.segments.extend(old);
+            state.active = newest;
+            return Err(e);
         }
         state.index.clear();
         state.damage.clear();
-        sync_dir(&self.dir)?;
-        new_segment(&self.dir, &mut state, next, self.fsync)
-            .inspect_err(|_| self.broken.store(true, Ordering::SeqCst))?;
+        for (_, segment) in old {
+            // What is left behind is removed by the next open (the clearing flag).
+            let _ = remove_file(&segment.path);
+        }
+        // Best effort too: the removals only reclaim space.
+        let _ = sync_dir(&self.dir);
         Ok(())
     }
 
@@ -452,14 +507,16 @@ impl Pack {
     }
 
     /// Copies the live records of the oldest segment `id` to the active one (with their
-    /// sequence numbers), makes them durable, then removes the segment. Its deletions are
+    /// sequence numbers), makes them durable, then removes the segment (a damaged one is
+    /// set aside as `<name>.damaged` instead, for whoever investigates). Its deletions are
     /// dropped: every record they shadow is in this segment (it is the oldest), dead.
     fn compact_oldest(&self, state: &mut State, id: u64) -> Result<()> {
-        debug_assert_eq!(state.segments.keys().next(), Some(&id));
+        self.check_usable()?;
         let Some(segment) = state.segments.get(&id) else {
             return Ok(());
         };
         let (file, path) = (Arc::clone(&segment.file), segment.path.clone());
+        let (clears, damaged) = (segment.clears, segment.damaged);
         let mut live: Vec<(String, Entry)> = state
             .index
             .iter()
@@ -482,41 +539,57 @@ impl Pack {
         // Everything copied is durable before the old copies go. This runs whatever the
         // store's durability: a segment removed ahead of a newer one's deletions could
         // otherwise come back after a crash and revive deleted keys.
-        let active = &state.segments[&state.active];
-        active.file.sync_data().map_err(|e| {
-            self.broken.store(true, Ordering::SeqCst);
-            StoreError::io("fsync", &active.path, e)
-        })?;
+        let (active, active_path) = state.active()?;
+        active
+            .sync_data()
+            .map_err(|e| self.fail("fsync", &active_path, e))?;
+        if clears {
+            // Its flag hides older segments a clear left behind: they go first.
+            let (ids, _) = list_segments(&self.dir)?;
+            for older in ids.into_iter().filter(|&older| older < id) {
+                remove_file(&self.dir.join(segment_name(older)))?;
+            }
+            sync_dir(&self.dir)?;
+        }
         state.segments.remove(&id);
-        state.damage.retain(|(p, _)| *p != path);
-        remove_segment(&path)?;
+        if damaged {
+            let aside = self
+                .dir
+                .join(format!("{}{DAMAGED_SUFFIX}", segment_name(id)));
+            fs::rename(&path, &aside).map_err(|e| StoreError::io("set aside", &path, e))?;
+            for (p, _) in &mut state.damage {
+                if *p == path {
+                    p.clone_from(&aside);
+                }
+            }
+        } else {
+            remove_file(&path)?;
+        }
         sync_dir(&self.dir)
     }
 
     /// Writes `record` at the active segment's tail (rolling to a new segment first if it
     /// would pass the target size); returns (segment, offset). The caller updates the index.
     fn append(&self, state: &mut State, record: &[u8]) -> Result<(u64, u64)> {
+        // Checked under the state lock: no append follows a failure.
+        self.check_usable()?;
         let len = record.len() as u64;
         if state.tail + len > SEGMENT_TARGET && state.tail > SEGMENT_HEADER_LEN {
             self.roll(state)?;
         }
-        let active = state.active;
-        let segment = &state.segments[&active];
-        let (file, path) = (Arc::clone(&segment.file), segment.path.clone());
-        let failed = |e: io::Error| {
-            self.broken.store(true, Ordering::SeqCst);
-            StoreError::io("append to", &path, e)
-        };
+        let (file, path) = state.active()?;
         // Zero-filled space only pays off for the fdatasync of durable appends; without
         // them the file just grows.
         if self.fsync && state.tail + len > state.allocated {
             let grow = EXTEND_STEP.max(state.tail + len - state.allocated);
-            zero_fill(&file, state.allocated, grow).map_err(failed)?;
+            zero_fill(&file, state.allocated, grow)
+                .map_err(|e| self.fail("append to", &path, e))?;
             state.allocated += grow;
         }
         let offset = state.tail;
-        write_all_at(&file, record, offset).map_err(failed)?;
+        write_all_at(&file, record, offset).map_err(|e| self.fail("append to", &path, e))?;
         state.tail += len;
+        let active = state.active;
         if let Some(segment) = state.segments.get_mut(&active) {
             segment.used += len;
         }
@@ -527,13 +600,10 @@ impl Pack {
     fn roll(&self, state: &mut State) -> Result<()> {
         // Always, whatever the durability: compaction relies on sealed segments being
         // durable, and it costs one fdatasync per segment.
-        let active = &state.segments[&state.active];
-        active.file.sync_data().map_err(|e| {
-            self.broken.store(true, Ordering::SeqCst);
-            StoreError::io("fsync", &active.path, e)
-        })?;
-        let next = state.active + 1;
-        new_segment(&self.dir, state, next, self.fsync)
+        let (file, path) = state.active()?;
+        file.sync_data().map_err(|e| self.fail("fsync", &path, e))?;
+        let next = next_id(state.active, &self.dir)?;
+        new_segment(&self.dir, state, next, self.fsync, false)
             .inspect_err(|_| self.broken.store(true, Ordering::SeqCst))
     }
 
@@ -544,6 +614,9 @@ impl Pack {
             return Ok(());
         }
         let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        // After a failed fsync a second one may report success for pages that were never
+        // written: nothing waiting is acknowledged any more.
+        self.check_usable()?;
         if *synced >= (segment, end) {
             return Ok(());
         }
@@ -552,56 +625,132 @@ impl Pack {
             if state.active > segment {
                 return Ok(()); // sealed since: `roll` made it durable
             }
-            let active = &state.segments[&state.active];
-            (
-                Arc::clone(&active.file),
-                active.path.clone(),
-                (state.active, state.tail),
-            )
+            let (file, path) = state.active()?;
+            (file, path, (state.active, state.tail))
         };
-        file.sync_data().map_err(|e| {
-            self.broken.store(true, Ordering::SeqCst);
-            StoreError::io("fsync", &path, e)
-        })?;
+        file.sync_data().map_err(|e| self.fail("fsync", &path, e))?;
         *synced = upto;
         Ok(())
     }
 }
 
-impl State {
-    /// Points `key` at `entry` (or at nothing), keeping the segments' live counts.
-    fn set_live(&mut self, key: &str, entry: Option<Entry>) {
-        let old = match entry {
-            Some(entry) => {
-                if let Some(segment) = self.segments.get_mut(&entry.segment) {
-                    segment.live += entry.record_len();
-                }
-                self.index.insert(key.to_owned(), entry)
-            }
-            None => self.index.remove(key),
-        };
-        if let Some(old) = old
-            && let Some(segment) = self.segments.get_mut(&old.segment)
+/// Creates (if needed) and locks `<dir>/lock`.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io("open", &path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+        Err(fs::TryLockError::Error(e)) => Err(StoreError::io("lock", path, e)),
+    }
+}
+
+/// The segment ids in `dir`, ascending, and the damaged segments compaction set aside.
+fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<Damage>)> {
+    let mut ids = Vec::new();
+    let mut aside = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = parse_segment_name(name) {
+            ids.push(id);
+        } else if name
+            .strip_suffix(DAMAGED_SUFFIX)
+            .and_then(parse_segment_name)
+            .is_some()
         {
-            segment.live -= old.record_len();
+            aside.push((
+                entry.path(),
+                "a damaged segment set aside by compaction (its readable records were kept)"
+                    .to_owned(),
+            ));
         }
     }
+    ids.sort_unstable();
+    Ok((ids, aside))
 }
 
 fn segment_name(id: u64) -> String {
     format!("{id:016x}.seg")
 }
 
+/// The id of a segment file name, which must be exactly what [`segment_name`] makes.
 fn parse_segment_name(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(".seg")?;
-    if hex.len() != 16 {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
+    let id = u64::from_str_radix(hex, 16).ok()?;
+    (segment_name(id) == name).then_some(id)
 }
 
-/// Creates segment `id` (header, zero-filled), durably, and makes it the active one.
-fn new_segment(dir: &Path, state: &mut State, id: u64, fsync: bool) -> Result<()> {
+/// The id after `id`.
+fn next_id(id: u64, dir: &Path) -> Result<u64> {
+    id.checked_add(1).ok_or_else(|| {
+        StoreError::corrupt(
+            dir.join(segment_name(id)),
+            None,
+            "pack segment ids are exhausted",
+        )
+    })
+}
+
+/// What a segment file's first 16 bytes say.
+enum Header {
+    /// A segment of this format.
+    Ours { clears: bool },
+    /// Nothing but zeros, or a cut header and nothing after it: a crash while it was
+    /// created.
+    Empty,
+    /// Zeros where the header should be, but not only zeros after it.
+    Damaged(String),
+    /// Another magic: not a segment, left alone.
+    Foreign(String),
+}
+
+fn read_segment_header(file: &File, path: &Path) -> Result<Header> {
+    let io_err = |e| StoreError::io("read", path, e);
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    let got = read_full(&mut reader, &mut header).map_err(io_err)?;
+    if header[..got].iter().all(|&b| b == 0) {
+        let mut buf = vec![0u8; 64 * 1024];
+        return Ok(if rest_is_zero(&mut reader, &mut buf).map_err(io_err)? {
+            Header::Empty
+        } else {
+            Header::Damaged("the segment header is zeros but records follow; left alone".into())
+        });
+    }
+    if got < header.len() && SEGMENT_MAGIC.starts_with(&header[..got.min(8)]) {
+        return Ok(Header::Empty); // its creation was cut short: no record in it
+    }
+    if got < header.len() || header[0..8] != SEGMENT_MAGIC {
+        return Ok(Header::Foreign(
+            "not a dfs-store pack segment (bad magic); left alone".into(),
+        ));
+    }
+    let u32_at =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let version = u32_at(8);
+    let flags = u32_at(12);
+    if version != SEGMENT_VERSION || flags & !FLAG_CLEARS != 0 {
+        return Err(StoreError::UnsupportedVersion {
+            path: path.to_owned(),
+            version: u16::try_from(version).unwrap_or(u16::MAX),
+        });
+    }
+    Ok(Header::Ours {
+        clears: flags & FLAG_CLEARS != 0,
+    })
+}
+
+/// Creates segment `id` (header, zero-filled with fsync), durably, and makes it the
+/// active one.
+fn new_segment(dir: &Path, state: &mut State, id: u64, fsync: bool, clears: bool) -> Result<()> {
     let path = dir.join(segment_name(id));
     let file = OpenOptions::new()
         .read(true)
@@ -612,21 +761,18 @@ fn new_segment(dir: &Path, state: &mut State, id: u64, fsync: bool) -> Result<()
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
     header[0..8].copy_from_slice(&SEGMENT_MAGIC);
     header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    let flags = if clears { FLAG_CLEARS } else { 0 };
+    header[12..16].copy_from_slice(&flags.to_le_bytes());
+    let prefill = if fsync { EXTEND_STEP } else { 0 };
     let init = write_all_at(&file, &header, 0)
-        .and_then(|()| {
-            if fsync {
-                zero_fill(&file, SEGMENT_HEADER_LEN, EXTEND_STEP)
-            } else {
-                Ok(())
-            }
-        })
-        .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
-    if let Err(e) = init {
+        .and_then(|()| zero_fill(&file, SEGMENT_HEADER_LEN, prefill))
+        .and_then(|()| file.sync_data());
+    if let Err(e) = init
+        .map_err(|e| StoreError::io("create", &path, e))
+        .and_then(|()| sync_dir(dir))
+    {
         let _ = fs::remove_file(&path);
-        return Err(StoreError::io("create", &path, e));
-    }
-    if fsync {
-        sync_dir(dir)?;
+        return Err(e);
     }
     state.segments.insert(
         id,
@@ -635,15 +781,17 @@ fn new_segment(dir: &Path, state: &mut State, id: u64, fsync: bool) -> Result<()
             path,
             used: 0,
             live: 0,
+            clears,
+            damaged: false,
         },
     );
     state.active = id;
     state.tail = SEGMENT_HEADER_LEN;
-    state.allocated = SEGMENT_HEADER_LEN + if fsync { EXTEND_STEP } else { 0 };
+    state.allocated = SEGMENT_HEADER_LEN + prefill;
     Ok(())
 }
 
-fn remove_segment(path: &Path) -> Result<()> {
+fn remove_file(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -654,18 +802,29 @@ fn remove_segment(path: &Path) -> Result<()> {
 /// Encodes one record: header, key, data.
 fn encode_record(kind: u8, key: &str, seq: u64, data: &[u8], hash: &[u8; 32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(RECORD_HEADER_LEN + key.len() + data.len());
-    out.extend_from_slice(&RECORD_MAGIC);
-    out.push(kind);
-    out.extend_from_slice(&[0; 3]);
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(hash);
-    let check = header_check(&out[..56], key.as_bytes());
-    out.extend_from_slice(&check);
+    out.extend_from_slice(&encode_header(kind, key, seq, data.len() as u32, hash));
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(data);
     out
+}
+
+fn encode_header(
+    kind: u8,
+    key: &str,
+    seq: u64,
+    len: u32,
+    hash: &[u8; 32],
+) -> [u8; RECORD_HEADER_LEN] {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[0..4].copy_from_slice(&RECORD_MAGIC);
+    h[4] = kind;
+    h[8..12].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&len.to_le_bytes());
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
+    h[24..56].copy_from_slice(hash);
+    let check = header_check(&h[..56], key.as_bytes());
+    h[56..72].copy_from_slice(&check);
+    h
 }
 
 /// The first 16 bytes of BLAKE3(header[0..56] || key).
@@ -696,7 +855,7 @@ fn parse_header(h: &[u8; RECORD_HEADER_LEN]) -> Option<RecordHeader> {
     let kind = h[4];
     let key_len = u32_at(8);
     let len = u32_at(12);
-    let valid_kind = kind == KIND_PUT || (kind == KIND_DELETE && len == 0);
+    let valid_kind = matches!(kind, KIND_PUT | KIND_VOID) || (kind == KIND_DELETE && len == 0);
     if !valid_kind || key_len == 0 || key_len as usize > MAX_KEY_LEN || len > MAX_PACKED {
         return None;
     }
@@ -718,59 +877,39 @@ fn parse_header(h: &[u8; RECORD_HEADER_LEN]) -> Option<RecordHeader> {
 
 /// What a scan of one segment found.
 struct Scan {
-    /// (key, kind, entry) of every valid record, in order.
+    /// (key, kind, entry) of every valid put or delete record, in order.
     records: Vec<(String, u8, Entry)>,
     /// Offset just past the last valid record.
     end: u64,
     file_len: u64,
     /// Nothing but zeros after `end`: appends may go on there.
     clean_tail: bool,
-    /// Not a pack segment (or a version this build does not read): left alone.
-    foreign: bool,
-    /// The segment header is missing (a crash while the segment was created).
-    no_header: bool,
+    /// Puts of the newest segment whose bytes do not match their hash (index in `records`).
+    mismatched: Vec<usize>,
     damage: Option<String>,
 }
 
-/// Reads a segment from the start: every record up to the first invalid header. In the
-/// last segment an invalid header, or a final record whose data does not match its hash,
-/// is a write cut short by a crash (never acknowledged): the scan ends there. Anywhere
-/// else it is damage, reported (the records after it cannot be found).
-fn scan_segment(file: &File, path: &Path, id: u64, is_last: bool) -> Result<Scan> {
+/// Reads a segment's records, from after its header up to the first that is not whole.
+/// Only in the newest segment are the records' bytes hashed (`mismatched`); where the scan
+/// stops before the trailing zeros, valid records further on make it damage (an append is
+/// only ever cut at the end), and so does any stop in an older segment.
+fn scan_segment(file: &File, path: &Path, id: u64, newest: bool) -> Result<Scan> {
     let io_err = |e| StoreError::io("read", path, e);
     let file_len = file.metadata().map_err(io_err)?.len();
     let mut reader = BufReader::with_capacity(256 * 1024, file);
+    reader
+        .seek(SeekFrom::Start(SEGMENT_HEADER_LEN))
+        .map_err(io_err)?;
     let mut scan = Scan {
         records: Vec::new(),
         end: SEGMENT_HEADER_LEN,
         file_len,
         clean_tail: false,
-        foreign: false,
-        no_header: false,
+        mismatched: Vec::new(),
         damage: None,
     };
-    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    let got = read_full(&mut reader, &mut header).map_err(io_err)?;
-    if got < header.len() || header == [0; SEGMENT_HEADER_LEN as usize] {
-        scan.no_header = true;
-        return Ok(scan);
-    }
-    if header[0..8] != SEGMENT_MAGIC {
-        scan.foreign = true;
-        scan.damage = Some("not a dfs-store pack segment (bad magic); left alone".into());
-        return Ok(scan);
-    }
-    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    if version != SEGMENT_VERSION {
-        return Err(StoreError::UnsupportedVersion {
-            path: path.to_owned(),
-            version: u16::try_from(version).unwrap_or(u16::MAX),
-        });
-    }
     let mut pos = SEGMENT_HEADER_LEN;
-    let mut last_mismatch = false;
     let mut buf = vec![0u8; 64 * 1024];
-    // Each iteration reads one record; `break` at the first one that is not whole.
     loop {
         let mut h = [0u8; RECORD_HEADER_LEN];
         let got = read_full(&mut reader, &mut h).map_err(io_err)?;
@@ -797,24 +936,23 @@ fn scan_segment(file: &File, path: &Path, id: u64, is_last: bool) -> Result<Scan
         if data_end > file_len {
             break; // the file ends inside the record's bytes
         }
-        if is_last {
-            // Only the newest segment can end with a cut append: hash its records' bytes
-            // to find one. Elsewhere reads and scrubs check them.
+        let mut mismatch = false;
+        if newest && rec.kind == KIND_PUT {
             let mut hasher = blake3::Hasher::new();
             let mut left = rec.len as usize;
             while left > 0 {
                 let take = left.min(buf.len());
                 let n = read_full(&mut reader, &mut buf[..take]).map_err(io_err)?;
-                hasher.update(&buf[..n]);
-                if n < take {
+                if n == 0 {
                     break;
                 }
+                hasher.update(&buf[..n]);
                 left -= n;
             }
             if left > 0 {
                 break; // the file shrank under us
             }
-            last_mismatch = rec.kind == KIND_PUT && *hasher.finalize().as_bytes() != rec.hash;
+            mismatch = *hasher.finalize().as_bytes() != rec.hash;
         } else {
             reader.seek_relative(i64::from(rec.len)).map_err(io_err)?;
         }
@@ -827,20 +965,17 @@ fn scan_segment(file: &File, path: &Path, id: u64, is_last: bool) -> Result<Scan
             seq: rec.seq,
         };
         pos += entry.record_len();
-        scan.records.push((key, rec.kind, entry));
+        if rec.kind != KIND_VOID {
+            if mismatch {
+                scan.mismatched.push(scan.records.len());
+            }
+            scan.records.push((key, rec.kind, entry));
+        }
         scan.end = pos;
     }
     if scan.clean_tail {
-        // A mismatched record followed by nothing stays indexed in a sealed segment
-        // (reads report it), but in the newest one it is an append cut short (below).
-        if !(is_last && last_mismatch) {
-            return Ok(scan);
-        }
-        scan.clean_tail = false;
+        return Ok(scan);
     }
-    // The scan stopped before the zeros: a cut append, or damage. Valid records further on
-    // mean damage (an append is only ever cut at the end): they are left in place, never
-    // truncated away, and reported.
     drop(reader);
     if let Some(next) = find_record(file, scan.end + 1, file_len).map_err(io_err)? {
         scan.damage = Some(format!(
@@ -848,19 +983,52 @@ fn scan_segment(file: &File, path: &Path, id: u64, is_last: bool) -> Result<Scan
              read (left in place)",
             scan.end
         ));
-    } else if !is_last {
+    } else if !newest {
         scan.damage = Some(format!(
             "the segment ends with an invalid record at offset {}",
             scan.end
         ));
-    } else if last_mismatch {
-        // The newest segment's final record's bytes never all reached the disk: the
-        // write was not acknowledged.
-        if let Some((_, _, entry)) = scan.records.pop() {
-            scan.end = entry.offset;
-        }
     }
     Ok(scan)
+}
+
+/// Recovers the newest segment after a crash: puts whose bytes do not match their hash
+/// were cut short (every acknowledged append was fsynced whole, and with it everything
+/// before it), so they are voided on disk and dropped, and the older version of their key
+/// stands (reported once, in `damage`: the same bytes could be damage); an end cut inside
+/// a record is truncated away, so appends can go on there.
+fn recover_newest(
+    file: &File,
+    path: &Path,
+    scan: &mut Scan,
+    damage: &mut Vec<Damage>,
+) -> Result<()> {
+    let fixed = |e| StoreError::io("recover the cut end of", path, e);
+    for &i in scan.mismatched.iter().rev() {
+        let (key, _, entry) = scan.records.remove(i);
+        damage.push((
+            path.to_owned(),
+            format!(
+                "the put of key {key:?} at offset {} did not reach the disk whole (a write cut \
+                 short by a crash, or damage): voided, the key's previous version stands",
+                entry.offset
+            ),
+        ));
+        let void = encode_header(KIND_VOID, &key, entry.seq, entry.len, &entry.hash);
+        write_all_at(file, &void, entry.offset).map_err(fixed)?;
+    }
+    if !scan.mismatched.is_empty() {
+        file.sync_data().map_err(fixed)?;
+    }
+    scan.mismatched.clear();
+    if !scan.clean_tail && scan.damage.is_none() {
+        file.set_len(scan.end)
+            .and_then(|()| file.sync_data())
+            .map_err(fixed)?;
+        scan.clean_tail = true;
+        scan.file_len = scan.end;
+    }
+    Ok(())
 }
 
 /// The offset of the first valid record header (magic, fields, header check) at or after
@@ -1052,34 +1220,61 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_last_record_is_dropped_and_appends_go_to_a_new_segment() {
+    fn cut_appends_are_voided_or_truncated_and_the_older_version_stands() {
         let dir = tempfile::tempdir().unwrap();
         let seg = dir.path().join(PACK_DIR).join(segment_name(0));
-        let end;
+        let (cut_at, tail);
         {
-            let pack = Pack::open(dir.path(), false, 4096).unwrap();
-            put(&pack, "kept", b"whole");
-            end = pack.state().tail;
-            put(&pack, "cut", &[7u8; 3000]);
+            let pack = Pack::open(dir.path(), true, 4096).unwrap();
+            put(&pack, "k", b"acknowledged");
+            cut_at = pack.state().tail;
+            put(&pack, "k", &[7u8; 3000]);
+            put(&pack, "other", b"whole");
+            tail = pack.state().tail;
+            // A header that never got its key and bytes.
+            let state = pack.state();
+            let file = &state.segments[&0].file;
+            write_all_at(
+                file,
+                &encode_header(KIND_PUT, "late", 99, 10, &[1; 32]),
+                tail,
+            )
+            .unwrap();
         }
-        // Lose the end of the last record's data, as a crash mid-write can.
+        // Lose a page of the middle record's bytes, as a crash before its fdatasync can,
+        // while the record after it reached the disk whole.
         let file = OpenOptions::new().write(true).open(&seg).unwrap();
-        write_all_at(&file, &[0u8; 100], end + 72 + 3 + 2900).unwrap();
+        write_all_at(&file, &[0u8; 100], cut_at + 72 + 1 + 2000).unwrap();
         drop(file);
-        let pack = Pack::open(dir.path(), false, 4096).unwrap();
-        assert_eq!(get(&pack, "kept").unwrap(), b"whole");
-        assert!(pack.get("cut").is_none());
-        assert!(pack.damage().is_empty());
+        let pack = Pack::open(dir.path(), true, 4096).unwrap();
+        assert_eq!(get(&pack, "k").unwrap(), b"acknowledged");
+        assert_eq!(get(&pack, "other").unwrap(), b"whole");
+        assert!(pack.get("late").is_none());
+        let damage = pack.damage();
+        assert_eq!(
+            damage.len(),
+            1,
+            "the voided put is reported once: {damage:?}"
+        );
+        assert!(damage[0].1.contains("\"k\""), "{damage:?}");
         assert_eq!(
             fs::metadata(&seg).unwrap().len(),
-            end,
-            "the cut record is truncated away"
+            tail,
+            "the cut end is truncated"
         );
+        assert_eq!(pack.state().active, 0, "appends go on in the same segment");
         put(&pack, "new", b"x");
+        // Sealed, the voided record is still never read (the bytes of sealed segments
+        // are not checked at open).
+        {
+            let mut state = pack.state();
+            pack.roll(&mut state).unwrap();
+        }
         drop(pack);
-        let pack = Pack::open(dir.path(), false, 4096).unwrap();
+        let pack = Pack::open(dir.path(), true, 4096).unwrap();
         assert_eq!(get(&pack, "new").unwrap(), b"x");
-        assert!(pack.get("cut").is_none());
+        assert_eq!(get(&pack, "k").unwrap(), b"acknowledged");
+        assert!(pack.damage().is_empty());
     }
 
     #[test]

@@ -238,6 +238,14 @@ struct Packed {
 }
 
 impl Packed {
+    /// Every stripe, in order (nothing else takes more than one).
+    fn lock_all(&self) -> Vec<MutexGuard<'_, ()>> {
+        self.stripes
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect()
+    }
+
     fn lock(&self, key: &str) -> MutexGuard<'_, ()> {
         let h = blake3::hash(key.as_bytes());
         let stripe = usize::from(h.as_bytes()[0]) % self.stripes.len();
@@ -904,6 +912,8 @@ impl<P: PathTransform> Store<P> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn clear(&self) -> Result<()> {
+        // With a pack, every key's lock: readers see the old store or an empty one.
+        let all = self.pack.as_ref().map(Packed::lock_all);
         let graveyard = self.tmp.join(staging_name("clear"));
         match fs::rename(&self.objects, &graveyard) {
             Ok(()) => {}
@@ -930,6 +940,7 @@ impl<P: PathTransform> Store<P> {
         if let Some(packed) = &self.pack {
             packed.pack.clear()?;
         }
+        drop(all);
         // A write committing at the very moment of the swap may still land in the old
         // directory (its path lookup passed `objects` before the rename): such a write is
         // ordered before the clear, and its file makes `remove_dir_all` race. Retry; if a
@@ -987,7 +998,9 @@ impl<P: PathTransform> Store<P> {
         Objects {
             packed: packed.into_iter(),
             pack,
+            seen: HashSet::new(),
             walker: Walker::new(&self.objects),
+            late: None,
         }
     }
 
@@ -2085,12 +2098,20 @@ impl Iterator for Keys {
 }
 
 /// Iterator over stored objects' metadata; see [`Store::objects`].
+///
+/// With a pack, a key that exists throughout the iteration is listed exactly once, even
+/// if it moves between the pack and its own file meanwhile: the pack's objects when the
+/// iteration started come first, then the object files (but those of keys already
+/// listed, or now in the pack), then the keys packed since and not listed yet.
 pub struct Objects {
     /// The pack's objects when the iteration started.
     packed: std::vec::IntoIter<(String, Found)>,
-    /// To skip object files a pack record shadows.
     pack: Option<Arc<Pack>>,
+    /// Keys listed so far (with a pack only).
+    seen: HashSet<String>,
     walker: Walker,
+    /// After the walk: the keys packed since the iteration started.
+    late: Option<std::vec::IntoIter<(String, Found)>>,
 }
 
 impl fmt::Debug for Objects {
@@ -2107,19 +2128,40 @@ impl Iterator for Objects {
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some((key, found)) = self.packed.next() {
-            return Some(Ok(ObjectMeta::packed(&key, &found)));
+            let meta = ObjectMeta::packed(&key, &found);
+            self.seen.insert(key);
+            return Some(Ok(meta));
+        }
+        if let Some(late) = &mut self.late {
+            for (key, found) in late.by_ref() {
+                if self.seen.insert(key.clone()) {
+                    return Some(Ok(ObjectMeta::packed(&key, &found)));
+                }
+            }
+            return None;
         }
         loop {
-            let path = match self.walker.next()? {
+            let Some(item) = self.walker.next() else {
+                let pack = self.pack.as_ref()?;
+                self.late = Some(pack.snapshot().into_iter());
+                return self.next();
+            };
+            let path = match item {
                 Ok(path) => path,
                 Err(e) => return Some(Err(e)),
             };
             return match open_object(&path, None) {
                 // Deleted since the directory was read: not an object any more.
                 Err(StoreError::Io { ref source, .. }) if is_absent(source) => continue,
-                // An older version the key's pack record shadows.
-                Ok((_, header)) if self.pack.as_ref().is_some_and(|p| p.contains(&header.key)) => {
-                    continue;
+                Ok((_, header)) if self.pack.is_some() => {
+                    let pack = self.pack.as_ref()?;
+                    // Listed from the pack already, or packed since (the late pass lists
+                    // it): either way this file is an older version the pack shadows.
+                    if self.seen.contains(&header.key) || pack.contains(&header.key) {
+                        continue;
+                    }
+                    self.seen.insert(header.key.clone());
+                    Some(Ok(ObjectMeta::from_header(header, path)))
                 }
                 opened => Some(opened.map(|(_, header)| ObjectMeta::from_header(header, path))),
             };

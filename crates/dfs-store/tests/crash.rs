@@ -231,8 +231,15 @@ fn killed_while_writing_packed_and_file_objects_every_acknowledged_version_stand
             .pack_small_objects(PACK_LIMIT)
             .open()
             .expect("reopen after crash");
+        // A kill can cut a write between pages: such a put is voided at open (its
+        // previous version stands) and the scrub says so; nothing else may be bad.
         let report = store.scrub();
-        assert!(report.is_clean(), "round {round}: {report:?}");
+        for bad in &report.bad {
+            assert!(
+                bad.error.to_string().contains("voided"),
+                "round {round}: {report:?}"
+            );
+        }
         let mut keys: Vec<String> = store.keys().collect::<Result<_, _>>().unwrap();
         keys.sort();
         let mut unique = keys.clone();

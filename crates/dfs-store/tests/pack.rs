@@ -272,17 +272,30 @@ fn checked_and_failed_writes_commit_nothing() {
 #[test]
 fn damaged_packed_bytes_are_an_error_never_wrong_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let big = |store: &Store| {
+        // 65 MiB of other objects: the segment holding the victim is sealed.
+        for i in 0..65 {
+            store
+                .write(&format!("filler-{i}"), &vec![i as u8; 1 << 20][..])
+                .unwrap();
+        }
+    };
+    let store = Store::builder(dir.path())
+        .pack_small_objects(dfs_store::MAX_PACKED)
+        .durability(Durability::None)
+        .open()
+        .unwrap();
     let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     store.write("victim", &data[..]).unwrap();
     store.write("bystander", &b"fine"[..]).unwrap();
+    big(&store);
     drop(store);
-    let seg = segments(dir.path()).pop().unwrap();
+    let sealed = segments(dir.path()).remove(0);
     // The victim's record is the first: 16-byte segment header, 72-byte record header,
     // 6 bytes of key, then its data.
-    let mut bytes = fs::read(&seg).unwrap();
+    let mut bytes = fs::read(&sealed).unwrap();
     bytes[16 + 72 + 6 + 1500] ^= 0x40;
-    fs::write(&seg, bytes).unwrap();
+    fs::write(&sealed, bytes).unwrap();
 
     let store = open(dir.path());
     let mut reader = store.read("victim").unwrap();
@@ -308,6 +321,30 @@ fn damaged_packed_bytes_are_an_error_never_wrong_bytes() {
     // Overwriting the damaged object repairs the key.
     store.write("victim", &data[..]).unwrap();
     assert_eq!(read_all(&store, "victim"), data);
+}
+
+#[test]
+fn damage_in_the_newest_segment_counts_as_a_cut_write_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.write("k", &b"older"[..]).unwrap();
+    store.write("k", &vec![5u8; 3000][..]).unwrap();
+    drop(store);
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    // Second record: after the first (72 + 1 + 5 bytes), its header and 1-byte key.
+    bytes[16 + 78 + 73 + 1000] ^= 1;
+    fs::write(&seg, bytes).unwrap();
+    // Indistinguishable from a write a crash cut short: the previous version stands, and
+    // the first scrub after it says what happened.
+    let store = open(dir.path());
+    assert_eq!(read_all(&store, "k"), b"older");
+    let report = store.scrub();
+    assert_eq!(report.bad.len(), 1, "{report:?}");
+    assert!(
+        report.bad[0].error.to_string().contains("voided"),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -535,4 +572,85 @@ fn a_foreign_file_in_the_pack_directory_is_reported_not_touched() {
     );
     fs::remove_file(newer).unwrap();
     assert_eq!(read_all(&open(dir.path()), "k"), b"v");
+}
+
+#[test]
+fn a_segment_whose_header_was_zeroed_is_reported_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.write("a", &b"1"[..]).unwrap();
+        store.write("b", &b"2"[..]).unwrap();
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[..16].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+    let store = open(dir.path());
+    assert!(seg.exists(), "a segment with records is never removed");
+    assert_eq!(fs::read(&seg).unwrap(), bytes);
+    let report = store.scrub();
+    assert_eq!(report.bad.len(), 1, "{report:?}");
+    assert_eq!(report.bad[0].path, seg);
+}
+
+#[test]
+fn odd_segment_names_never_panic_or_confuse_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let pack = dir.path().join("pack");
+    // Not the canonical spelling of an id: not a segment.
+    fs::write(pack.join("000000000000000A.seg"), b"x").unwrap();
+    fs::write(pack.join("+00000000000000a.seg"), b"x").unwrap();
+    let store = open(dir.path());
+    store.write("k", &b"v"[..]).unwrap();
+    assert!(store.scrub().is_clean());
+    drop(store);
+    // The last id: no id after it, a typed error rather than an overflow.
+    fs::write(pack.join("ffffffffffffffff.seg"), b"not ours").unwrap();
+    match Store::builder(dir.path()).pack_small_objects(LIMIT).open() {
+        Ok(store) => assert_eq!(read_all(&store, "k"), b"v"),
+        Err(e) => assert!(e.to_string().contains("exhausted"), "{e}"),
+    }
+}
+
+#[test]
+fn a_key_moving_during_a_listing_is_listed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let large = vec![1u8; LIMIT as usize + 1];
+    store.write("moves-in", &large[..]).unwrap();
+    store.write("moves-out", &b"small"[..]).unwrap();
+    store.write("stays", &b"s"[..]).unwrap();
+    let keys = store.keys();
+    store.write("moves-in", &b"now small"[..]).unwrap();
+    store.write("moves-out", &large[..]).unwrap();
+    let mut listed: Vec<String> = keys.collect::<Result<_, _>>().unwrap();
+    listed.sort();
+    assert_eq!(listed, ["moves-in", "moves-out", "stays"]);
+}
+
+#[test]
+fn segments_a_clear_left_behind_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.write("old", &b"cleared"[..]).unwrap();
+    let old = segments(dir.path());
+    let saved: Vec<(PathBuf, Vec<u8>)> = old
+        .iter()
+        .map(|p| (p.clone(), fs::read(p).unwrap()))
+        .collect();
+    store.clear().unwrap();
+    store.write("new", &b"after"[..]).unwrap();
+    drop(store);
+    // As if the clear had crashed before removing the old segments.
+    for (path, bytes) in saved {
+        fs::write(path, bytes).unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(sorted_keys(&store), ["new"]);
+    assert!(!store.has("old").unwrap());
+    for path in old {
+        assert!(!path.exists(), "{} was not removed", path.display());
+    }
 }
