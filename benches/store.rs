@@ -8,7 +8,9 @@
 //! - `store_4KiB`: 4 KiB objects, writes/s (fsync on and off) and reads/s, against
 //!   `cacache`'s sync API (`write_sync` / `read_sync`; cacache never fsyncs), and the floor
 //!   of the prescribed durable write (stage, fsync, rename, fsync the directory) in plain
-//!   `std::fs`.
+//!   `std::fs`; each also with small objects packed (`pack_small_objects(64 KiB)`). The
+//!   durable writers run first, and `sync` runs before each writer, so no case pays for
+//!   the dirty pages of the one before it.
 //!
 //! After criterion's own output the bench prints the medians, the ratios, the CPU time
 //! (user + system, all threads) per 1 GiB iteration and the peak RSS of the process. Size of the big object: `DFS_BENCH_STORE_MIB` (default 1024).
@@ -396,45 +398,6 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
         .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(1));
 
-    let mut counter = 0u64;
-    let mut next_key = move || {
-        counter += 1;
-        format!("object-{counter}")
-    };
-    for (label, store) in [
-        ("dfs-store-fsync", &fsync),
-        ("dfs-store-nofsync", &nofsync),
-        ("dfs-store-pack-fsync", &pack_fsync),
-        ("dfs-store-pack-nofsync", &pack_nofsync),
-    ] {
-        let id = format!("store_4KiB/write/{label}");
-        group.bench_function(BenchmarkId::new("write", label), |b| {
-            b.iter_custom(|iters| {
-                let keys: Vec<String> = (0..iters).map(|_| next_key()).collect();
-                let start = Instant::now();
-                for key in &keys {
-                    store.write(key, data).unwrap();
-                }
-                let elapsed = start.elapsed();
-                record(&id, iters, elapsed);
-                elapsed
-            })
-        });
-    }
-    let id = "store_4KiB/write/cacache".to_owned();
-    group.bench_function(BenchmarkId::new("write", "cacache"), |b| {
-        b.iter_custom(|iters| {
-            let keys: Vec<String> = (0..iters).map(|_| next_key()).collect();
-            let start = Instant::now();
-            for key in &keys {
-                cacache::write_sync(&cache, key, data).unwrap();
-            }
-            let elapsed = start.elapsed();
-            record(&id, iters, elapsed);
-            elapsed
-        })
-    });
-
     // The floor of the durable write protocol the issue prescribes (stage in `tmp`, write,
     // fsync, rename into place, fsync the directory), in plain `std::fs` into one flat
     // directory: no header, no hashing, no sharded directories to create. No store that
@@ -443,25 +406,65 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
     fs::create_dir_all(floor.join("tmp")).unwrap();
     fs::create_dir_all(floor.join("objects")).unwrap();
     let objects = File::open(floor.join("objects")).unwrap();
-    let id = "store_4KiB/write/std-fs-floor".to_owned();
-    group.bench_function(BenchmarkId::new("write", "std-fs-floor"), |b| {
-        b.iter_custom(|iters| {
-            let keys: Vec<String> = (0..iters).map(|_| next_key()).collect();
-            let start = Instant::now();
-            for key in &keys {
-                let staged = floor.join("tmp").join(key);
-                let mut file = File::create(&staged).unwrap();
-                file.write_all(data).unwrap();
-                file.sync_data().unwrap();
-                drop(file);
-                fs::rename(&staged, floor.join("objects").join(key)).unwrap();
-                objects.sync_all().unwrap();
-            }
-            let elapsed = start.elapsed();
-            record(&id, iters, elapsed);
-            elapsed
-        })
-    });
+    let floor_write = |key: &str| {
+        let staged = floor.join("tmp").join(key);
+        let mut file = File::create(&staged).unwrap();
+        file.write_all(data).unwrap();
+        file.sync_data().unwrap();
+        drop(file);
+        fs::rename(&staged, floor.join("objects").join(key)).unwrap();
+        objects.sync_all().unwrap();
+    };
+    type Writer<'a> = (&'static str, Box<dyn Fn(&str) + 'a>);
+    // Durable writers first, then the ones that leave dirty pages behind.
+    let writers: Vec<Writer<'_>> = vec![
+        (
+            "dfs-store-fsync",
+            Box::new(|k| assert_eq!(fsync.write(k, data).unwrap(), SMALL as u64)),
+        ),
+        (
+            "dfs-store-pack-fsync",
+            Box::new(|k| assert_eq!(pack_fsync.write(k, data).unwrap(), SMALL as u64)),
+        ),
+        ("std-fs-floor", Box::new(floor_write)),
+        (
+            "cacache",
+            Box::new(|k| {
+                cacache::write_sync(&cache, k, data).unwrap();
+            }),
+        ),
+        (
+            "dfs-store-nofsync",
+            Box::new(|k| assert_eq!(nofsync.write(k, data).unwrap(), SMALL as u64)),
+        ),
+        (
+            "dfs-store-pack-nofsync",
+            Box::new(|k| assert_eq!(pack_nofsync.write(k, data).unwrap(), SMALL as u64)),
+        ),
+    ];
+    let mut counter = 0u64;
+    for (label, write) in &writers {
+        // Whatever the previous case left dirty is written back now, not during this one.
+        settle();
+        let id = format!("store_4KiB/write/{label}");
+        group.bench_function(BenchmarkId::new("write", *label), |b| {
+            b.iter_custom(|iters| {
+                let keys: Vec<String> = (0..iters)
+                    .map(|_| {
+                        counter += 1;
+                        format!("object-{counter}")
+                    })
+                    .collect();
+                let start = Instant::now();
+                for key in &keys {
+                    write(key);
+                }
+                let elapsed = start.elapsed();
+                record(&id, iters, elapsed);
+                elapsed
+            })
+        });
+    }
 
     // Reads: a fixed set of objects, read round-robin into a fresh Vec (what
     // `cacache::read_sync` returns).
@@ -516,6 +519,12 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
         })
     });
     group.finish();
+}
+
+/// Writes back every dirty page (`sync`), so that one case's leftovers do not slow the
+/// next one down.
+fn settle() {
+    let _ = Command::new("sync").status();
 }
 
 fn summary(big_size: u64) {

@@ -794,7 +794,7 @@ impl<P: PathTransform> Store<P> {
         Ok(ObjectReader::new(Body::File(file), header, path))
     }
 
-    /// Whether an object file exists for `key` (it is not read or verified).
+    /// Whether `key` has an object, packed or in its own file (it is not read or verified).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
