@@ -42,6 +42,10 @@ const SMALL_SAMPLES: usize = 20;
 const SMALL: usize = 4096;
 /// Objects up to this size are packed in the `dfs-store-pack` cases.
 const PACK_LIMIT: u32 = 64 * 1024;
+/// Threads of the concurrent 4 KiB write cases.
+const WRITERS: usize = 4;
+/// The writers measured with `WRITERS` threads too.
+const CONCURRENT: [&str; 3] = ["dfs-store-fsync", "dfs-store-pack-fsync", "cacache"];
 /// Objects pre-written for the read benchmarks.
 const READ_SET: usize = 1000;
 
@@ -415,7 +419,7 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
         fs::rename(&staged, floor.join("objects").join(key)).unwrap();
         objects.sync_all().unwrap();
     };
-    type Writer<'a> = (&'static str, Box<dyn Fn(&str) + 'a>);
+    type Writer<'a> = (&'static str, Box<dyn Fn(&str) + Sync + 'a>);
     // Durable writers first, then the ones that leave dirty pages behind.
     let writers: Vec<Writer<'_>> = vec![
         (
@@ -464,6 +468,35 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
                 elapsed
             })
         });
+    }
+    // The durable writers and cacache again, with WRITERS threads writing at once (each
+    // its own keys): concurrent durable appends to the pack share their fdatasyncs.
+    for (label, write) in writers.iter().filter(|(l, _)| CONCURRENT.contains(l)) {
+        settle();
+        let id = format!("store_4KiB/write_{WRITERS}threads/{label}");
+        group.bench_function(
+            BenchmarkId::new(format!("write_{WRITERS}threads"), *label),
+            |b| {
+                b.iter_custom(|iters| {
+                    let keys: Vec<String> = (0..iters)
+                        .map(|_| {
+                            counter += 1;
+                            format!("object-{counter}")
+                        })
+                        .collect();
+                    let per_thread = keys.len().div_ceil(WRITERS).max(1);
+                    let start = Instant::now();
+                    std::thread::scope(|scope| {
+                        for chunk in keys.chunks(per_thread) {
+                            scope.spawn(|| chunk.iter().for_each(|key| write(key)));
+                        }
+                    });
+                    let elapsed = start.elapsed();
+                    record(&id, iters, elapsed);
+                    elapsed
+                })
+            },
+        );
     }
 
     // Reads: a fixed set of objects, read round-robin into a fresh Vec (what
@@ -592,6 +625,17 @@ fn summary(big_size: u64) {
             if let Some(ours) = ops(&format!("write/{label}")) {
                 println!(
                     "store_4KiB write {label:<18} {ours:>9.0} ops/s  cacache {cacache:>9.0} ops/s  ratio {:.2}x",
+                    ours / cacache
+                );
+            }
+        }
+    }
+    let threaded = format!("write_{WRITERS}threads");
+    if let Some(cacache) = ops(&format!("{threaded}/cacache")) {
+        for label in ["dfs-store-fsync", "dfs-store-pack-fsync"] {
+            if let Some(ours) = ops(&format!("{threaded}/{label}")) {
+                println!(
+                    "store_4KiB {threaded} {label:<22} {ours:>9.0} ops/s  cacache {cacache:>9.0} ops/s  ratio {:.2}x",
                     ours / cacache
                 );
             }

@@ -206,6 +206,11 @@ impl<P: PathTransform> AsyncStore<P> {
         self.run(|s| s.clear()).await
     }
 
+    /// [`Store::compact`].
+    pub async fn compact(&self) -> Result<()> {
+        self.run(|s| s.compact()).await
+    }
+
     /// [`Store::verify`].
     pub async fn verify(&self, key: &str) -> Result<()> {
         let key = key.to_owned();

@@ -159,3 +159,43 @@ fn undrained_reader_holds_no_blocking_thread() {
         assert!(out == data, "the object read back differs");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_verbs_over_a_pack() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::builder(dir.path())
+            .pack_small_objects(4096)
+            .open()
+            .unwrap();
+        let store = AsyncStore::new(store);
+        let body: &'static [u8] = b"packed, written from an AsyncRead";
+        store.write_async("small", body).await.unwrap();
+        let large = vec![3u8; 10_000];
+        store
+            .write("large", std::io::Cursor::new(large.clone()))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        store
+            .read("small")
+            .await
+            .unwrap()
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, body);
+        let meta = store.stat("small").await.unwrap();
+        assert!(meta.path().starts_with(dir.path().join("pack")));
+        store.write_async("small", &b"v2"[..]).await.unwrap();
+        store.compact().await.unwrap();
+        let mut keys = store.keys().await.unwrap();
+        keys.sort();
+        assert_eq!(keys, ["large", "small"]);
+        assert!(store.delete("small").await.unwrap());
+        assert!(!store.has("small").await.unwrap());
+        assert!(store.scrub().await.unwrap().is_clean());
+    })
+    .await
+    .unwrap();
+}
