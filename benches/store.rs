@@ -650,7 +650,10 @@ fn summary(big_size: u64) {
         }
     }
     if let Some(rss) = peak_rss_mib() {
-        println!("peak RSS of the whole bench process (criterion included): {rss:.1} MiB");
+        println!(
+            "peak RSS of the whole bench process (criterion, and the in-memory indexes of the \
+             packs holding every 4 KiB object written): {rss:.1} MiB"
+        );
     }
 }
 
@@ -664,7 +667,11 @@ fn main() {
         .unwrap();
     let pattern = pattern();
     let size = big(&mut c, dir.path(), pattern);
+    let big_rss = peak_rss_mib();
     small(&mut c, dir.path(), pattern);
     c.final_summary();
     summary(size);
+    if let Some(rss) = big_rss {
+        println!("peak RSS after the big-object cases (criterion included): {rss:.1} MiB");
+    }
 }

@@ -57,16 +57,18 @@ const EXTEND_STEP: u64 = 1 << 20;
 /// A file of the pack and what is wrong with it, reported by scrubs.
 type Damage = (PathBuf, String);
 
-/// Where one live object's record is.
+/// Where one object's record is: 32 bytes per packed object in memory, besides its key.
+/// The object's hash is read from the record's header when needed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
     segment: u64,
-    /// Offset of the record header in the segment.
-    offset: u64,
-    key_len: u32,
-    len: u32,
-    hash: [u8; 32],
     seq: u64,
+    /// Offset of the record header in the segment (segments stay far below 4 GiB).
+    offset: u32,
+    len: u32,
+    key_len: u16,
+    /// A delete record (only while the pack is opened: the index holds live puts).
+    deleted: bool,
 }
 
 impl Entry {
@@ -74,19 +76,24 @@ impl Entry {
         RECORD_HEADER_LEN as u64 + u64::from(self.key_len) + u64::from(self.len)
     }
 
-    fn data_at(&self) -> u64 {
-        self.offset + RECORD_HEADER_LEN as u64 + u64::from(self.key_len)
+    fn offset(&self) -> u64 {
+        u64::from(self.offset)
     }
 
     /// The object's size.
     pub(crate) fn size(&self) -> u64 {
         u64::from(self.len)
     }
+}
 
-    /// The BLAKE3 hash of the object's bytes.
-    pub(crate) fn hash(&self) -> &[u8; 32] {
-        &self.hash
-    }
+/// A packed object's record, read whole and checked: its header's hash and its bytes.
+#[derive(Debug)]
+pub(crate) struct Record {
+    /// The BLAKE3 hash the bytes must have (from the header; the caller checks the bytes).
+    pub(crate) hash: [u8; 32],
+    /// Header, key and bytes: the object's bytes start at `data_start`.
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) data_start: usize,
 }
 
 /// One live object, found in the index.
@@ -98,11 +105,11 @@ pub(crate) struct Found {
 }
 
 impl Found {
-    /// Reads the object's bytes (not verified: the caller hashes them).
-    pub(crate) fn read_data(&self, key: &str) -> Result<Vec<u8>> {
-        let mut data = vec![0u8; self.entry.len as usize];
-        match read_exact_at(&self.file, &mut data, self.entry.data_at()) {
-            Ok(()) => Ok(data),
+    /// Reads `len` bytes of the record from its start.
+    fn read_prefix(&self, key: &str, len: usize) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        match read_exact_at(&self.file, &mut bytes, self.entry.offset()) {
+            Ok(()) => Ok(bytes),
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(StoreError::corrupt(
                 &self.path,
                 Some(key),
@@ -110,6 +117,49 @@ impl Found {
             )),
             Err(e) => Err(StoreError::io("read", &self.path, e)),
         }
+    }
+
+    /// Checks the header and key at the start of `bytes`; returns the object's hash.
+    fn check_header(&self, key: &str, bytes: &[u8]) -> Result<[u8; 32]> {
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h.copy_from_slice(&bytes[..RECORD_HEADER_LEN]);
+        let stored_key = &bytes[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len()];
+        match parse_header(&h) {
+            Some(rec)
+                if rec.kind == KIND_PUT
+                    && rec.len == self.entry.len
+                    && rec.key_len as usize == key.len()
+                    && stored_key == key.as_bytes()
+                    && header_check(&h[..56], stored_key) == rec.check =>
+            {
+                Ok(rec.hash)
+            }
+            _ => Err(StoreError::corrupt(
+                &self.path,
+                Some(key),
+                format!(
+                    "the pack record at offset {} is damaged (header)",
+                    self.entry.offset
+                ),
+            )),
+        }
+    }
+
+    /// The object's hash, from its record's (checked) header.
+    pub(crate) fn hash(&self, key: &str) -> Result<[u8; 32]> {
+        let bytes = self.read_prefix(key, RECORD_HEADER_LEN + key.len())?;
+        self.check_header(key, &bytes)
+    }
+
+    /// Reads the object's record whole; checks its header (the caller hashes the bytes).
+    pub(crate) fn read(&self, key: &str) -> Result<Record> {
+        let bytes = self.read_prefix(key, self.entry.record_len() as usize)?;
+        let hash = self.check_header(key, &bytes)?;
+        Ok(Record {
+            hash,
+            bytes,
+            data_start: RECORD_HEADER_LEN + key.len(),
+        })
     }
 }
 
@@ -243,13 +293,13 @@ impl Pack {
             sync_dir(&dir)?;
         }
 
-        let mut latest: HashMap<String, (u8, Entry)> = HashMap::new();
+        let mut index: HashMap<String, Entry> = HashMap::new();
         let mut segments = BTreeMap::new();
         let mut resume = None;
         let count = headers.len();
         for (i, (id, path, file, clears)) in headers.into_iter().enumerate() {
             let newest = i + 1 == count;
-            let mut scan = scan_segment(&file, &path, id, newest)?;
+            let mut scan = scan_segment(&file, &path, id, newest, &mut index)?;
             if let Some(what) = &scan.damage {
                 damage.push((path.clone(), what.clone()));
             }
@@ -257,14 +307,6 @@ impl Pack {
                 recover_newest(&file, &path, &mut scan, &mut damage)?;
                 if scan.clean_tail {
                     resume = Some((id, scan.end, scan.file_len));
-                }
-            }
-            for (key, kind, entry) in scan.records {
-                match latest.get(&key) {
-                    Some((_, old)) if old.seq > entry.seq => {}
-                    _ => {
-                        latest.insert(key, (kind, entry));
-                    }
                 }
             }
             segments.insert(
@@ -280,14 +322,14 @@ impl Pack {
             );
         }
         let mut next_seq = 0;
-        let mut index = HashMap::with_capacity(latest.len());
-        for (key, (kind, entry)) in latest {
+        index.retain(|_, entry| {
             next_seq = next_seq.max(entry.seq + 1);
-            if kind == KIND_PUT {
-                if let Some(segment) = segments.get_mut(&entry.segment) {
-                    segment.live += entry.record_len();
-                }
-                index.insert(key, entry);
+            !entry.deleted
+        });
+        index.shrink_to_fit();
+        for entry in index.values() {
+            if let Some(segment) = segments.get_mut(&entry.segment) {
+                segment.live += entry.record_len();
             }
         }
         let mut state = State {
@@ -408,14 +450,14 @@ impl Pack {
             state.next_seq += 1;
             let entry = Entry {
                 segment,
-                offset,
-                key_len: key.len() as u32,
-                len: data.len() as u32,
-                hash: *hash,
                 seq,
+                offset,
+                len: data.len() as u32,
+                key_len: key.len() as u16,
+                deleted: false,
             };
             state.set_live(key, Some(entry));
-            (segment, offset + record.len() as u64)
+            (segment, u64::from(offset) + record.len() as u64)
         };
         self.make_durable(segment, end)?;
         // The write is done and durable whatever happens next: a failed compaction is
@@ -437,7 +479,7 @@ impl Pack {
             let (segment, offset) = self.append(&mut state, &record)?;
             state.next_seq += 1;
             state.set_live(key, None);
-            (segment, offset + record.len() as u64)
+            (segment, u64::from(offset) + record.len() as u64)
         };
         self.make_durable(segment, end)?;
         Ok(true)
@@ -526,7 +568,7 @@ impl Pack {
         live.sort_by_key(|(_, e)| e.offset);
         for (key, old) in live {
             let mut record = vec![0u8; old.record_len() as usize];
-            read_exact_at(&file, &mut record, old.offset)
+            read_exact_at(&file, &mut record, old.offset())
                 .map_err(|e| StoreError::io("read", &path, e))?;
             let (segment, offset) = self.append(state, &record)?;
             let entry = Entry {
@@ -570,7 +612,7 @@ impl Pack {
 
     /// Writes `record` at the active segment's tail (rolling to a new segment first if it
     /// would pass the target size); returns (segment, offset). The caller updates the index.
-    fn append(&self, state: &mut State, record: &[u8]) -> Result<(u64, u64)> {
+    fn append(&self, state: &mut State, record: &[u8]) -> Result<(u64, u32)> {
         // Checked under the state lock: no append follows a failure.
         self.check_usable()?;
         let len = record.len() as u64;
@@ -587,13 +629,21 @@ impl Pack {
             state.allocated += grow;
         }
         let offset = state.tail;
+        // Segments end near SEGMENT_TARGET (64 MiB): offsets always fit.
+        let short = u32::try_from(offset).map_err(|_| {
+            self.fail(
+                "append to",
+                &path,
+                io::Error::other("segment offset past 4 GiB"),
+            )
+        })?;
         write_all_at(&file, record, offset).map_err(|e| self.fail("append to", &path, e))?;
         state.tail += len;
         let active = state.active;
         if let Some(segment) = state.segments.get_mut(&active) {
             segment.used += len;
         }
-        Ok((active, offset))
+        Ok((active, short))
     }
 
     /// Seals the active segment (made durable first) and starts the next one.
@@ -877,23 +927,29 @@ fn parse_header(h: &[u8; RECORD_HEADER_LEN]) -> Option<RecordHeader> {
 
 /// What a scan of one segment found.
 struct Scan {
-    /// (key, kind, entry) of every valid put or delete record, in order.
-    records: Vec<(String, u8, Entry)>,
     /// Offset just past the last valid record.
     end: u64,
     file_len: u64,
     /// Nothing but zeros after `end`: appends may go on there.
     clean_tail: bool,
-    /// Puts of the newest segment whose bytes do not match their hash (index in `records`).
-    mismatched: Vec<usize>,
+    /// Puts of the newest segment whose bytes do not match their hash (key, entry, the
+    /// hash in the header), not applied to the index.
+    mismatched: Vec<(String, Entry, [u8; 32])>,
     damage: Option<String>,
 }
 
-/// Reads a segment's records, from after its header up to the first that is not whole.
+/// Reads a segment's records, from after its header up to the first that is not whole,
+/// into `index` (for each key the highest seq wins; a delete stays as a `deleted` entry).
 /// Only in the newest segment are the records' bytes hashed (`mismatched`); where the scan
 /// stops before the trailing zeros, valid records further on make it damage (an append is
 /// only ever cut at the end), and so does any stop in an older segment.
-fn scan_segment(file: &File, path: &Path, id: u64, newest: bool) -> Result<Scan> {
+fn scan_segment(
+    file: &File,
+    path: &Path,
+    id: u64,
+    newest: bool,
+    index: &mut HashMap<String, Entry>,
+) -> Result<Scan> {
     let io_err = |e| StoreError::io("read", path, e);
     let file_len = file.metadata().map_err(io_err)?.len();
     let mut reader = BufReader::with_capacity(256 * 1024, file);
@@ -901,7 +957,6 @@ fn scan_segment(file: &File, path: &Path, id: u64, newest: bool) -> Result<Scan>
         .seek(SeekFrom::Start(SEGMENT_HEADER_LEN))
         .map_err(io_err)?;
     let mut scan = Scan {
-        records: Vec::new(),
         end: SEGMENT_HEADER_LEN,
         file_len,
         clean_tail: false,
@@ -956,22 +1011,32 @@ fn scan_segment(file: &File, path: &Path, id: u64, newest: bool) -> Result<Scan>
         } else {
             reader.seek_relative(i64::from(rec.len)).map_err(io_err)?;
         }
+        let Ok(offset) = u32::try_from(pos) else {
+            break; // not a segment this store wrote (they end near 64 MiB)
+        };
         let entry = Entry {
             segment: id,
-            offset: pos,
-            key_len: rec.key_len,
-            len: rec.len,
-            hash: rec.hash,
             seq: rec.seq,
+            offset,
+            len: rec.len,
+            key_len: rec.key_len as u16,
+            deleted: rec.kind == KIND_DELETE,
         };
         pos += entry.record_len();
-        if rec.kind != KIND_VOID {
-            if mismatch {
-                scan.mismatched.push(scan.records.len());
-            }
-            scan.records.push((key, rec.kind, entry));
-        }
         scan.end = pos;
+        if rec.kind == KIND_VOID {
+            continue;
+        }
+        if mismatch {
+            scan.mismatched.push((key, entry, rec.hash));
+            continue;
+        }
+        match index.get(&key) {
+            Some(old) if old.seq > entry.seq => {}
+            _ => {
+                index.insert(key, entry);
+            }
+        }
     }
     if scan.clean_tail {
         return Ok(scan);
@@ -1004,8 +1069,7 @@ fn recover_newest(
     damage: &mut Vec<Damage>,
 ) -> Result<()> {
     let fixed = |e| StoreError::io("recover the cut end of", path, e);
-    for &i in scan.mismatched.iter().rev() {
-        let (key, _, entry) = scan.records.remove(i);
+    for (key, entry, hash) in &scan.mismatched {
         damage.push((
             path.to_owned(),
             format!(
@@ -1014,8 +1078,8 @@ fn recover_newest(
                 entry.offset
             ),
         ));
-        let void = encode_header(KIND_VOID, &key, entry.seq, entry.len, &entry.hash);
-        write_all_at(file, &void, entry.offset).map_err(fixed)?;
+        let void = encode_header(KIND_VOID, key, entry.seq, entry.len, hash);
+        write_all_at(file, &void, entry.offset()).map_err(fixed)?;
     }
     if !scan.mismatched.is_empty() {
         file.sync_data().map_err(fixed)?;
@@ -1174,8 +1238,10 @@ mod tests {
 
     fn get(pack: &Pack, key: &str) -> Option<Vec<u8>> {
         let found = pack.get(key)?;
-        let data = found.read_data(key).unwrap();
-        assert_eq!(blake3::hash(&data).as_bytes(), found.entry.hash());
+        let record = found.read(key).unwrap();
+        let data = record.bytes[record.data_start..].to_vec();
+        assert_eq!(blake3::hash(&data).as_bytes(), &record.hash);
+        assert_eq!(found.hash(key).unwrap(), record.hash);
         Some(data)
     }
 
@@ -1295,8 +1361,9 @@ mod tests {
         drop(file);
         let pack = Pack::open(dir.path(), false, 4096).unwrap();
         let found = pack.get("first").unwrap();
-        let data = found.read_data("first").unwrap();
-        assert_ne!(blake3::hash(&data).as_bytes(), found.entry.hash());
+        let record = found.read("first").unwrap();
+        let data = &record.bytes[record.data_start..];
+        assert_ne!(blake3::hash(data).as_bytes(), &record.hash);
         assert_eq!(get(&pack, "second").unwrap(), b"bbbb");
         drop(pack);
         // Break the first record's header: the segment's records are lost, and reported.
