@@ -119,10 +119,10 @@ pub enum StoreError {
         reason: String,
     },
 
-    /// Another [`Store`](crate::Store) (in this process or another) has the root's pack
-    /// open: one at a time can (see
+    /// Another [`Store`](crate::Store) (in this process or another) has the root open, and
+    /// one of the two has a pack: a store with a pack is one `Store`'s alone (see
     /// [`StoreBuilder::pack_small_objects`](crate::StoreBuilder::pack_small_objects)).
-    #[error("the store's pack is in use by another Store (lock file {path})")]
+    #[error("the store is in use by another Store and one of them has a pack (lock file {path})")]
     Locked {
         /// The lock file.
         path: PathBuf,

@@ -20,8 +20,6 @@ use crate::path::MAX_KEY_LEN;
 
 /// Directory under the root holding the segments and the lock file.
 pub(crate) const PACK_DIR: &str = "pack";
-/// The lock file: one `Store` at a time opens a root that has a pack.
-const LOCK_FILE: &str = "lock";
 /// Suffix compaction gives a damaged segment it sets aside instead of removing.
 const DAMAGED_SUFFIX: &str = ".damaged";
 /// First bytes of every segment file.
@@ -40,6 +38,8 @@ const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
 /// A put found cut short when the pack was opened, voided so it is never read.
 const KIND_VOID: u8 = 3;
+/// Record flag (byte 5): copied by compaction from an older segment, where it was durable.
+const FLAG_COPIED: u8 = 1;
 /// The largest object a pack takes: the most
 /// [`StoreBuilder::pack_small_objects`](crate::StoreBuilder::pack_small_objects) accepts.
 ///
@@ -188,6 +188,8 @@ struct State {
     /// Length of the active segment's file (zero-filled past `tail` with fsync).
     allocated: u64,
     next_seq: u64,
+    /// The id of the next segment: after every segment file listed at open, ours or not.
+    next_id: u64,
     /// Damage found while opening: (file, what), reported by scrubs.
     damage: Vec<Damage>,
 }
@@ -211,6 +213,18 @@ impl State {
         }
     }
 
+    /// The seq for the next record (`u64::MAX` is never written).
+    fn seq(&self, dir: &Path) -> Result<u64> {
+        if self.next_seq == u64::MAX {
+            return Err(StoreError::corrupt(
+                dir,
+                None,
+                "pack sequence numbers are exhausted",
+            ));
+        }
+        Ok(self.next_seq)
+    }
+
     /// The active segment's file and path.
     fn active(&self) -> Result<(Arc<File>, PathBuf)> {
         match self.segments.get(&self.active) {
@@ -231,8 +245,6 @@ pub(crate) struct Pack {
     fsync: bool,
     /// Objects up to this size are written here (0: the pack only serves what it holds).
     max_object: u32,
-    /// Held (locked) for the store's life.
-    _lock: File,
     state: Mutex<State>,
     /// The (segment, offset) up to which appends are known durable.
     synced: Mutex<(u64, u64)>,
@@ -247,8 +259,8 @@ impl Pack {
         root.join(PACK_DIR).is_dir()
     }
 
-    /// Opens (creating if needed) the pack under `root`: takes the lock, scans every
-    /// segment and rebuilds the index.
+    /// Opens (creating if needed) the pack under `root`: scans every segment and rebuilds
+    /// the index. The caller holds the root's lock exclusively.
     pub(crate) fn open(root: &Path, fsync: bool, max_object: u32) -> Result<Pack> {
         let dir = root.join(PACK_DIR);
         let created = !dir.is_dir();
@@ -256,7 +268,6 @@ impl Pack {
         if created && fsync {
             sync_dir(root)?;
         }
-        let lock = lock(&dir)?;
         let (ids, mut damage) = list_segments(&dir)?;
         // New segments take ids after every segment file, ours or not.
         let highest = ids.last().copied();
@@ -332,6 +343,10 @@ impl Pack {
                 segment.live += entry.record_len();
             }
         }
+        let next_id = match highest {
+            Some(id) => next_id(id, &dir)?,
+            None => 0,
+        };
         let mut state = State {
             index,
             segments,
@@ -339,29 +354,24 @@ impl Pack {
             tail: 0,
             allocated: 0,
             next_seq,
+            next_id,
             damage,
         };
         match resume {
-            // Appends go on where the newest segment ends (nothing but zeros after it).
-            Some((id, end, len)) if end < SEGMENT_TARGET => {
+            // Appends go on where the newest segment ends (nothing but zeros after it), if
+            // no other file took a later id.
+            Some((id, end, len)) if end < SEGMENT_TARGET && Some(id) == highest => {
                 state.active = id;
                 state.tail = end;
                 state.allocated = len;
             }
-            _ => {
-                let id = match highest {
-                    Some(id) => next_id(id, &dir)?,
-                    None => 0,
-                };
-                new_segment(&dir, &mut state, id, fsync, false)?;
-            }
+            _ => new_segment(&dir, &mut state, fsync, false)?,
         }
         let synced = (state.active, state.tail);
         Ok(Pack {
             dir,
             fsync,
             max_object,
-            _lock: lock,
             state: Mutex::new(state),
             synced: Mutex::new(synced),
             broken: AtomicBool::new(false),
@@ -444,10 +454,10 @@ impl Pack {
     pub(crate) fn put(&self, key: &str, data: &[u8], hash: &[u8; 32]) -> Result<()> {
         let (segment, end) = {
             let mut state = self.state();
-            let seq = state.next_seq;
+            let seq = state.seq(&self.dir)?;
             let record = encode_record(KIND_PUT, key, seq, data, hash);
             let (segment, offset) = self.append(&mut state, &record)?;
-            state.next_seq += 1;
+            state.next_seq = seq + 1; // at most u64::MAX: see `State::seq`
             let entry = Entry {
                 segment,
                 seq,
@@ -474,10 +484,10 @@ impl Pack {
             if !state.index.contains_key(key) {
                 return Ok(false);
             }
-            let seq = state.next_seq;
+            let seq = state.seq(&self.dir)?;
             let record = encode_record(KIND_DELETE, key, seq, &[], &[0; 32]);
             let (segment, offset) = self.append(&mut state, &record)?;
-            state.next_seq += 1;
+            state.next_seq = seq + 1;
             state.set_live(key, None);
             (segment, u64::from(offset) + record.len() as u64)
         };
@@ -492,12 +502,11 @@ impl Pack {
         self.check_usable()?;
         let mut state = self.state();
         let old: Vec<(u64, Segment)> = std::mem::take(&mut state.segments).into_iter().collect();
-        let newest = old.last().map_or(state.active, |(id, _)| *id);
-        let next = next_id(newest, &self.dir)?;
-        if let Err(e) = new_segment(&self.dir, &mut state, next, true, true) {
-            // Nothing changed: the old segments stay in use.
+        if let Err(e) = new_segment(&self.dir, &mut state, true, true) {
+            // Whether the clearing segment's entry reached the disk is unknown: a crash
+            // could still make it clear everything, so nothing more is acknowledged.
+            self.broken.store(true, Ordering::SeqCst);
             state.segments.extend(old);
-            state.active = newest;
             return Err(e);
         }
         state.index.clear();
@@ -570,6 +579,11 @@ impl Pack {
             let mut record = vec![0u8; old.record_len() as usize];
             read_exact_at(&file, &mut record, old.offset())
                 .map_err(|e| StoreError::io("read", &path, e))?;
+            // Copied as it is (a damaged object stays damaged, never voided as a cut
+            // write once its copy is in the newest segment), flagged as a copy.
+            record[5] |= FLAG_COPIED;
+            let check = header_check(&record[..56], &record[RECORD_HEADER_LEN..][..key.len()]);
+            record[56..RECORD_HEADER_LEN].copy_from_slice(&check);
             let (segment, offset) = self.append(state, &record)?;
             let entry = Entry {
                 segment,
@@ -586,14 +600,22 @@ impl Pack {
             .sync_data()
             .map_err(|e| self.fail("fsync", &active_path, e))?;
         if clears {
-            // Its flag hides older segments a clear left behind: they go first.
+            // Its flag hides older segments a clear left behind: they go first (files
+            // that are not our segments stay, as everywhere).
             let (ids, _) = list_segments(&self.dir)?;
             for older in ids.into_iter().filter(|&older| older < id) {
-                remove_file(&self.dir.join(segment_name(older)))?;
+                let older = self.dir.join(segment_name(older));
+                let ours = File::open(&older)
+                    .map_err(|e| StoreError::io("open", &older, e))
+                    .and_then(|f| read_segment_header(&f, &older));
+                if matches!(ours, Ok(Header::Ours { .. })) {
+                    remove_file(&older)?;
+                }
             }
             sync_dir(&self.dir)?;
         }
-        state.segments.remove(&id);
+        // Untracked only once it is gone: a segment left on disk but forgotten could
+        // bring back keys whose deletes a later compaction drops.
         if damaged {
             let aside = self
                 .dir
@@ -607,6 +629,7 @@ impl Pack {
         } else {
             remove_file(&path)?;
         }
+        state.segments.remove(&id);
         sync_dir(&self.dir)
     }
 
@@ -652,8 +675,7 @@ impl Pack {
         // durable, and it costs one fdatasync per segment.
         let (file, path) = state.active()?;
         file.sync_data().map_err(|e| self.fail("fsync", &path, e))?;
-        let next = next_id(state.active, &self.dir)?;
-        new_segment(&self.dir, state, next, self.fsync, false)
+        new_segment(&self.dir, state, self.fsync, false)
             .inspect_err(|_| self.broken.store(true, Ordering::SeqCst))
     }
 
@@ -681,22 +703,6 @@ impl Pack {
         file.sync_data().map_err(|e| self.fail("fsync", &path, e))?;
         *synced = upto;
         Ok(())
-    }
-}
-
-/// Creates (if needed) and locks `<dir>/lock`.
-fn lock(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::io("open", &path, e))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
-        Err(fs::TryLockError::Error(e)) => Err(StoreError::io("lock", path, e)),
     }
 }
 
@@ -798,9 +804,11 @@ fn read_segment_header(file: &File, path: &Path) -> Result<Header> {
     })
 }
 
-/// Creates segment `id` (header, zero-filled with fsync), durably, and makes it the
+/// Creates the next segment (header, zero-filled with fsync), durably, and makes it the
 /// active one.
-fn new_segment(dir: &Path, state: &mut State, id: u64, fsync: bool, clears: bool) -> Result<()> {
+fn new_segment(dir: &Path, state: &mut State, fsync: bool, clears: bool) -> Result<()> {
+    let id = state.next_id;
+    let following = next_id(id, dir)?;
     let path = dir.join(segment_name(id));
     let file = OpenOptions::new()
         .read(true)
@@ -836,6 +844,7 @@ fn new_segment(dir: &Path, state: &mut State, id: u64, fsync: bool, clears: bool
         },
     );
     state.active = id;
+    state.next_id = following;
     state.tail = SEGMENT_HEADER_LEN;
     state.allocated = SEGMENT_HEADER_LEN + prefill;
     Ok(())
@@ -890,6 +899,7 @@ fn header_check(fixed: &[u8], key: &[u8]) -> [u8; 16] {
 /// A decoded record header.
 struct RecordHeader {
     kind: u8,
+    copied: bool,
     key_len: u32,
     len: u32,
     seq: u64,
@@ -899,7 +909,7 @@ struct RecordHeader {
 
 fn parse_header(h: &[u8; RECORD_HEADER_LEN]) -> Option<RecordHeader> {
     let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    if h[0..4] != RECORD_MAGIC || h[5..8] != [0; 3] {
+    if h[0..4] != RECORD_MAGIC || h[5] & !FLAG_COPIED != 0 || h[6..8] != [0; 2] {
         return None;
     }
     let kind = h[4];
@@ -911,15 +921,20 @@ fn parse_header(h: &[u8; RECORD_HEADER_LEN]) -> Option<RecordHeader> {
     }
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&h[16..24]);
+    let seq = u64::from_le_bytes(seq);
+    if seq == u64::MAX {
+        return None; // never written: the next seq would not fit
+    }
     let mut hash = [0u8; 32];
     hash.copy_from_slice(&h[24..56]);
     let mut check = [0u8; 16];
     check.copy_from_slice(&h[56..72]);
     Some(RecordHeader {
         kind,
+        copied: h[5] & FLAG_COPIED != 0,
         key_len,
         len,
-        seq: u64::from_le_bytes(seq),
+        seq,
         hash,
         check,
     })
@@ -1027,12 +1042,14 @@ fn scan_segment(
         if rec.kind == KIND_VOID {
             continue;
         }
-        if mismatch {
+        if mismatch && !rec.copied {
             scan.mismatched.push((key, entry, rec.hash));
             continue;
         }
+        // Equal seqs: a compaction copy (in a newer segment) and its original, left by a
+        // crash before the original's removal: keep the original, it was durable.
         match index.get(&key) {
-            Some(old) if old.seq > entry.seq => {}
+            Some(old) if old.seq >= entry.seq => {}
             _ => {
                 index.insert(key, entry);
             }
@@ -1276,16 +1293,6 @@ mod tests {
     }
 
     #[test]
-    fn a_second_open_is_refused_while_the_first_lives() {
-        let dir = tempfile::tempdir().unwrap();
-        let pack = Pack::open(dir.path(), false, 4096).unwrap();
-        let err = Pack::open(dir.path(), false, 4096).unwrap_err();
-        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
-        drop(pack);
-        Pack::open(dir.path(), false, 4096).unwrap();
-    }
-
-    #[test]
     fn cut_appends_are_voided_or_truncated_and_the_older_version_stands() {
         let dir = tempfile::tempdir().unwrap();
         let seg = dir.path().join(PACK_DIR).join(segment_name(0));
@@ -1445,6 +1452,23 @@ mod tests {
         assert_eq!(get(&pack, "stays").unwrap(), b"1");
         assert_eq!(get(&pack, "overwritten").unwrap(), b"new");
         assert_eq!(get(&pack, "deleted"), None);
+    }
+
+    #[test]
+    fn a_record_claiming_the_last_seq_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(PACK_DIR).join(segment_name(0));
+        drop(Pack::open(dir.path(), false, 4096).unwrap());
+        let file = OpenOptions::new().write(true).open(&seg).unwrap();
+        let record = encode_record(KIND_PUT, "k", u64::MAX, b"v", blake3::hash(b"v").as_bytes());
+        write_all_at(&file, &record, SEGMENT_HEADER_LEN).unwrap();
+        drop(file);
+        let pack = Pack::open(dir.path(), false, 4096).unwrap();
+        assert!(pack.get("k").is_none());
+        put(&pack, "k", b"newer");
+        drop(pack);
+        let pack = Pack::open(dir.path(), false, 4096).unwrap();
+        assert_eq!(get(&pack, "k").unwrap(), b"newer");
     }
 
     #[test]

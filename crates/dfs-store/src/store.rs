@@ -21,6 +21,8 @@ pub const DEFAULT_ROOT: &str = "dfs-store";
 const OBJECTS_DIR: &str = "objects";
 /// Name of the staging directory under the root (same file system, so rename is atomic).
 const TMP_DIR: &str = "tmp";
+/// The root's lock file (see [`lock_root`]).
+const LOCK_FILE: &str = "lock";
 /// Copy buffer for writes and the most a reader buffers.
 const CHUNK: usize = 64 * 1024;
 /// How often a commit is retried when a concurrent delete/clear pruned its directory.
@@ -144,7 +146,10 @@ impl<P: PathTransform> StoreBuilder<P> {
             created.extend(missing);
         }
         let fsync = self.durability == Durability::Fsync;
-        let pack = if self.pack > 0 || Pack::exists(&root) {
+        let packed = self.pack > 0 || Pack::exists(&root);
+        // A store with a pack is one `Store`'s alone; others share the root.
+        let lock = lock_root(&root, packed)?;
+        let pack = if packed {
             Some(Pack::open(&root, fsync, self.pack)?)
         } else {
             None
@@ -160,6 +165,7 @@ impl<P: PathTransform> StoreBuilder<P> {
                 pack: Arc::new(pack),
                 stripes: std::array::from_fn(|_| Mutex::new(())),
             }),
+            _lock: lock,
             #[cfg(test)]
             fail_writes_after: None,
             #[cfg(test)]
@@ -215,6 +221,8 @@ pub struct Store<P: PathTransform = HashPath> {
     durability: Durability,
     unsynced_dirs: UnsyncedDirs,
     pack: Option<Packed>,
+    /// `<root>/lock`, held for the store's life: shared, or exclusive with a pack.
+    _lock: File,
     #[cfg(test)]
     pub(crate) fail_writes_after: Option<u64>,
     #[cfg(test)]
@@ -1152,6 +1160,29 @@ impl<P: PathTransform> Store<P> {
 /// key `a/b` when `a` is an object).
 fn is_absent(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
+/// Creates (if needed) and locks `<root>/lock`: exclusively for a store with a pack (whose
+/// index lives in this `Store`), shared otherwise, so a `Store` without a pack and one with
+/// it never open one root at once.
+fn lock_root(root: &Path, exclusive: bool) -> Result<File> {
+    let path = root.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io("open", &path, e))?;
+    let locked = if exclusive {
+        lock.try_lock()
+    } else {
+        lock.try_lock_shared()
+    };
+    match locked {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+        Err(fs::TryLockError::Error(e)) => Err(StoreError::io("lock", path, e)),
+    }
 }
 
 /// This process's mark in staging names: its pid and a token drawn once per process, so

@@ -654,3 +654,110 @@ fn segments_a_clear_left_behind_never_come_back() {
         assert!(!path.exists(), "{} was not removed", path.display());
     }
 }
+
+/// A store packing objects up to 1 MiB, without fsync (fast to fill).
+fn open_big(root: &Path) -> Store {
+    Store::builder(root)
+        .pack_small_objects(dfs_store::MAX_PACKED)
+        .durability(Durability::None)
+        .open()
+        .unwrap()
+}
+
+/// Writes 65 MiB of `filler-*` objects: the segment written to before is sealed.
+fn fill(store: &Store) {
+    for i in 0..65 {
+        store
+            .write(&format!("filler-{i}"), &vec![i as u8; 1 << 20][..])
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_file_holding_the_next_segment_id_never_stops_the_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    open_big(dir.path()).write("a", &b"1"[..]).unwrap();
+    let foreign = dir.path().join("pack/0000000000000001.seg");
+    fs::write(&foreign, b"not ours").unwrap();
+    let store = open_big(dir.path());
+    fill(&store);
+    store.clear().unwrap();
+    store.write("b", &b"2"[..]).unwrap();
+    drop(store);
+    assert_eq!(fs::read(&foreign).unwrap(), b"not ours");
+    let store = open_big(dir.path());
+    assert_eq!(sorted_keys(&store), ["b"]);
+}
+
+#[test]
+fn compaction_keeps_a_damaged_object_damaged_never_an_older_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let older = vec![1u8; (1 << 20) + 1];
+    // v1 as its own file (too large for the pack), then v2 packed, then the v1 file put
+    // back as a crash right after the packed write would have left it.
+    let store = open_big(dir.path());
+    store.write("k", &older[..]).unwrap();
+    let file = store.path_of("k").unwrap();
+    let v1 = fs::read(&file).unwrap();
+    store.write("k", &b"v2, packed"[..]).unwrap();
+    fill(&store);
+    for i in 0..65 {
+        store.delete(&format!("filler-{i}")).unwrap();
+    }
+    drop(store);
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(&file, v1).unwrap();
+    // Damage v2's bytes in the sealed segment.
+    let seg = segments(dir.path()).remove(0);
+    let mut bytes = fs::read(&seg).unwrap();
+    let at = bytes.windows(10).position(|w| w == b"v2, packed").unwrap();
+    bytes[at] ^= 1;
+    fs::write(&seg, bytes).unwrap();
+
+    let store = open_big(dir.path());
+    let corrupt = |store: &Store| {
+        let mut out = Vec::new();
+        let err = store.read("k").unwrap().read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
+    };
+    corrupt(&store);
+    store.compact().unwrap();
+    corrupt(&store);
+    drop(store);
+    let store = open_big(dir.path());
+    corrupt(&store);
+    assert_eq!(store.scrub().bad.len(), 1);
+}
+
+#[test]
+fn compacting_a_clearing_segment_leaves_foreign_files_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("pack")).unwrap();
+    let foreign = dir.path().join("pack/0000000000000000.seg");
+    fs::write(&foreign, b"someone else's").unwrap();
+    let store = open_big(dir.path());
+    store.write("k", &b"v"[..]).unwrap();
+    store.clear().unwrap();
+    store.write("k", &b"after"[..]).unwrap();
+    fill(&store);
+    store.compact().unwrap();
+    assert_eq!(fs::read(&foreign).unwrap(), b"someone else's");
+    assert_eq!(read_all(&store, "k"), b"after");
+}
+
+#[test]
+fn a_store_with_a_pack_and_one_without_never_share_a_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Store::open(dir.path()).unwrap();
+    let second = Store::open(dir.path()).unwrap();
+    assert!(matches!(open_err(dir.path()), StoreError::Locked { .. }));
+    assert!(!dir.path().join("pack").exists());
+    drop((plain, second));
+    let packed = open(dir.path());
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(packed);
+    Store::open(dir.path()).unwrap();
+}

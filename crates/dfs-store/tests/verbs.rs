@@ -225,7 +225,7 @@ fn invalid_keys_write_nothing() {
         assert!(store.has(key).is_err());
         assert!(store.delete(key).is_err());
     }
-    assert!(common::files_under(&dir.path().join("root")).is_empty());
+    assert!(common::written_under(&dir.path().join("root")).is_empty());
     // Hash layout: only empty and over-long keys are refused.
     let hashed = Store::open(dir.path().join("hashed")).unwrap();
     assert!(hashed.write("", &b""[..]).is_err());
@@ -267,7 +267,7 @@ fn user_transforms_are_revalidated() {
         .unwrap();
         assert!(store.write("k", &b"x"[..]).is_err());
     }
-    assert!(common::files_under(&dir.path().join("root")).is_empty());
+    assert!(common::written_under(&dir.path().join("root")).is_empty());
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 

@@ -19,3 +19,13 @@ pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Every file under a store's `root` but its lock file: what writes have left.
+#[allow(dead_code)] // not every test binary uses every helper
+pub(crate) fn written_under(root: &Path) -> Vec<PathBuf> {
+    let lock = root.join("lock");
+    files_under(root)
+        .into_iter()
+        .filter(|f| *f != lock)
+        .collect()
+}
