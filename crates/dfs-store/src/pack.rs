@@ -520,10 +520,19 @@ impl Pack {
         Ok(())
     }
 
-    /// Rewrites every segment but the active one, oldest first, dropping what is dead.
+    /// Rewrites every segment, oldest first, dropping what is dead (the active one is
+    /// sealed first if it holds anything dead).
     pub(crate) fn compact(&self) -> Result<()> {
         self.check_usable()?;
         let mut state = self.state();
+        // The active segment too, if it holds anything dead: sealed first.
+        let active_dead = state
+            .segments
+            .get(&state.active)
+            .is_some_and(|s| s.live < s.used);
+        if active_dead {
+            self.roll(&mut state)?;
+        }
         let sealed: Vec<u64> = state
             .segments
             .keys()

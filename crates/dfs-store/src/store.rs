@@ -463,7 +463,9 @@ impl<P: PathTransform> Store<P> {
     /// The bytes stream through a 64 KiB buffer into a staging file under `<root>/tmp`,
     /// which is fsynced (per [`Durability`]) and renamed into place; the directory is
     /// then fsynced. On any error the staging file is removed and the previous version,
-    /// if any, is untouched. Concurrent writers of one key: one whole version wins.
+    /// if any, is untouched. Concurrent writers of one key: one whole version wins. (With
+    /// [`StoreBuilder::pack_small_objects`], an object that small is appended to the pack
+    /// instead, as durably and with the same guarantees.)
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -1012,9 +1014,9 @@ impl<P: PathTransform> Store<P> {
         }
     }
 
-    /// Rewrites the pack's sealed segments at once, reclaiming the space of overwritten
-    /// and deleted packed objects (writes do this gradually on their own). Without a pack,
-    /// does nothing.
+    /// Rewrites the pack's segments at once, reclaiming the space of overwritten and
+    /// deleted packed objects (writes do this gradually on their own, once segments are
+    /// sealed). Without a pack, does nothing.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -1806,7 +1808,8 @@ impl ObjectMeta {
     }
 
     /// The object's file: its own, or the pack segment holding it (see
-    /// [`StoreBuilder::pack_small_objects`]).
+    /// [`StoreBuilder::pack_small_objects`]; a packed object moves to another segment
+    /// when its segment is compacted, so that path is only good for a while).
     pub fn path(&self) -> &Path {
         &self.path
     }
