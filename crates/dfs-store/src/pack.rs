@@ -305,12 +305,28 @@ impl Pack {
         }
 
         let mut index: HashMap<String, Entry> = HashMap::new();
-        let mut segments = BTreeMap::new();
+        let mut segments: BTreeMap<u64, Segment> = BTreeMap::new();
         let mut resume = None;
         let count = headers.len();
         for (i, (id, path, file, clears)) in headers.into_iter().enumerate() {
-            let newest = i + 1 == count;
+            // The newest segment (where an append can have been cut short) is the last of
+            // ours only if no other file took a later id (say one a crash left empty
+            // while the next segment was created, after this one was made durable).
+            let newest = i + 1 == count && Some(id) == highest;
             let mut scan = scan_segment(&file, &path, id, newest, &mut index)?;
+            for (key, entry) in std::mem::take(&mut scan.ties) {
+                let held = index.get(&key).and_then(|held| {
+                    let segment = segments.get(&held.segment)?;
+                    Some((*held, &segment.file))
+                });
+                let keep_held = match held {
+                    Some((held, held_file)) => record_is_whole(held_file, &key, &held),
+                    None => false,
+                };
+                if !keep_held && record_is_whole(&file, &key, &entry) {
+                    index.insert(key, entry);
+                }
+            }
             if let Some(what) = &scan.damage {
                 damage.push((path.clone(), what.clone()));
             }
@@ -588,11 +604,15 @@ impl Pack {
             let mut record = vec![0u8; old.record_len() as usize];
             read_exact_at(&file, &mut record, old.offset())
                 .map_err(|e| StoreError::io("read", &path, e))?;
-            // Copied as it is (a damaged object stays damaged, never voided as a cut
-            // write once its copy is in the newest segment), flagged as a copy.
-            record[5] |= FLAG_COPIED;
-            let check = header_check(&record[..56], &record[RECORD_HEADER_LEN..][..key.len()]);
-            record[56..RECORD_HEADER_LEN].copy_from_slice(&check);
+            // A new header from what the index knows (key, seq, length) and the stored
+            // hash, flagged as a copy; the bytes as they are: a damaged object stays
+            // damaged, and is never voided as a cut write once its copy is newest.
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&record[24..56]);
+            let header =
+                encode_header_flagged(KIND_PUT, FLAG_COPIED, &key, old.seq, old.len, &hash);
+            record[..RECORD_HEADER_LEN].copy_from_slice(&header);
+            record[RECORD_HEADER_LEN..][..key.len()].copy_from_slice(key.as_bytes());
             let (segment, offset) = self.append(state, &record)?;
             let entry = Entry {
                 segment,
@@ -614,10 +634,8 @@ impl Pack {
             let (ids, _) = list_segments(&self.dir)?;
             for older in ids.into_iter().filter(|&older| older < id) {
                 let older = self.dir.join(segment_name(older));
-                let ours = File::open(&older)
-                    .map_err(|e| StoreError::io("open", &older, e))
-                    .and_then(|f| read_segment_header(&f, &older));
-                if matches!(ours, Ok(Header::Ours { .. })) {
+                let file = File::open(&older).map_err(|e| StoreError::io("open", &older, e))?;
+                if let Header::Ours { .. } = read_segment_header(&file, &older)? {
                     remove_file(&older)?;
                 }
             }
@@ -883,9 +901,21 @@ fn encode_header(
     len: u32,
     hash: &[u8; 32],
 ) -> [u8; RECORD_HEADER_LEN] {
+    encode_header_flagged(kind, 0, key, seq, len, hash)
+}
+
+fn encode_header_flagged(
+    kind: u8,
+    flags: u8,
+    key: &str,
+    seq: u64,
+    len: u32,
+    hash: &[u8; 32],
+) -> [u8; RECORD_HEADER_LEN] {
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[0..4].copy_from_slice(&RECORD_MAGIC);
     h[4] = kind;
+    h[5] = flags;
     h[8..12].copy_from_slice(&(key.len() as u32).to_le_bytes());
     h[12..16].copy_from_slice(&len.to_le_bytes());
     h[16..24].copy_from_slice(&seq.to_le_bytes());
@@ -959,6 +989,8 @@ struct Scan {
     /// Puts of the newest segment whose bytes do not match their hash (key, entry, the
     /// hash in the header), not applied to the index.
     mismatched: Vec<(String, Entry, [u8; 32])>,
+    /// Records with the same seq as the one the index holds for their key.
+    ties: Vec<(String, Entry)>,
     damage: Option<String>,
 }
 
@@ -985,6 +1017,7 @@ fn scan_segment(
         file_len,
         clean_tail: false,
         mismatched: Vec::new(),
+        ties: Vec::new(),
         damage: None,
     };
     let mut pos = SEGMENT_HEADER_LEN;
@@ -1055,10 +1088,11 @@ fn scan_segment(
             scan.mismatched.push((key, entry, rec.hash));
             continue;
         }
-        // Equal seqs: a compaction copy (in a newer segment) and its original, left by a
-        // crash before the original's removal: keep the original, it was durable.
         match index.get(&key) {
-            Some(old) if old.seq >= entry.seq => {}
+            // Equal seqs: copies of one record by compactions a crash interrupted (one of
+            // them possibly cut short); the caller keeps one whose bytes check out.
+            Some(old) if old.seq == entry.seq => scan.ties.push((key, entry)),
+            Some(old) if old.seq > entry.seq => {}
             _ => {
                 index.insert(key, entry);
             }
@@ -1081,6 +1115,24 @@ fn scan_segment(
         ));
     }
     Ok(scan)
+}
+
+/// Whether the put record `entry` of `key` in `file` has a valid header for that key and
+/// bytes that match its hash.
+fn record_is_whole(file: &File, key: &str, entry: &Entry) -> bool {
+    let mut bytes = vec![0u8; entry.record_len() as usize];
+    if read_exact_at(file, &mut bytes, entry.offset()).is_err() {
+        return false;
+    }
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h.copy_from_slice(&bytes[..RECORD_HEADER_LEN]);
+    let (stored_key, data) = bytes[RECORD_HEADER_LEN..].split_at(key.len());
+    parse_header(&h).is_some_and(|rec| {
+        rec.kind == KIND_PUT
+            && stored_key == key.as_bytes()
+            && header_check(&h[..56], stored_key) == rec.check
+            && *blake3::hash(data).as_bytes() == rec.hash
+    })
 }
 
 /// Recovers the newest segment after a crash: puts whose bytes do not match their hash
@@ -1461,6 +1513,43 @@ mod tests {
         assert_eq!(get(&pack, "stays").unwrap(), b"1");
         assert_eq!(get(&pack, "overwritten").unwrap(), b"new");
         assert_eq!(get(&pack, "deleted"), None);
+    }
+
+    /// A segment file made by hand: header, then `records`.
+    fn write_segment(dir: &Path, id: u64, records: &[&[u8]]) {
+        fs::create_dir_all(dir.join(PACK_DIR)).unwrap();
+        let mut bytes = SEGMENT_MAGIC.to_vec();
+        bytes.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        for record in records {
+            bytes.extend_from_slice(record);
+        }
+        fs::write(dir.join(PACK_DIR).join(segment_name(id)), bytes).unwrap();
+    }
+
+    #[test]
+    fn of_two_copies_with_one_seq_the_whole_one_is_read() {
+        let data = [9u8; 3000];
+        let hash = *blake3::hash(&data).as_bytes();
+        let copy = |bytes: &[u8]| {
+            let mut record =
+                encode_header_flagged(KIND_PUT, FLAG_COPIED, "k", 5, 3000, &hash).to_vec();
+            record.extend_from_slice(b"k");
+            record.extend_from_slice(bytes);
+            record
+        };
+        let (whole, cut) = (copy(&data), copy(&[0u8; 3000]));
+        let later = encode_record(KIND_PUT, "other", 6, b"x", blake3::hash(b"x").as_bytes());
+        // A copy cut short by a crash before a later compaction made a whole one, in
+        // either order of segments.
+        for (first, second) in [(&cut, &whole), (&whole, &cut)] {
+            let dir = tempfile::tempdir().unwrap();
+            write_segment(dir.path(), 0, &[first]);
+            write_segment(dir.path(), 1, &[second, &later]);
+            let pack = Pack::open(dir.path(), true, 4096).unwrap();
+            assert_eq!(get(&pack, "k").unwrap(), data);
+            assert_eq!(get(&pack, "other").unwrap(), b"x");
+        }
     }
 
     #[test]

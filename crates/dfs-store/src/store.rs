@@ -146,9 +146,15 @@ impl<P: PathTransform> StoreBuilder<P> {
             created.extend(missing);
         }
         let fsync = self.durability == Durability::Fsync;
-        let packed = self.pack > 0 || Pack::exists(&root);
+        let mut packed = self.pack > 0 || Pack::exists(&root);
         // A store with a pack is one `Store`'s alone; others share the root.
-        let lock = lock_root(&root, packed)?;
+        let mut lock = lock_root(&root, packed)?;
+        if !packed && Pack::exists(&root) {
+            // Another `Store` made the pack between the look and the lock.
+            drop(lock);
+            packed = true;
+            lock = lock_root(&root, true)?;
+        }
         let pack = if packed {
             Some(Pack::open(&root, fsync, self.pack)?)
         } else {
