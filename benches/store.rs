@@ -375,25 +375,24 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
     size
 }
 
+/// A store for the 4 KiB cases under `dir/name`, packing objects up to `pack` bytes.
+fn small_store(dir: &Path, name: &str, pack: u32, durability: Durability) -> Store {
+    Store::builder(dir.join(name))
+        .pack_small_objects(pack)
+        .durability(durability)
+        .open()
+        .unwrap()
+}
+
 fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
     let data = &pattern[..SMALL];
-    let fsync = Store::open(dir.join("small-fsync")).unwrap();
-    let nofsync = Store::builder(dir.join("small-nofsync"))
-        .durability(Durability::None)
-        .open()
-        .unwrap();
+    let fsync = small_store(dir, "small-fsync", 0, Durability::Fsync);
+    let nofsync = small_store(dir, "small-nofsync", 0, Durability::None);
     // The same with small objects packed (`StoreBuilder::pack_small_objects`): appended
     // to a log of segments, one data flush per durable write instead of two journal
     // commits.
-    let pack_fsync = Store::builder(dir.join("small-pack-fsync"))
-        .pack_small_objects(PACK_LIMIT)
-        .open()
-        .unwrap();
-    let pack_nofsync = Store::builder(dir.join("small-pack-nofsync"))
-        .pack_small_objects(PACK_LIMIT)
-        .durability(Durability::None)
-        .open()
-        .unwrap();
+    let pack_fsync = small_store(dir, "small-pack-fsync", PACK_LIMIT, Durability::Fsync);
+    let pack_nofsync = small_store(dir, "small-pack-nofsync", PACK_LIMIT, Durability::None);
     let cache: PathBuf = dir.join("cacache");
     let mut group = c.benchmark_group("store_4KiB");
     group
@@ -501,15 +500,8 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
 
     // Reads: a fixed set of objects, read round-robin into a fresh Vec (what
     // `cacache::read_sync` returns).
-    let read_store = Store::builder(dir.join("small-read"))
-        .durability(Durability::None)
-        .open()
-        .unwrap();
-    let read_pack = Store::builder(dir.join("small-pack-read"))
-        .pack_small_objects(PACK_LIMIT)
-        .durability(Durability::None)
-        .open()
-        .unwrap();
+    let read_store = small_store(dir, "small-read", 0, Durability::None);
+    let read_pack = small_store(dir, "small-pack-read", PACK_LIMIT, Durability::None);
     let read_cache = dir.join("cacache-read");
     let keys: Vec<String> = (0..READ_SET).map(|i| format!("read-{i}")).collect();
     for key in &keys {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Result, StoreError};
 use crate::path::MAX_KEY_LEN;
+use crate::store::read_up_to;
 
 /// Directory under the root holding the segments and the lock file.
 pub(crate) const PACK_DIR: &str = "pack";
@@ -799,7 +800,7 @@ fn read_segment_header(file: &File, path: &Path) -> Result<Header> {
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    let got = read_full(&mut reader, &mut header).map_err(io_err)?;
+    let got = read_up_to(&mut reader, &mut header).map_err(io_err)?;
     if header[..got].iter().all(|&b| b == 0) {
         let mut buf = vec![0u8; 64 * 1024];
         return Ok(if rest_is_zero(&mut reader, &mut buf).map_err(io_err)? {
@@ -1024,7 +1025,7 @@ fn scan_segment(
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut h = [0u8; RECORD_HEADER_LEN];
-        let got = read_full(&mut reader, &mut h).map_err(io_err)?;
+        let got = read_up_to(&mut reader, &mut h).map_err(io_err)?;
         let parsed = if got == RECORD_HEADER_LEN {
             parse_header(&h)
         } else {
@@ -1036,7 +1037,7 @@ fn scan_segment(
             break;
         };
         let mut key = vec![0u8; rec.key_len as usize];
-        if read_full(&mut reader, &mut key).map_err(io_err)? < key.len()
+        if read_up_to(&mut reader, &mut key).map_err(io_err)? < key.len()
             || header_check(&h[..56], &key) != rec.check
         {
             break;
@@ -1054,7 +1055,7 @@ fn scan_segment(
             let mut left = rec.len as usize;
             while left > 0 {
                 let take = left.min(buf.len());
-                let n = read_full(&mut reader, &mut buf[..take]).map_err(io_err)?;
+                let n = read_up_to(&mut reader, &mut buf[..take]).map_err(io_err)?;
                 if n == 0 {
                     break;
                 }
@@ -1220,24 +1221,10 @@ fn is_record_at(file: &File, offset: u64, file_len: u64) -> io::Result<bool> {
     Ok(header_check(&h[..56], &key) == rec.check)
 }
 
-/// Reads until `buf` is full or the end; returns the bytes read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// Whether everything left in `reader` is zero.
 fn rest_is_zero(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     loop {
-        let n = read_full(reader, buf)?;
+        let n = read_up_to(reader, buf)?;
         if buf[..n].iter().any(|&b| b != 0) {
             return Ok(false);
         }
