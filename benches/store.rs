@@ -446,11 +446,23 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
         ),
     ];
     let mut counter = 0u64;
-    for (label, write) in &writers {
+    // Every writer alone, then the durable ones and cacache again with WRITERS threads
+    // writing at once (each its own keys): concurrent durable appends to the pack share
+    // their fdatasyncs.
+    let alone = writers.iter().map(|w| (1, w));
+    let together = writers
+        .iter()
+        .filter(|(l, _)| CONCURRENT.contains(l))
+        .map(|w| (WRITERS, w));
+    for (threads, (label, write)) in alone.chain(together) {
         // Whatever the previous case left dirty is written back now, not during this one.
         settle();
-        let id = format!("store_4KiB/write/{label}");
-        group.bench_function(BenchmarkId::new("write", *label), |b| {
+        let case = match threads {
+            1 => "write".to_owned(),
+            n => format!("write_{n}threads"),
+        };
+        let id = format!("store_4KiB/{case}/{label}");
+        group.bench_function(BenchmarkId::new(&case, *label), |b| {
             b.iter_custom(|iters| {
                 let keys: Vec<String> = (0..iters)
                     .map(|_| {
@@ -458,44 +470,22 @@ fn small(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) {
                         format!("object-{counter}")
                     })
                     .collect();
+                let per_thread = keys.len().div_ceil(threads).max(1);
                 let start = Instant::now();
-                for key in &keys {
-                    write(key);
+                if threads == 1 {
+                    keys.iter().for_each(|key| write(key));
+                } else {
+                    std::thread::scope(|scope| {
+                        for chunk in keys.chunks(per_thread) {
+                            scope.spawn(|| chunk.iter().for_each(|key| write(key)));
+                        }
+                    });
                 }
                 let elapsed = start.elapsed();
                 record(&id, iters, elapsed);
                 elapsed
             })
         });
-    }
-    // The durable writers and cacache again, with WRITERS threads writing at once (each
-    // its own keys): concurrent durable appends to the pack share their fdatasyncs.
-    for (label, write) in writers.iter().filter(|(l, _)| CONCURRENT.contains(l)) {
-        settle();
-        let id = format!("store_4KiB/write_{WRITERS}threads/{label}");
-        group.bench_function(
-            BenchmarkId::new(format!("write_{WRITERS}threads"), *label),
-            |b| {
-                b.iter_custom(|iters| {
-                    let keys: Vec<String> = (0..iters)
-                        .map(|_| {
-                            counter += 1;
-                            format!("object-{counter}")
-                        })
-                        .collect();
-                    let per_thread = keys.len().div_ceil(WRITERS).max(1);
-                    let start = Instant::now();
-                    std::thread::scope(|scope| {
-                        for chunk in keys.chunks(per_thread) {
-                            scope.spawn(|| chunk.iter().for_each(|key| write(key)));
-                        }
-                    });
-                    let elapsed = start.elapsed();
-                    record(&id, iters, elapsed);
-                    elapsed
-                })
-            },
-        );
     }
 
     // Reads: a fixed set of objects, read round-robin into a fresh Vec (what
