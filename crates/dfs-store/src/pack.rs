@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Result, StoreError};
 use crate::path::MAX_KEY_LEN;
@@ -239,6 +239,15 @@ impl State {
     }
 }
 
+/// The group commit's state.
+#[derive(Debug)]
+struct SyncState {
+    /// The (segment, offset) up to which appends are known durable.
+    durable: (u64, u64),
+    /// A writer is in `fdatasync` for everything appended before it started.
+    flushing: bool,
+}
+
 /// The pack of one store.
 #[derive(Debug)]
 pub(crate) struct Pack {
@@ -247,8 +256,10 @@ pub(crate) struct Pack {
     /// Objects up to this size are written here (0: the pack only serves what it holds).
     max_object: u32,
     state: Mutex<State>,
-    /// The (segment, offset) up to which appends are known durable.
-    synced: Mutex<(u64, u64)>,
+    /// Group commit: what is durable, and whether a writer is flushing for the others.
+    sync: Mutex<SyncState>,
+    /// Notified when a flush ends.
+    flushed: Condvar,
     /// Set when a write or fsync of a segment failed: what reached the disk is unknown,
     /// so no append is acknowledged any more until the store is opened again.
     broken: AtomicBool,
@@ -384,13 +395,17 @@ impl Pack {
             }
             _ => new_segment(&dir, &mut state, fsync, false)?,
         }
-        let synced = (state.active, state.tail);
+        let durable = (state.active, state.tail);
         Ok(Pack {
             dir,
             fsync,
             max_object,
             state: Mutex::new(state),
-            synced: Mutex::new(synced),
+            sync: Mutex::new(SyncState {
+                durable,
+                flushing: false,
+            }),
+            flushed: Condvar::new(),
             broken: AtomicBool::new(false),
         })
     }
@@ -707,18 +722,29 @@ impl Pack {
             .inspect_err(|_| self.broken.store(true, Ordering::SeqCst))
     }
 
-    /// Waits until the append ending at (`segment`, `end`) is durable: one `fdatasync`
-    /// covers every append made before it, so concurrent writers share them.
+    /// Waits until the append ending at (`segment`, `end`) is durable. One writer at a
+    /// time flushes, for every append made before its flush starts; the others wait for
+    /// it (without holding a lock), then return, or one of them flushes what came since.
     fn make_durable(&self, segment: u64, end: u64) -> Result<()> {
         if !self.fsync {
             return Ok(());
         }
-        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
-        // After a failed fsync a second one may report success for pages that were never
-        // written: nothing waiting is acknowledged any more.
-        self.check_usable()?;
-        if *synced >= (segment, end) {
-            return Ok(());
+        let lock = || self.sync.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sync = lock();
+        loop {
+            // After a failed fsync a second one may report success for pages that were
+            // never written: nothing waiting is acknowledged any more.
+            self.check_usable()?;
+            if sync.durable >= (segment, end) {
+                return Ok(());
+            }
+            if !sync.flushing {
+                break;
+            }
+            sync = self
+                .flushed
+                .wait(sync)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         let (file, path, upto) = {
             let state = self.state();
@@ -728,9 +754,20 @@ impl Pack {
             let (file, path) = state.active()?;
             (file, path, (state.active, state.tail))
         };
-        file.sync_data().map_err(|e| self.fail("fsync", &path, e))?;
-        *synced = upto;
-        Ok(())
+        sync.flushing = true;
+        drop(sync);
+        let flushed = file.sync_data();
+        if flushed.is_err() {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        let mut sync = lock();
+        sync.flushing = false;
+        if flushed.is_ok() {
+            sync.durable = sync.durable.max(upto);
+        }
+        drop(sync);
+        self.flushed.notify_all();
+        flushed.map_err(|e| StoreError::io("fsync", &path, e))
     }
 }
 
