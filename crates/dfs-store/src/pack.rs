@@ -19,7 +19,7 @@ use crate::error::{Result, StoreError};
 use crate::path::MAX_KEY_LEN;
 use crate::store::read_up_to;
 
-/// Directory under the root holding the segments and the lock file.
+/// Directory under the root holding the segments.
 pub(crate) const PACK_DIR: &str = "pack";
 /// Suffix compaction gives a damaged segment it sets aside instead of removing.
 const DAMAGED_SUFFIX: &str = ".damaged";
@@ -122,19 +122,8 @@ impl Found {
 
     /// Checks the header and key at the start of `bytes`; returns the object's hash.
     fn check_header(&self, key: &str, bytes: &[u8]) -> Result<[u8; 32]> {
-        let mut h = [0u8; RECORD_HEADER_LEN];
-        h.copy_from_slice(&bytes[..RECORD_HEADER_LEN]);
-        let stored_key = &bytes[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len()];
-        match parse_header(&h) {
-            Some(rec)
-                if rec.kind == KIND_PUT
-                    && rec.len == self.entry.len
-                    && rec.key_len as usize == key.len()
-                    && stored_key == key.as_bytes()
-                    && header_check(&h[..56], stored_key) == rec.check =>
-            {
-                Ok(rec.hash)
-            }
+        match put_header(bytes, key) {
+            Some(rec) if rec.len == self.entry.len => Ok(rec.hash),
             _ => Err(StoreError::corrupt(
                 &self.path,
                 Some(key),
@@ -1162,15 +1151,22 @@ fn record_is_whole(file: &File, key: &str, entry: &Entry) -> bool {
     if read_exact_at(file, &mut bytes, entry.offset()).is_err() {
         return false;
     }
+    let data = &bytes[RECORD_HEADER_LEN + key.len()..];
+    put_header(&bytes, key).is_some_and(|rec| *blake3::hash(data).as_bytes() == rec.hash)
+}
+
+/// The header at the start of `bytes` (header and key, at least) if it is a valid put
+/// record of `key`: it parses, its key is `key`, and its header check matches.
+fn put_header(bytes: &[u8], key: &str) -> Option<RecordHeader> {
     let mut h = [0u8; RECORD_HEADER_LEN];
-    h.copy_from_slice(&bytes[..RECORD_HEADER_LEN]);
-    let (stored_key, data) = bytes[RECORD_HEADER_LEN..].split_at(key.len());
-    parse_header(&h).is_some_and(|rec| {
-        rec.kind == KIND_PUT
-            && stored_key == key.as_bytes()
-            && header_check(&h[..56], stored_key) == rec.check
-            && *blake3::hash(data).as_bytes() == rec.hash
-    })
+    h.copy_from_slice(bytes.get(..RECORD_HEADER_LEN)?);
+    let stored_key = bytes.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len())?;
+    let rec = parse_header(&h)?;
+    let valid = rec.kind == KIND_PUT
+        && rec.key_len as usize == key.len()
+        && stored_key == key.as_bytes()
+        && header_check(&h[..56], stored_key) == rec.check;
+    valid.then_some(rec)
 }
 
 /// Recovers the newest segment after a crash: puts whose bytes do not match their hash
