@@ -328,7 +328,10 @@ fn big(c: &mut Criterion, dir: &Path, pattern: &'static [u8]) -> u64 {
 
     // A filter that skips the writes (`-- store_1GiB/read`) still needs both files.
     if !store.has("big").unwrap() {
-        assert_eq!(store.write("big", Source::new(pattern, size)).unwrap(), size);
+        assert_eq!(
+            store.write("big", Source::new(pattern, size)).unwrap(),
+            size
+        );
     }
     if !plain.exists() {
         assert_eq!(std_write(&plain, Source::new(pattern, size)), size);
