@@ -316,14 +316,20 @@ impl Pack {
             let newest = i + 1 == count && Some(id) == highest;
             let mut scan = scan_segment(&file, &path, id, newest, &mut index)?;
             for (key, entry) in std::mem::take(&mut scan.ties) {
-                let held = index.get(&key).and_then(|held| {
-                    let segment = segments.get(&held.segment)?;
-                    Some((*held, &segment.file))
-                });
-                let keep_held = match held {
-                    Some((held, held_file)) => record_is_whole(held_file, &key, &held),
-                    None => false,
+                let Some(held) = index.get(&key).copied() else {
+                    continue;
                 };
+                // A later record of this segment replaced both copies: nothing to decide.
+                if held.seq != entry.seq {
+                    continue;
+                }
+                // The held copy is in an earlier segment, or earlier in this one.
+                let held_file = if held.segment == id {
+                    Some(&file)
+                } else {
+                    segments.get(&held.segment).map(|s| &*s.file)
+                };
+                let keep_held = held_file.is_some_and(|f| record_is_whole(f, &key, &held));
                 if !keep_held && record_is_whole(&file, &key, &entry) {
                     index.insert(key, entry);
                 }

@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used)] // tests and their helpers panic on failure
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dfs_store::{Durability, Expected, Store, StoreError};
 use proptest::prelude::*;
@@ -37,6 +38,9 @@ enum Op {
     },
     Clear,
     Compact,
+    /// A compaction cut by a crash after its copies were durable and before the segments
+    /// it copied were removed: they are put back, and the store is opened again.
+    CompactCut,
     Reopen,
 }
 
@@ -51,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => key.prop_map(|key| Op::Delete { key }),
         1 => Just(Op::Clear),
         1 => Just(Op::Compact),
+        1 => Just(Op::CompactCut),
         2 => Just(Op::Reopen),
     ]
 }
@@ -159,6 +164,25 @@ fn run(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseError> {
                 model.clear();
             }
             Op::Compact => store.compact().unwrap(),
+            Op::CompactCut => {
+                let pack = dir.path().join("pack");
+                let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&pack)
+                    .unwrap()
+                    .map(|e| {
+                        let path = e.unwrap().path();
+                        let bytes = fs::read(&path).unwrap();
+                        (path, bytes)
+                    })
+                    .collect();
+                store.compact().unwrap();
+                drop(store);
+                for (path, bytes) in before {
+                    if !path.exists() {
+                        fs::write(path, bytes).unwrap();
+                    }
+                }
+                store = open(dir.path(), durability);
+            }
             Op::Reopen => {
                 drop(store);
                 store = open(dir.path(), durability);
