@@ -279,6 +279,16 @@ impl Pack {
         let mut floor = 0;
         for id in ids {
             let path = dir.join(segment_name(id));
+            // A directory, link or device with a segment's name is not ours to open.
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => {
+                    let what = "not a regular file, with a segment's name; left alone";
+                    damage.push((path, what.to_owned()));
+                    continue;
+                }
+                Err(e) => return Err(StoreError::io("stat", &path, e)),
+            }
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -476,9 +486,9 @@ impl Pack {
     }
 
     /// Appends `key` -> `data` (whose BLAKE3 is `hash`) and waits until it is durable
-    /// (per the store's durability). Until this returns `Ok`, the previous version of the
-    /// key stands after a crash.
-    pub(crate) fn put(&self, key: &str, data: &[u8], hash: &[u8; 32]) -> Result<()> {
+    /// (per the store's durability, or in any case with `flush`). Until this returns `Ok`,
+    /// the previous version of the key stands after a crash.
+    pub(crate) fn put(&self, key: &str, data: &[u8], hash: &[u8; 32], flush: bool) -> Result<()> {
         let (segment, end) = {
             let mut state = self.state();
             let seq = state.seq(&self.dir)?;
@@ -496,7 +506,7 @@ impl Pack {
             state.set_live(key, Some(entry));
             (segment, u64::from(offset) + record.len() as u64)
         };
-        self.make_durable(segment, end)?;
+        self.make_durable(segment, end, flush)?;
         // The write is done and durable whatever happens next: a failed compaction is
         // retried by a later write (and a failed fsync in it stops further appends).
         let _ = self.compact_if_worthwhile();
@@ -518,7 +528,7 @@ impl Pack {
             state.set_live(key, None);
             (segment, u64::from(offset) + record.len() as u64)
         };
-        self.make_durable(segment, end)?;
+        self.make_durable(segment, end, false)?;
         Ok(true)
     }
 
@@ -720,8 +730,9 @@ impl Pack {
     /// Waits until the append ending at (`segment`, `end`) is durable. One writer at a
     /// time flushes, for every append made before its flush starts; the others wait for
     /// it (without holding a lock), then return, or one of them flushes what came since.
-    fn make_durable(&self, segment: u64, end: u64) -> Result<()> {
-        if !self.fsync {
+    /// Without fsync, only with `flush`.
+    fn make_durable(&self, segment: u64, end: u64, flush: bool) -> Result<()> {
+        if !self.fsync && !flush {
             return Ok(());
         }
         let lock = || self.sync.lock().unwrap_or_else(PoisonError::into_inner);
@@ -853,11 +864,18 @@ fn read_segment_header(file: &File, path: &Path) -> Result<Header> {
         |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     let version = u32_at(8);
     let flags = u32_at(12);
-    if version != SEGMENT_VERSION || flags & !FLAG_CLEARS != 0 {
+    if version != SEGMENT_VERSION {
         return Err(StoreError::UnsupportedVersion {
             path: path.to_owned(),
             version: u16::try_from(version).unwrap_or(u16::MAX),
         });
+    }
+    if flags & !FLAG_CLEARS != 0 {
+        return Err(StoreError::corrupt(
+            path,
+            None,
+            format!("segment flags {flags:#x} include some this build does not know"),
+        ));
     }
     Ok(Header::Ours {
         clears: flags & FLAG_CLEARS != 0,
@@ -1337,7 +1355,8 @@ mod tests {
     use super::*;
 
     fn put(pack: &Pack, key: &str, data: &[u8]) {
-        pack.put(key, data, blake3::hash(data).as_bytes()).unwrap();
+        pack.put(key, data, blake3::hash(data).as_bytes(), false)
+            .unwrap();
     }
 
     fn get(pack: &Pack, key: &str) -> Option<Vec<u8>> {

@@ -102,7 +102,10 @@ impl<P: PathTransform> StoreBuilder<P> {
     /// reclaimed as segments fill ([`Store::compact`] does it at once). The layout is in
     /// `FORMAT.md`, "Pack".
     ///
-    /// A store whose root has a pack always reads it, with or without this option.
+    /// A packed object is held whole in memory while it is written and while it is read
+    /// (at most `max_size` bytes). `0` means off (the default). A store whose root has a
+    /// pack always reads it, with or without this option; with it off, writes go to files
+    /// (and a write or delete of a packed key still appends to the pack).
     ///
     /// ```
     /// use dfs_store::Store;
@@ -438,8 +441,9 @@ impl<P: PathTransform> Store<P> {
         self.durability
     }
 
-    /// The file that holds (or would hold) `key`, after validating the key and the
-    /// transform's output.
+    /// The file that holds (or would hold) `key` as its own file, after validating the key
+    /// and the transform's output. A packed object lives in a pack segment instead:
+    /// [`ObjectMeta::path`] (from [`Store::stat`]) names the file that holds it.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -468,10 +472,14 @@ impl<P: PathTransform> Store<P> {
     ///
     /// The bytes stream through a 64 KiB buffer into a staging file under `<root>/tmp`,
     /// which is fsynced (per [`Durability`]) and renamed into place; the directory is
-    /// then fsynced. On any error the staging file is removed and the previous version,
-    /// if any, is untouched. Concurrent writers of one key: one whole version wins. (With
-    /// [`StoreBuilder::pack_small_objects`], an object that small is appended to the pack
-    /// instead, as durably and with the same guarantees.)
+    /// then fsynced. On an error before the rename the staging file is removed and the
+    /// previous version, if any, is untouched; if only the final directory fsync fails,
+    /// the new version is in place but may not survive a crash. Concurrent writers of one
+    /// key: one whole version wins. (With [`StoreBuilder::pack_small_objects`], an object
+    /// that small is appended to the pack instead, as durably and with the same
+    /// guarantees: a failed append leaves the previous version, a failed flush may leave
+    /// the new one readable until the store is opened again, and no further write is
+    /// acknowledged.)
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -615,10 +623,15 @@ impl<P: PathTransform> Store<P> {
         };
         opts.check(size, &hash)?;
         let _order = packed.lock(key);
-        packed.pack.put(key, &head, hash.as_bytes())?;
-        // The pack record shadows the key's file from now on: remove it (best effort;
-        // one left behind, say by a crash right here, is never read).
-        let _ = self.remove_file_object(&final_path);
+        // The pack record shadows the key's file from now on, which is then removed (best
+        // effort; one left behind, say by a crash right here, is never read). The record
+        // is flushed first even without fsync: else a crash could keep the removal and
+        // lose the record, and with it both versions.
+        let shadows = fs::symlink_metadata(&final_path).is_ok_and(|m| m.is_file());
+        packed.pack.put(key, &head, hash.as_bytes(), shadows)?;
+        if shadows {
+            let _ = self.remove_file_object(&final_path);
+        }
         Ok((size, hash))
     }
 
@@ -671,7 +684,20 @@ impl<P: PathTransform> Store<P> {
                 .map_err(|e| StoreError::io("fsync", &staging.path, e))?;
         }
         let _order = self.pack.as_ref().map(|packed| packed.lock(key));
-        self.commit(&mut staging, &loc, &final_path)?;
+        // A key moving out of the pack: its record goes once the file is durable, even
+        // without fsync (else a crash could keep the deletion and lose the file).
+        let moving = self
+            .pack
+            .as_ref()
+            .is_some_and(|packed| packed.pack.get(key).is_some());
+        let sync = self.durability == Durability::Fsync || moving;
+        if moving && self.durability != Durability::Fsync {
+            staging
+                .file
+                .sync_all()
+                .map_err(|e| StoreError::io("fsync", &staging.path, e))?;
+        }
+        self.commit(&mut staging, &loc, &final_path, sync)?;
         if let Some(packed) = &self.pack {
             // The file is durable: now the older pack record may go.
             packed.pack.delete(key)?;
@@ -679,8 +705,15 @@ impl<P: PathTransform> Store<P> {
         Ok(written)
     }
 
-    /// Renames the staged file into place, creating directories as needed.
-    fn commit(&self, staging: &mut Staging, loc: &PathKey, final_path: &Path) -> Result<()> {
+    /// Renames the staged file into place, creating directories as needed, and with
+    /// `sync` fsyncs the directory (and any on the path not yet known to be durable).
+    fn commit(
+        &self,
+        staging: &mut Staging,
+        loc: &PathKey,
+        final_path: &Path,
+        sync: bool,
+    ) -> Result<()> {
         let parent = final_path.parent().unwrap_or(&self.objects);
         let mut attempt = 0;
         loop {
@@ -689,7 +722,7 @@ impl<P: PathTransform> Store<P> {
             // creation and the rename: on NotFound, create them again and retry.
             let retry = attempt < COMMIT_ATTEMPTS;
             if !parent.is_dir() {
-                match self.create_dirs(loc) {
+                match self.create_dirs(loc, sync) {
                     Ok(()) => {}
                     Err((_, e)) if retry && e.kind() == ErrorKind::NotFound => continue,
                     Err((dir, e)) => return Err(StoreError::io("create directory", dir, e)),
@@ -704,7 +737,7 @@ impl<P: PathTransform> Store<P> {
                 Err(e) => return Err(StoreError::io("rename into", final_path, e)),
             }
         }
-        if self.durability == Durability::Fsync {
+        if sync {
             self.sync_dir(parent)?;
             // A directory on the path may have been created by another writer that has not
             // fsynced its parent yet (or failed to): the object is durable only once it is.
@@ -719,11 +752,10 @@ impl<P: PathTransform> Store<P> {
         Ok(())
     }
 
-    /// Creates the objects directory and the directories of `loc`, fsyncing the parent of
-    /// each one created (with [`Durability::Fsync`], each new directory stays recorded in
+    /// Creates the objects directory and the directories of `loc`, with `fsync` fsyncing
+    /// the parent of each one created (each new directory stays recorded in
     /// `unsynced_dirs` until that fsync succeeds). Errors carry the directory concerned.
-    fn create_dirs(&self, loc: &PathKey) -> Result<(), (PathBuf, io::Error)> {
-        let fsync = self.durability == Durability::Fsync;
+    fn create_dirs(&self, loc: &PathKey, fsync: bool) -> Result<(), (PathBuf, io::Error)> {
         let mut dir = self.objects.clone();
         let mut parent = self.root.clone();
         for segment in std::iter::once(None).chain(loc.dirs().iter().map(Some)) {
@@ -978,7 +1010,9 @@ impl<P: PathTransform> Store<P> {
 
     /// Iterates over the stored keys (read back from the object headers), in no
     /// particular order. Damaged or foreign files yield an `Err` item and iteration
-    /// goes on. Memory stays bounded by the directory depth, not the object count.
+    /// goes on. Without a pack, memory stays bounded by the directory depth, not the
+    /// object count; with one, a listing holds a copy of the pack's index and every key it
+    /// has yielded (so that a key moving between the pack and a file is listed once).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -2286,7 +2320,8 @@ impl Iterator for Walker {
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct ScrubReport {
-    /// Files examined.
+    /// What was examined: each object file, each packed object, and each pack file
+    /// found damaged.
     pub checked: u64,
     /// Every file that failed a check.
     pub bad: Vec<BadObject>,
@@ -2415,6 +2450,33 @@ mod tests {
         store.write("ab/cd/k", &b"v"[..]).unwrap();
         assert!(!store.unsynced_dirs.any());
         assert!(dir_syncs(&store).is_empty());
+    }
+
+    /// Without fsync, a key moving out of the pack into its own file gets a durable file
+    /// (and its new directories) before the pack record goes; other writes sync nothing.
+    #[test]
+    fn without_fsync_a_key_leaving_the_pack_is_made_durable_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::builder(dir.path())
+            .transform(crate::PlainPath)
+            .durability(Durability::None)
+            .pack_small_objects(16)
+            .open()
+            .unwrap();
+        store.write("ab/cd/k", &b"small"[..]).unwrap();
+        store.write("ab/cd/other", &[1u8; 100][..]).unwrap();
+        assert!(dir_syncs(&store).is_empty());
+        store.write("ab/cd/k", &[2u8; 100][..]).unwrap();
+        assert_eq!(dir_syncs(&store), [store.objects.join("ab/cd")]);
+        store.write("ab/cd/k", &[3u8; 100][..]).unwrap();
+        assert!(dir_syncs(&store).is_empty());
+        let mut read = Vec::new();
+        store
+            .read("ab/cd/k")
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read, [3u8; 100]);
     }
 
     #[test]

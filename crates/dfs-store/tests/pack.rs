@@ -615,6 +615,37 @@ fn odd_segment_names_never_panic_or_confuse_the_open() {
 }
 
 #[test]
+fn a_directory_or_link_named_like_a_segment_is_reported_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).write("k", &b"v"[..]).unwrap();
+    let pack = dir.path().join("pack");
+    fs::create_dir(pack.join("00000000000000aa.seg")).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        segments(dir.path())[0].clone(),
+        pack.join("00000000000000ab.seg"),
+    )
+    .unwrap();
+    let store = open(dir.path());
+    assert_eq!(read_all(&store, "k"), b"v");
+    store.write("k2", &b"v2"[..]).unwrap();
+    let bad: Vec<String> = store
+        .scrub()
+        .bad
+        .iter()
+        .map(|b| b.error.to_string())
+        .collect();
+    assert!(
+        bad.iter().all(|b| b.contains("not a regular file")) && !bad.is_empty(),
+        "{bad:?}"
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(read_all(&store, "k2"), b"v2");
+    assert!(pack.join("00000000000000aa.seg").is_dir());
+}
+
+#[test]
 fn a_key_moving_during_a_listing_is_listed_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
