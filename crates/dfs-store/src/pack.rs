@@ -182,6 +182,9 @@ struct State {
     next_id: u64,
     /// Damage found while opening: (file, what), reported by scrubs.
     damage: Vec<Damage>,
+    /// Why the last automatic compaction failed: reported by scrubs, and no write tries
+    /// again (a failure can cost a segment's worth of reads) until [`Pack::compact`].
+    compaction_failed: Option<String>,
 }
 
 impl State {
@@ -389,6 +392,7 @@ impl Pack {
             next_seq,
             next_id,
             damage,
+            compaction_failed: None,
         };
         match resume {
             // Appends go on where the newest segment ends (nothing but zeros after it), if
@@ -461,9 +465,17 @@ impl Pack {
             .collect()
     }
 
-    /// Damage found when the pack was opened.
+    /// Damage found when the pack was opened, and a failed automatic compaction.
     pub(crate) fn damage(&self) -> Vec<Damage> {
-        self.state().damage.clone()
+        let state = self.state();
+        let mut damage = state.damage.clone();
+        if let Some(e) = &state.compaction_failed {
+            let what = format!(
+                "automatic compaction failed ({e}); writes no longer try it (Store::compact does)"
+            );
+            damage.push((self.dir.clone(), what));
+        }
+        damage
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -507,9 +519,13 @@ impl Pack {
             (segment, u64::from(offset) + record.len() as u64)
         };
         self.make_durable(segment, end, flush)?;
-        // The write is done and durable whatever happens next: a failed compaction is
-        // retried by a later write (and a failed fsync in it stops further appends).
-        let _ = self.compact_if_worthwhile();
+        // The write is done and durable whatever happens next (a failed fsync in the
+        // compaction stops further appends).
+        if let Err(e) = self.compact_if_worthwhile()
+            && self.check_usable().is_ok()
+        {
+            self.state().compaction_failed = Some(e.to_string());
+        }
         Ok(())
     }
 
@@ -548,6 +564,7 @@ impl Pack {
         }
         state.index.clear();
         state.damage.clear();
+        state.compaction_failed = None;
         for (_, segment) in old {
             // What is left behind is removed by the next open (the clearing flag).
             let _ = remove_file(&segment.path);
@@ -562,6 +579,7 @@ impl Pack {
     pub(crate) fn compact(&self) -> Result<()> {
         self.check_usable()?;
         let mut state = self.state();
+        state.compaction_failed = None;
         // The active segment too, if it holds anything dead: sealed first.
         let active_dead = state
             .segments
@@ -586,6 +604,9 @@ impl Pack {
     /// live ones (so the work done stays proportional to the garbage made).
     fn compact_if_worthwhile(&self) -> Result<()> {
         let mut state = self.state();
+        if state.compaction_failed.is_some() {
+            return Ok(());
+        }
         let (used, live) = state
             .segments
             .iter()

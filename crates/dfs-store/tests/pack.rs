@@ -820,3 +820,41 @@ fn writes_after_an_interrupted_compaction_survive_the_next_open() {
     assert!(!store.has("x").unwrap());
     assert!(store.scrub().is_clean());
 }
+
+/// An automatic compaction that fails (here: its sealed segment was cut short behind the
+/// store's back) never fails the write that ran it; it is reported by `scrub` until
+/// `compact` succeeds, and `compact` returns the error itself.
+#[test]
+fn a_failed_automatic_compaction_is_reported_and_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_big(dir.path());
+    store.write("keep", &b"kept"[..]).unwrap();
+    // Two sealed segments, all dead but "keep".
+    let filler = vec![7u8; 1 << 20];
+    for i in 0..130 {
+        store.write(&format!("filler-{i}"), &filler[..]).unwrap();
+    }
+    for i in 0..130 {
+        store.delete(&format!("filler-{i}")).unwrap();
+    }
+    let first = segments(dir.path()).remove(0);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(50)
+        .unwrap();
+    store.write("x", &b"1"[..]).unwrap(); // runs the compaction, which fails
+    store.write("y", &b"2"[..]).unwrap();
+    let report = store.scrub();
+    let failed: Vec<String> = report
+        .bad
+        .iter()
+        .map(|b| b.error.to_string())
+        .filter(|e| e.contains("automatic compaction failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{report:?}");
+    assert!(first.exists());
+    assert!(store.compact().is_err());
+    assert_eq!(read_all(&store, "y"), b"2");
+}
