@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use crate::error::{Result, StoreError};
 use crate::path::MAX_KEY_LEN;
@@ -50,6 +50,11 @@ const FLAG_COPIED: u8 = 1;
 pub const MAX_PACKED: u32 = 1 << 20;
 /// A segment takes no more appends once it is this long (a record never straddles two).
 const SEGMENT_TARGET: u64 = 64 << 20;
+/// A compaction copies this many bytes of records at most under one hold of the state
+/// lock, so reads and writes wait at most that long for it.
+const COMPACT_BATCH: u64 = 1 << 20;
+/// A compaction flushes its copies with no lock held after this many bytes.
+const COMPACT_FLUSH: u64 = 8 << 20;
 /// With fsync, the active segment is zero-filled ahead of the appends by this much at a
 /// time, so an append overwrites allocated blocks and its `fdatasync` flushes data, not
 /// metadata.
@@ -255,6 +260,8 @@ pub(crate) struct Pack {
     /// Set when a write or fsync of a segment failed: what reached the disk is unknown,
     /// so no append is acknowledged any more until the store is opened again.
     broken: AtomicBool,
+    /// Held by a compaction: one at a time (writes skip theirs while one runs).
+    compacting: Mutex<()>,
 }
 
 impl Pack {
@@ -416,6 +423,7 @@ impl Pack {
             }),
             flushed: Condvar::new(),
             broken: AtomicBool::new(false),
+            compacting: Mutex::new(()),
         })
     }
 
@@ -578,94 +586,158 @@ impl Pack {
     /// sealed first if it holds anything dead).
     pub(crate) fn compact(&self) -> Result<()> {
         self.check_usable()?;
-        let mut state = self.state();
-        state.compaction_failed = None;
-        // The active segment too, if it holds anything dead: sealed first.
-        let active_dead = state
-            .segments
-            .get(&state.active)
-            .is_some_and(|s| s.live < s.used);
-        if active_dead {
-            self.roll(&mut state)?;
-        }
-        let sealed: Vec<u64> = state
-            .segments
-            .keys()
-            .copied()
-            .filter(|&id| id != state.active)
-            .collect();
+        let _compacting = self
+            .compacting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let sealed: Vec<u64> = {
+            let mut state = self.state();
+            state.compaction_failed = None;
+            // The active segment too, if it holds anything dead: sealed first.
+            let active_dead = state
+                .segments
+                .get(&state.active)
+                .is_some_and(|s| s.live < s.used);
+            if active_dead {
+                self.roll(&mut state)?;
+            }
+            let active = state.active;
+            state
+                .segments
+                .keys()
+                .copied()
+                .filter(|&id| id != active)
+                .collect()
+        };
         for id in sealed {
-            self.compact_oldest(&mut state, id)?;
+            self.compact_segment(id)?;
         }
         Ok(())
     }
 
     /// Compacts the oldest sealed segment if the sealed segments hold more dead bytes than
-    /// live ones (so the work done stays proportional to the garbage made).
+    /// live ones (so the work done stays proportional to the garbage made), unless a
+    /// compaction is running already.
     fn compact_if_worthwhile(&self) -> Result<()> {
-        let mut state = self.state();
-        if state.compaction_failed.is_some() {
-            return Ok(());
-        }
-        let (used, live) = state
-            .segments
-            .iter()
-            .filter(|(id, _)| **id != state.active)
-            .fold((0, 0), |(u, l), (_, s)| (u + s.used, l + s.live));
-        if used < SEGMENT_TARGET || live * 2 >= used {
-            return Ok(());
-        }
-        let Some(&oldest) = state.segments.keys().next() else {
-            return Ok(());
+        let _compacting = match self.compacting.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(()),
         };
-        if oldest == state.active {
-            return Ok(());
-        }
-        self.compact_oldest(&mut state, oldest)
+        let oldest = {
+            let state = self.state();
+            if state.compaction_failed.is_some() {
+                return Ok(());
+            }
+            let (used, live) = state
+                .segments
+                .iter()
+                .filter(|(id, _)| **id != state.active)
+                .fold((0, 0), |(u, l), (_, s)| (u + s.used, l + s.live));
+            if used < SEGMENT_TARGET || live * 2 >= used {
+                return Ok(());
+            }
+            match state.segments.keys().next() {
+                Some(&oldest) if oldest != state.active => oldest,
+                _ => return Ok(()),
+            }
+        };
+        self.compact_segment(oldest)
     }
 
     /// Copies the live records of the oldest segment `id` to the active one (with their
     /// sequence numbers), makes them durable, then removes the segment (a damaged one is
     /// set aside as `<name>.damaged` instead, for whoever investigates). Its deletions are
     /// dropped: every record they shadow is in this segment (it is the oldest), dead.
-    fn compact_oldest(&self, state: &mut State, id: u64) -> Result<()> {
+    ///
+    /// The caller holds `compacting`. The state lock is taken for [`COMPACT_BATCH`] bytes
+    /// of copies at a time, so reads and writes go on in between: a record overwritten or
+    /// deleted meanwhile is dead and not copied.
+    fn compact_segment(&self, id: u64) -> Result<()> {
         self.check_usable()?;
-        let Some(segment) = state.segments.get(&id) else {
-            return Ok(());
-        };
-        let (file, path) = (Arc::clone(&segment.file), segment.path.clone());
-        let (clears, damaged) = (segment.clears, segment.damaged);
-        let mut live: Vec<(String, Entry)> = state
-            .index
-            .iter()
-            .filter(|(_, e)| e.segment == id)
-            .map(|(k, e)| (k.clone(), *e))
-            .collect();
-        live.sort_by_key(|(_, e)| e.offset);
-        for (key, old) in live {
-            let mut record = vec![0u8; old.record_len() as usize];
-            read_exact_at(&file, &mut record, old.offset())
-                .map_err(|e| StoreError::io("read", &path, e))?;
-            // A new header from what the index knows (key, seq, length) and the stored
-            // hash, flagged as a copy; the bytes as they are: a damaged object stays
-            // damaged, and is never voided as a cut write once its copy is newest.
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(&record[24..56]);
-            let header =
-                encode_header_flagged(KIND_PUT, FLAG_COPIED, &key, old.seq, old.len, &hash);
-            record[..RECORD_HEADER_LEN].copy_from_slice(&header);
-            record[RECORD_HEADER_LEN..][..key.len()].copy_from_slice(key.as_bytes());
-            let (segment, offset) = self.append(state, &record)?;
-            let entry = Entry {
-                segment,
-                offset,
-                ..old
+        let (file, path, live) = {
+            let state = self.state();
+            let Some(segment) = state.segments.get(&id) else {
+                return Ok(());
             };
-            state.set_live(&key, Some(entry));
+            let mut live: Vec<(String, Entry)> = state
+                .index
+                .iter()
+                .filter(|(_, e)| e.segment == id)
+                .map(|(k, e)| (k.clone(), *e))
+                .collect();
+            live.sort_by_key(|(_, e)| e.offset);
+            (Arc::clone(&segment.file), segment.path.clone(), live)
+        };
+        let mut live = live.into_iter().peekable();
+        let mut unflushed = 0;
+        loop {
+            let mut state = self.state();
+            let Some(segment) = state.segments.get(&id) else {
+                return Ok(()); // cleared meanwhile
+            };
+            let (clears, damaged) = (segment.clears, segment.damaged);
+            let mut copied = 0;
+            while copied < COMPACT_BATCH {
+                let Some((key, old)) = live.next() else { break };
+                // Still the key's live record? (Overwritten or deleted since: dead.)
+                let current = state.index.get(&key);
+                if current.is_none_or(|e| e.segment != id || e.offset != old.offset) {
+                    continue;
+                }
+                let mut record = vec![0u8; old.record_len() as usize];
+                read_exact_at(&file, &mut record, old.offset())
+                    .map_err(|e| StoreError::io("read", &path, e))?;
+                // A new header from what the index knows (key, seq, length) and the stored
+                // hash, flagged as a copy; the bytes as they are: a damaged object stays
+                // damaged, and is never voided as a cut write once its copy is newest.
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&record[24..56]);
+                let header =
+                    encode_header_flagged(KIND_PUT, FLAG_COPIED, &key, old.seq, old.len, &hash);
+                record[..RECORD_HEADER_LEN].copy_from_slice(&header);
+                record[RECORD_HEADER_LEN..][..key.len()].copy_from_slice(key.as_bytes());
+                let (segment, offset) = self.append(&mut state, &record)?;
+                let entry = Entry {
+                    segment,
+                    offset,
+                    ..old
+                };
+                state.set_live(&key, Some(entry));
+                copied += old.record_len();
+            }
+            unflushed += copied;
+            if live.peek().is_none() && unflushed < COMPACT_FLUSH {
+                return self.finish_compaction(&mut state, id, &path, clears, damaged);
+            }
+            // The lock is let go between batches. What they copied is flushed with no lock
+            // held, every so often, so the flushes under the lock (a roll, the end) are
+            // short.
+            if unflushed >= COMPACT_FLUSH {
+                let (active, active_path) = state.active()?;
+                drop(state);
+                active
+                    .sync_data()
+                    .map_err(|e| self.fail("fsync", &active_path, e))?;
+                unflushed = 0;
+            }
         }
+    }
+
+    /// The end of [`Pack::compact_segment`], under the state lock: the copies are made
+    /// durable, then segment `id` goes.
+    fn finish_compaction(
+        &self,
+        state: &mut State,
+        id: u64,
+        path: &Path,
+        clears: bool,
+        damaged: bool,
+    ) -> Result<()> {
         // Everything copied is durable before the old copies go. This runs whatever the
         // store's durability: a segment removed ahead of a newer one's deletions could
-        // otherwise come back after a crash and revive deleted keys.
+        // otherwise come back after a crash and revive deleted keys. (Copies in a segment
+        // sealed since were made durable by the roll.)
         let (active, active_path) = state.active()?;
         active
             .sync_data()
@@ -689,14 +761,14 @@ impl Pack {
             let aside = self
                 .dir
                 .join(format!("{}{DAMAGED_SUFFIX}", segment_name(id)));
-            fs::rename(&path, &aside).map_err(|e| StoreError::io("set aside", &path, e))?;
+            fs::rename(path, &aside).map_err(|e| StoreError::io("set aside", path, e))?;
             for (p, _) in &mut state.damage {
                 if *p == path {
                     p.clone_from(&aside);
                 }
             }
         } else {
-            remove_file(&path)?;
+            remove_file(path)?;
         }
         state.segments.remove(&id);
         sync_dir(&self.dir)
