@@ -18,7 +18,7 @@ mod async_store;
 mod blocking_reader;
 
 pub use error::{Mismatch, Result, StoreError};
-pub use pack::MAX_PACKED;
+pub use pack::{MAX_PACKED, PackStats};
 pub use path::{
     HashPath, InvalidSegment, MAX_DEPTH, MAX_KEY_LEN, MAX_SEGMENT_LEN, PathKey, PathTransform,
     PlainPath, check_segment,

@@ -60,6 +60,24 @@ const COMPACT_FLUSH: u64 = 8 << 20;
 /// metadata.
 const EXTEND_STEP: u64 = 1 << 20;
 
+/// The size of a store's pack, from [`Store::pack_stats`](crate::Store::pack_stats).
+///
+/// Writes compact the oldest sealed segment once the sealed segments hold 64 MiB or more
+/// and less than half of it is live; [`Store::compact`](crate::Store::compact) rewrites
+/// everything at once, leaving `live_bytes == used_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PackStats {
+    /// Packed objects.
+    pub objects: u64,
+    /// Segment files in use.
+    pub segments: u64,
+    /// Bytes of records in the segments (headers, keys and objects, dead ones included).
+    pub used_bytes: u64,
+    /// Bytes of the live records: what a full compaction keeps.
+    pub live_bytes: u64,
+}
+
 /// A file of the pack and what is wrong with it, reported by scrubs.
 type Damage = (PathBuf, String);
 
@@ -471,6 +489,21 @@ impl Pack {
                 ))
             })
             .collect()
+    }
+
+    /// The pack's size and garbage.
+    pub(crate) fn stats(&self) -> PackStats {
+        let state = self.state();
+        let (used_bytes, live_bytes) = state
+            .segments
+            .values()
+            .fold((0, 0), |(u, l), s| (u + s.used, l + s.live));
+        PackStats {
+            objects: state.index.len() as u64,
+            segments: state.segments.len() as u64,
+            used_bytes,
+            live_bytes,
+        }
     }
 
     /// Damage found when the pack was opened, and a failed automatic compaction.

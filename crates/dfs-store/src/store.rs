@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
 use crate::error::{Mismatch, Result, StoreError};
 use crate::format::{FIXED_LEN, Header};
-use crate::pack::{Found, MAX_PACKED, Pack};
+use crate::pack::{Found, MAX_PACKED, Pack, PackStats};
 use crate::path::{HashPath, PathKey, PathTransform, check_key};
 use crate::tail::Tail;
 
@@ -1071,6 +1071,26 @@ impl<P: PathTransform> Store<P> {
             Some(packed) => packed.pack.compact(),
             None => Ok(()),
         }
+    }
+
+    /// The pack's size and how much of it is dead (overwritten or deleted objects, which
+    /// compaction reclaims), without I/O; `None` without a pack.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::builder(dir.path()).pack_small_objects(4096).open()?;
+    /// store.write("k", &b"v1"[..])?;
+    /// store.write("k", &b"v2"[..])?;
+    /// let stats = store.pack_stats().expect("a pack");
+    /// assert_eq!(stats.objects, 1);
+    /// assert!(stats.live_bytes * 2 == stats.used_bytes);
+    /// store.compact()?;
+    /// let stats = store.pack_stats().expect("a pack");
+    /// assert_eq!(stats.live_bytes, stats.used_bytes);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pack_stats(&self) -> Option<PackStats> {
+        self.pack.as_ref().map(|packed| packed.pack.stats())
     }
 
     /// Reads `key`'s whole object and checks its hash.

@@ -123,6 +123,17 @@ fn check(store: &Store, model: &BTreeMap<&str, Vec<u8>>) -> Result<(), TestCaseE
     }
     let report = store.scrub();
     prop_assert!(report.is_clean(), "scrub: {:?}", report);
+    // Every object that small is packed, and the pack's accounting matches: a record is
+    // a 72-byte header, the key and the bytes.
+    let packed: Vec<(&&str, &Vec<u8>)> = model
+        .iter()
+        .filter(|(_, v)| v.len() <= LIMIT as usize)
+        .collect();
+    let stats = store.pack_stats().unwrap();
+    prop_assert_eq!(stats.objects, packed.len() as u64);
+    let live: usize = packed.iter().map(|(k, v)| 72 + k.len() + v.len()).sum();
+    prop_assert_eq!(stats.live_bytes, live as u64);
+    prop_assert!(stats.used_bytes >= stats.live_bytes);
     Ok(())
 }
 
@@ -163,7 +174,11 @@ fn run(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseError> {
                 store.clear().unwrap();
                 model.clear();
             }
-            Op::Compact => store.compact().unwrap(),
+            Op::Compact => {
+                store.compact().unwrap();
+                let stats = store.pack_stats().unwrap();
+                prop_assert_eq!(stats.used_bytes, stats.live_bytes);
+            }
             Op::CompactCut => {
                 let pack = dir.path().join("pack");
                 let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&pack)
