@@ -103,7 +103,10 @@ impl<P: PathTransform> StoreBuilder<P> {
     /// `FORMAT.md`, "Pack".
     ///
     /// A packed object is held whole in memory while it is written and while it is read
-    /// (at most `max_size` bytes). `0` means off (the default). A store whose root has a
+    /// (at most `max_size` bytes). With [`PlainPath`](crate::PlainPath), keys where one is
+    /// a directory of the other (`a` and `a/b`) can both be stored while the shorter one
+    /// is packed; a later write of it as its own file then fails (without a pack the
+    /// second key is refused up front). `0` means off (the default). A store whose root has a
     /// pack always reads it, with or without this option; with it off, writes go to files
     /// (and a write or delete of a packed key still appends to the pack).
     ///
