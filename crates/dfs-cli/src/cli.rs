@@ -114,6 +114,13 @@ pub struct ServeArgs {
     /// most 256).
     #[arg(long, value_name = "N")]
     pub max_incoming_transfers: Option<usize>,
+    /// Keep files received from peers whose stored size is at most BYTES (at most 1048576)
+    /// in the store's pack of small objects instead of a file each: faster durable writes
+    /// of small files, an in-memory index of about 150 bytes per packed file (default 0:
+    /// off).
+    #[arg(long, value_name = "BYTES", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(dfs_store::MAX_PACKED)))]
+    pub pack_small: u32,
 }
 
 /// Arguments of `dfs put`.
@@ -280,6 +287,8 @@ mod tests {
             "127.0.0.1:3",
             "--max-incoming-transfers",
             "8",
+            "--pack-small",
+            "65536",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -290,6 +299,12 @@ mod tests {
             ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
         );
         assert_eq!(args.max_incoming_transfers, Some(8));
+        assert_eq!(args.pack_small, 65536);
+        let serve = |pack: &str| {
+            Cli::try_parse_from(["dfs", "serve", "-d", "/tmp/a", "--pack-small", pack])
+        };
+        assert!(serve("1048576").is_ok());
+        assert!(serve("1048577").is_err());
         let cli = Cli::try_parse_from(["dfs", "rm", "x", "--everywhere", "-d", "/tmp/a"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -61,7 +61,8 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     let mut builder = Config::builder(&data)
         .listen_addr(args.listen.clone())
         .network_secret(secret)
-        .fsync(!args.no_fsync);
+        .fsync(!args.no_fsync)
+        .pack_small_objects(args.pack_small);
     if let Some(key) = key {
         builder = builder.data_key(key);
     }

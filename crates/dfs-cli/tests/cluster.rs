@@ -15,7 +15,9 @@ fn put_and_get_through_different_nodes() {
     let keys = keygen(tmp.path(), "cluster");
     let a = Node::start(&tmp.path().join("a"), "a", &keys, &[], &["--no-fsync"]);
     let b = Node::start(&tmp.path().join("b"), "b", &keys, &[&a], &["--no-fsync"]);
-    let c = Node::start(&tmp.path().join("c"), "c", &keys, &[&a], &["--no-fsync"]);
+    // C keeps the small files it receives from peers in its store's pack.
+    let c_flags = ["--no-fsync", "--pack-small", "262144"];
+    let c = Node::start(&tmp.path().join("c"), "c", &keys, &[&a], &c_flags);
     for node in [&a, &b, &c] {
         node.wait_peers(2);
     }
@@ -61,6 +63,12 @@ fn put_and_get_through_different_nodes() {
     std::fs::write(&empty, b"").unwrap();
     b.ok(&["put", empty.to_str().unwrap()]);
     assert!(c.dfs(&["get", "empty"]).stdout.is_empty());
+    // Three objects each: photo.bin and notes.txt as files (stored through C, or large),
+    // C's replica of the empty file in its pack.
+    assert_eq!(
+        [a.object_files(), b.object_files(), c.object_files()],
+        [3, 3, 2]
+    );
 
     // ls, peers, status.
     let listed = a.ok(&["ls"]);
@@ -74,9 +82,11 @@ fn put_and_get_through_different_nodes() {
     let status = c.ok(&["status"]);
     assert!(status.contains("peers:    2"), "{status}");
     assert!(status.contains(&c.addr), "{status}");
-    let scrub = a.ok(&["scrub"]);
-    assert!(scrub.starts_with("checked:  "), "{scrub}");
-    assert!(!scrub.contains("checked:  0"), "{scrub}");
+    for node in [&a, &c] {
+        let scrub = node.ok(&["scrub"]);
+        assert!(scrub.starts_with("checked:  "), "{scrub}");
+        assert!(!scrub.contains("checked:  0"), "{scrub}");
+    }
 
     // Unknown names: exit 3 and one line.
     let out = b.dfs(&[

@@ -64,6 +64,7 @@ pub struct Config {
     pub(crate) fsync: bool,
     pub(crate) event_capacity: usize,
     pub(crate) max_incoming_transfers: usize,
+    pub(crate) pack_small_objects: u32,
 }
 
 impl Config {
@@ -83,6 +84,7 @@ impl Config {
                 fsync: true,
                 event_capacity: 1024,
                 max_incoming_transfers: 64,
+                pack_small_objects: 0,
             },
         }
     }
@@ -127,6 +129,11 @@ impl Config {
     /// at most half of them, at least one).
     pub fn max_incoming_transfers(&self) -> usize {
         self.max_incoming_transfers
+    }
+
+    /// Stored objects up to this many bytes go to the store's pack (0: off).
+    pub fn pack_small_objects(&self) -> u32 {
+        self.pack_small_objects
     }
 }
 
@@ -230,6 +237,26 @@ impl ConfigBuilder {
     /// ```
     pub fn max_incoming_transfers(mut self, n: usize) -> Self {
         self.config.max_incoming_transfers = n.clamp(1, MAX_INCOMING_TRANSFERS);
+        self
+    }
+
+    /// Objects this node receives from peers (replicas, and copies a `get` fetches) whose
+    /// stored (encrypted) size is at most `max_size` bytes go to the store's pack of small
+    /// objects instead of a file each
+    /// ([`dfs_store::StoreBuilder::pack_small_objects`]): one data flush per durable
+    /// write, shared by concurrent writers, instead of two journal commits. Default 0
+    /// (off); larger values are clamped to [`dfs_store::MAX_PACKED`] (1 MiB). Files stored
+    /// through this node (which replicas follow as they are written) keep a file each.
+    /// The pack's index lives in memory, about 150 bytes per packed object.
+    ///
+    /// ```
+    /// let config = dfs_server::Config::builder("/tmp/dfs-node")
+    ///     .pack_small_objects(64 * 1024)
+    ///     .build();
+    /// assert_eq!(config.pack_small_objects(), 64 * 1024);
+    /// ```
+    pub fn pack_small_objects(mut self, max_size: u32) -> Self {
+        self.config.pack_small_objects = max_size.min(dfs_store::MAX_PACKED);
         self
     }
 

@@ -291,6 +291,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         } else {
             Durability::None
         };
+        let pack = config.pack_small_objects;
         let (node_id, store, names) = tokio::task::spawn_blocking(move || -> Result<_> {
             std::fs::create_dir_all(&root).map_err(|source| ServerError::Io {
                 op: "create directory",
@@ -301,6 +302,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             let store = Store::builder(root.join("store"))
                 .transform(paths)
                 .durability(durability)
+                .pack_small_objects(pack)
                 .open()?;
             let names = NameIndex::open(root.join("names"), durability == Durability::Fsync)?;
             Ok((node_id, store, names))

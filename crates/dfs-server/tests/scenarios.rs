@@ -294,7 +294,53 @@ both_transports!(
     one_peer_gets_half_the_transfer_slots,
     shutdown_drains_in_flight_store,
     big_file_across_nodes,
+    small_copies_from_peers_go_to_the_pack,
 );
+
+/// With `pack_small_objects`, the small objects a node receives from peers (replicas, and
+/// copies `get` fetches) go to its store's pack, large ones to files; all read back, also
+/// after a restart, and verify clean.
+async fn small_copies_from_peers_go_to_the_pack<N: Net>(net: N) {
+    init_tracing();
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let packing = |dir: &Path, boot: &[String]| {
+        config(&net, dir, &key, boot)
+            .pack_small_objects(64 * 1024)
+            .build()
+    };
+    let start =
+        |dir: &Path, boot: &[String]| FileServer::start(packing(dir, boot), net.transport());
+    let a = start(d[0].path(), &[]).await.unwrap();
+    let b = start(d[1].path(), &[a.local_addr()]).await.unwrap();
+    mesh(&[&a, &b]).await;
+    let (small, large) = (pattern(1, 10_000), pattern(2, 300_000));
+    for (name, data) in [("small", &small), ("large", &large)] {
+        let receipt = a.store_bytes(name, data).await.unwrap();
+        assert_eq!(receipt.replicas, vec![b.node_id()]);
+    }
+    // The origin's own writes are files (replicas follow them as they are written).
+    assert_eq!(object_files(d[0].path()).len(), 2);
+    // B holds the small replica in its pack, the large one as a file.
+    assert_eq!(object_files(d[1].path()).len(), 1);
+    assert_eq!(b.get_bytes("small").await.unwrap(), small);
+    assert_eq!(b.get_bytes("large").await.unwrap(), large);
+    // A copy fetched back into A goes to A's pack.
+    a.delete("small", Scope::Local).await.unwrap();
+    assert_eq!(a.get_bytes("small").await.unwrap(), small);
+    assert_eq!(object_files(d[0].path()).len(), 1);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+
+    // After a restart (the pack's lock was let go), B serves both on its own.
+    let b = start(d[1].path(), &[]).await.unwrap();
+    assert_eq!(b.get_bytes("small").await.unwrap(), small);
+    assert_eq!(b.get_bytes("large").await.unwrap(), large);
+    b.shutdown().await.unwrap();
+    let store = dfs_store::Store::open(d[1].path().join("store")).unwrap();
+    assert_eq!(store.pack_stats().unwrap().objects, 1);
+    assert!(store.scrub().is_clean());
+}
 
 /// (1) 4 nodes, 5 files of 1 KiB stored on the bootstrap node, all read back (also after
 /// the bootstrap node dropped its copy, and from every other node).

@@ -302,6 +302,24 @@ impl Node {
         self.data.to_str().unwrap()
     }
 
+    /// How many objects the node's store keeps as files of their own (the rest are in
+    /// its pack, if it has one).
+    pub fn object_files(&self) -> usize {
+        let mut count = 0;
+        let mut stack = vec![self.data.join("store/objects")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+
     /// The process's peak resident set size in MiB (`VmHWM`), to check that memory does not
     /// grow with file size.
     pub fn peak_rss_mib(&self) -> u64 {
