@@ -559,15 +559,7 @@ impl Pack {
             state.set_live(key, Some(entry));
             (segment, u64::from(offset) + record.len() as u64)
         };
-        self.make_durable(segment, end, flush)?;
-        // The write is done and durable whatever happens next (a failed fsync in the
-        // compaction stops further appends).
-        if let Err(e) = self.compact_if_worthwhile()
-            && self.check_usable().is_ok()
-        {
-            self.state().compaction_failed = Some(e.to_string());
-        }
-        Ok(())
+        self.make_durable(segment, end, flush)
     }
 
     /// Appends a deletion of `key` if it has a live record, and waits until it is durable.
@@ -650,13 +642,25 @@ impl Pack {
 
     /// Compacts the oldest sealed segment if the sealed segments hold more dead bytes than
     /// live ones (so the work done stays proportional to the garbage made), unless a
-    /// compaction is running already.
-    fn compact_if_worthwhile(&self) -> Result<()> {
+    /// compaction is running already. Run by writes once they are done: a failure is
+    /// recorded for scrubs (and stops these compactions until [`Pack::compact`]), never
+    /// returned (a failed fsync in it stops further appends).
+    pub(crate) fn compact_if_worthwhile(&self) {
         let _compacting = match self.compacting.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Ok(()),
+            Err(TryLockError::WouldBlock) => return,
         };
+        // Recorded while `compacting` is held, so a `compact` that clears the record
+        // never runs between this failure and its record.
+        if let Err(e) = self.compact_if_worthwhile_inner()
+            && self.check_usable().is_ok()
+        {
+            self.state().compaction_failed = Some(e.to_string());
+        }
+    }
+
+    fn compact_if_worthwhile_inner(&self) -> Result<()> {
         let oldest = {
             let state = self.state();
             if state.compaction_failed.is_some() {
@@ -781,6 +785,12 @@ impl Pack {
             let (ids, _) = list_segments(&self.dir)?;
             for older in ids.into_iter().filter(|&older| older < id) {
                 let older = self.dir.join(segment_name(older));
+                // Not a regular file (a directory, link or FIFO): not ours, left alone.
+                let regular =
+                    fs::symlink_metadata(&older).map_err(|e| StoreError::io("stat", &older, e))?;
+                if !regular.is_file() {
+                    continue;
+                }
                 let file = File::open(&older).map_err(|e| StoreError::io("open", &older, e))?;
                 if let Header::Ours { .. } = read_segment_header(&file, &older)? {
                     remove_file(&older)?;
@@ -1483,6 +1493,7 @@ mod tests {
     fn put(pack: &Pack, key: &str, data: &[u8]) {
         pack.put(key, data, blake3::hash(data).as_bytes(), false)
             .unwrap();
+        pack.compact_if_worthwhile(); // as the store does
     }
 
     fn get(pack: &Pack, key: &str) -> Option<Vec<u8>> {

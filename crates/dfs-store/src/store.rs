@@ -625,16 +625,21 @@ impl<P: PathTransform> Store<P> {
             early_sync: false,
         };
         opts.check(size, &hash)?;
-        let _order = packed.lock(key);
+        let order = packed.lock(key);
         // The pack record shadows the key's file from now on, which is then removed (best
-        // effort; one left behind, say by a crash right here, is never read). The record
-        // is flushed first even without fsync: else a crash could keep the removal and
-        // lose the record, and with it both versions.
+        // effort; one left behind, say by a crash right here, is never read). Even
+        // without fsync, the record is flushed first (else a crash could keep the removal
+        // and lose the record, and with it both versions) and the removal after it (else
+        // a crash after a later delete of the key, once durable, could bring the file
+        // back).
         let shadows = fs::symlink_metadata(&final_path).is_ok_and(|m| m.is_file());
         packed.pack.put(key, &head, hash.as_bytes(), shadows)?;
         if shadows {
-            let _ = self.remove_file_object(&final_path);
+            let _ = self.remove_file_object(&final_path, true);
         }
+        drop(order);
+        // With the key's lock let go: a compaction takes a while.
+        packed.pack.compact_if_worthwhile();
         Ok((size, hash))
     }
 
@@ -740,7 +745,18 @@ impl<P: PathTransform> Store<P> {
                 Err(e) => return Err(StoreError::io("rename into", final_path, e)),
             }
         }
-        if sync {
+        if sync && self.durability != Durability::Fsync {
+            // Without fsync no directory on the path is known to be durable (none was
+            // recorded in `unsynced_dirs`): each one, up to the root.
+            let mut dir = Some(parent);
+            while let Some(d) = dir {
+                self.sync_dir(d)?;
+                if d == self.root {
+                    break;
+                }
+                dir = d.parent();
+            }
+        } else if sync {
             self.sync_dir(parent)?;
             // A directory on the path may have been created by another writer that has not
             // fsynced its parent yet (or failed to): the object is durable only once it is.
@@ -904,18 +920,19 @@ impl<P: PathTransform> Store<P> {
     pub fn delete(&self, key: &str) -> Result<bool> {
         let (_, path) = self.locate(key)?;
         let Some(packed) = &self.pack else {
-            return self.remove_file_object(&path);
+            return self.remove_file_object(&path, false);
         };
         let _order = packed.lock(key);
         // The file first: were the pack record deleted first, a crash in between would
         // bring back the older version the file may hold.
-        let file = self.remove_file_object(&path)?;
+        let file = self.remove_file_object(&path, false)?;
         let record = packed.pack.delete(key)?;
         Ok(file || record)
     }
 
-    /// Removes the object file at `path` and prunes the directories this leaves empty.
-    fn remove_file_object(&self, path: &Path) -> Result<bool> {
+    /// Removes the object file at `path` and prunes the directories this leaves empty; the
+    /// last directory changed is fsynced with [`Durability::Fsync`] or `sync`.
+    fn remove_file_object(&self, path: &Path, sync: bool) -> Result<bool> {
         match fs::metadata(path) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => return Ok(false),
@@ -940,10 +957,10 @@ impl<P: PathTransform> Store<P> {
             dir = d.parent();
             last_changed = dir.map(Path::to_path_buf);
         }
-        if self.durability == Durability::Fsync
+        if (sync || self.durability == Durability::Fsync)
             && let Some(d) = last_changed
         {
-            sync_dir(&d)?;
+            self.sync_dir(&d)?;
         }
         Ok(true)
     }
@@ -2476,7 +2493,8 @@ mod tests {
     }
 
     /// Without fsync, a key moving out of the pack into its own file gets a durable file
-    /// (and its new directories) before the pack record goes; other writes sync nothing.
+    /// (and every directory up to the root) before the pack record goes, and a key moving
+    /// into the pack has its file's removal made durable; other writes sync nothing.
     #[test]
     fn without_fsync_a_key_leaving_the_pack_is_made_durable_first() {
         let dir = tempfile::tempdir().unwrap();
@@ -2490,9 +2508,19 @@ mod tests {
         store.write("ab/cd/other", &[1u8; 100][..]).unwrap();
         assert!(dir_syncs(&store).is_empty());
         store.write("ab/cd/k", &[2u8; 100][..]).unwrap();
-        assert_eq!(dir_syncs(&store), [store.objects.join("ab/cd")]);
+        let up_to_root = [
+            store.objects.join("ab/cd"),
+            store.objects.join("ab"),
+            store.objects.clone(),
+            store.root.clone(),
+        ];
+        assert_eq!(dir_syncs(&store), up_to_root);
         store.write("ab/cd/k", &[3u8; 100][..]).unwrap();
         assert!(dir_syncs(&store).is_empty());
+        store.write("ab/cd/k", &b"small again"[..]).unwrap();
+        assert_eq!(dir_syncs(&store), [store.objects.join("ab/cd")]);
+        store.write("ab/cd/k", &[3u8; 100][..]).unwrap();
+        dir_syncs(&store);
         let mut read = Vec::new();
         store
             .read("ab/cd/k")

@@ -928,3 +928,46 @@ fn compactions_racing_writes_and_deletes_keep_every_acknowledged_version() {
     drop(Arc::into_inner(store).unwrap());
     check(&open_big(dir.path()));
 }
+
+/// A directory or a FIFO with a segment's name, older than a clearing segment: compacting
+/// the clearing segment (which removes the older segments a clear left behind) leaves
+/// them alone, and never blocks on the FIFO.
+#[test]
+fn compacting_a_clearing_segment_skips_directories_and_fifos() {
+    for kind in ["dir", "fifo"] {
+        let dir = tempfile::tempdir().unwrap();
+        let pack = dir.path().join("pack");
+        fs::create_dir_all(&pack).unwrap();
+        let odd = pack.join("0000000000000000.seg");
+        if kind == "dir" {
+            fs::create_dir(&odd).unwrap();
+        } else if !std::process::Command::new("mkfifo")
+            .arg(&odd)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            continue; // no mkfifo here
+        }
+        let store = Arc::new(open_big(dir.path()));
+        store.write("k", &b"v"[..]).unwrap();
+        store.clear().unwrap();
+        store.write("k", &b"after"[..]).unwrap();
+        fill(&store);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let compactor = {
+            let store = Arc::clone(&store);
+            thread::spawn(move || tx.send(store.compact().and_then(|()| store.compact())))
+        };
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(result) => result.unwrap(),
+            Err(_) => {
+                // Let the blocked open go, so the test ends, then fail.
+                let _ = fs::OpenOptions::new().write(true).open(&odd);
+                panic!("compaction blocked on a {kind} with a segment's name");
+            }
+        }
+        compactor.join().unwrap();
+        assert_eq!(read_all(&store, "k"), b"after");
+        assert!(fs::symlink_metadata(&odd).is_ok(), "{kind} left alone");
+    }
+}
