@@ -102,13 +102,15 @@ impl<P: PathTransform> StoreBuilder<P> {
     /// reclaimed as segments fill ([`Store::compact`] does it at once). The layout is in
     /// `FORMAT.md`, "Pack".
     ///
+    /// `0` means off (the default). A store whose root has a pack always reads it, with or
+    /// without this option; with it off, writes go to files (and a write or delete of a
+    /// packed key still appends to the pack).
+    ///
     /// A packed object is held whole in memory while it is written and while it is read
     /// (at most `max_size` bytes). With [`PlainPath`](crate::PlainPath), keys where one is
     /// a directory of the other (`a` and `a/b`) can both be stored while the shorter one
     /// is packed; a later write of it as its own file then fails (without a pack the
-    /// second key is refused up front). `0` means off (the default). A store whose root has a
-    /// pack always reads it, with or without this option; with it off, writes go to files
-    /// (and a write or delete of a packed key still appends to the pack).
+    /// second key is refused up front).
     ///
     /// ```
     /// use dfs_store::Store;
