@@ -131,7 +131,8 @@ impl Config {
         self.max_incoming_transfers
     }
 
-    /// Stored objects up to this many bytes go to the store's pack (0: off).
+    /// Objects received from peers of at most this many stored bytes go to the store's
+    /// pack (0: off); see [`ConfigBuilder::pack_small_objects`].
     pub fn pack_small_objects(&self) -> u32 {
         self.pack_small_objects
     }
