@@ -78,8 +78,8 @@ pub struct PackStats {
     pub live_bytes: u64,
 }
 
-/// A file of the pack and what is wrong with it, reported by scrubs.
-type Damage = (PathBuf, String);
+/// A file of the pack, the key concerned if known, and what is wrong, reported by scrubs.
+type Damage = (PathBuf, Option<String>, String);
 
 /// Where one object's record is: 32 bytes per packed object in memory, besides its key.
 /// The object's hash is read from the record's header when needed.
@@ -211,6 +211,14 @@ struct State {
 }
 
 impl State {
+    /// `key` was written or deleted: what was reported about an earlier version of it no
+    /// longer stands.
+    fn superseded(&mut self, key: &str) {
+        if !self.damage.is_empty() {
+            self.damage.retain(|(_, k, _)| k.as_deref() != Some(key));
+        }
+    }
+
     /// Points `key` at `entry` (or at nothing), keeping the segments' live counts.
     fn set_live(&mut self, key: &str, entry: Option<Entry>) {
         let old = match entry {
@@ -312,7 +320,7 @@ impl Pack {
                 Ok(meta) if meta.is_file() => {}
                 Ok(_) => {
                     let what = "not a regular file, with a segment's name; left alone";
-                    damage.push((path, what.to_owned()));
+                    damage.push((path, None, what.to_owned()));
                     continue;
                 }
                 Err(e) => return Err(StoreError::io("stat", &path, e)),
@@ -330,7 +338,9 @@ impl Pack {
                     headers.push((id, path, file, clears));
                 }
                 Header::Empty => remove_file(&path)?,
-                Header::Damaged(what) | Header::Foreign(what) => damage.push((path, what)),
+                Header::Damaged(what) | Header::Foreign(what) => {
+                    damage.push((path, None, what));
+                }
             }
         }
         let mut removed = false;
@@ -346,6 +356,9 @@ impl Pack {
         let mut index: HashMap<String, Entry> = HashMap::new();
         let mut segments: BTreeMap<u64, Segment> = BTreeMap::new();
         let mut resume = None;
+        // Puts found cut short (key, seq, and the segment to report, if not reported yet),
+        // voided at this open or an earlier one.
+        let mut voided: Vec<(String, u64, Option<PathBuf>)> = Vec::new();
         let count = headers.len();
         for (i, (id, path, file, clears)) in headers.into_iter().enumerate() {
             // The newest segment (where an append can have been cut short) is the last of
@@ -373,9 +386,18 @@ impl Pack {
                 }
             }
             if let Some(what) = &scan.damage {
-                damage.push((path.clone(), what.clone()));
+                damage.push((path.clone(), None, what.clone()));
             }
+            voided.extend(
+                std::mem::take(&mut scan.voids)
+                    .into_iter()
+                    .map(|(key, seq)| (key, seq, Some(path.clone()))),
+            );
             if newest {
+                for (key, entry, _) in &scan.mismatched {
+                    // Reported by `recover_newest`.
+                    voided.push((key.clone(), entry.seq, None));
+                }
                 recover_newest(&file, &path, &mut scan, &mut damage)?;
                 if scan.clean_tail {
                     resume = Some((id, scan.end, scan.file_len));
@@ -393,7 +415,22 @@ impl Pack {
                 },
             );
         }
+        // A void newer than its key's live version stands for a write that may be lost
+        // (cut by a crash, or its bytes damaged): reported until the key is written again,
+        // so that a caller can fetch a good copy (say, from a replica).
         let mut next_seq = 0;
+        for (key, seq, path) in voided {
+            next_seq = next_seq.max(seq + 1);
+            let newer = index.get(&key).is_none_or(|live| live.seq < seq);
+            if let (true, Some(path)) = (newer, path) {
+                let what = format!(
+                    "a put of key {key:?} (seq {seq}) did not reach the disk whole and was \
+                     voided when the store was opened: the key's previous version (or none) \
+                     stands until it is written again"
+                );
+                damage.push((path, Some(key), what));
+            }
+        }
         index.retain(|_, entry| {
             next_seq = next_seq.max(entry.seq + 1);
             !entry.deleted
@@ -514,7 +551,7 @@ impl Pack {
             let what = format!(
                 "automatic compaction failed ({e}); writes no longer try it (Store::compact does)"
             );
-            damage.push((self.dir.clone(), what));
+            damage.push((self.dir.clone(), None, what));
         }
         damage
     }
@@ -557,6 +594,7 @@ impl Pack {
                 deleted: false,
             };
             state.set_live(key, Some(entry));
+            state.superseded(key);
             (segment, u64::from(offset) + record.len() as u64)
         };
         self.make_durable(segment, end, flush)
@@ -565,9 +603,16 @@ impl Pack {
     /// Appends a deletion of `key` if it has a live record, and waits until it is durable.
     /// Returns whether there was one.
     pub(crate) fn delete(&self, key: &str) -> Result<bool> {
-        let (segment, end) = {
+        let (segment, end, existed) = {
             let mut state = self.state();
-            if !state.index.contains_key(key) {
+            let existed = state.index.contains_key(key);
+            // A key with a reported lost write gets a delete record even with nothing
+            // live: it is newer than the voided put, so the report ends for good.
+            let reported = state
+                .damage
+                .iter()
+                .any(|(_, k, _)| k.as_deref() == Some(key));
+            if !existed && !reported {
                 return Ok(false);
             }
             let seq = state.seq(&self.dir)?;
@@ -575,10 +620,11 @@ impl Pack {
             let (segment, offset) = self.append(&mut state, &record)?;
             state.next_seq = seq + 1;
             state.set_live(key, None);
-            (segment, u64::from(offset) + record.len() as u64)
+            state.superseded(key);
+            (segment, u64::from(offset) + record.len() as u64, existed)
         };
         self.make_durable(segment, end, false)?;
-        Ok(true)
+        Ok(existed)
     }
 
     /// Removes every record at once: a new segment flagged as clearing every older one is
@@ -805,7 +851,7 @@ impl Pack {
                 .dir
                 .join(format!("{}{DAMAGED_SUFFIX}", segment_name(id)));
             fs::rename(path, &aside).map_err(|e| StoreError::io("set aside", path, e))?;
-            for (p, _) in &mut state.damage {
+            for (p, _, _) in &mut state.damage {
                 if *p == path {
                     p.clone_from(&aside);
                 }
@@ -930,6 +976,7 @@ fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<Damage>)> {
         {
             aside.push((
                 entry.path(),
+                None,
                 "a damaged segment set aside by compaction (its readable records were kept)"
                     .to_owned(),
             ));
@@ -1178,6 +1225,8 @@ struct Scan {
     mismatched: Vec<(String, Entry, [u8; 32])>,
     /// Records with the same seq as the one the index holds for their key.
     ties: Vec<(String, Entry)>,
+    /// Void records (key, seq): puts an earlier open found cut short.
+    voids: Vec<(String, u64)>,
     damage: Option<String>,
 }
 
@@ -1205,6 +1254,7 @@ fn scan_segment(
         clean_tail: false,
         mismatched: Vec::new(),
         ties: Vec::new(),
+        voids: Vec::new(),
         damage: None,
     };
     let mut pos = SEGMENT_HEADER_LEN;
@@ -1269,6 +1319,7 @@ fn scan_segment(
         pos += entry.record_len();
         scan.end = pos;
         if rec.kind == KIND_VOID {
+            scan.voids.push((key, rec.seq));
             continue;
         }
         if mismatch && !rec.copied {
@@ -1332,8 +1383,9 @@ fn put_header(bytes: &[u8], key: &str) -> Option<RecordHeader> {
 /// Recovers the newest segment after a crash: puts whose bytes do not match their hash
 /// were cut short (every acknowledged append was fsynced whole, and with it everything
 /// before it), so they are voided on disk and dropped, and the older version of their key
-/// stands (reported once, in `damage`: the same bytes could be damage); an end cut inside
-/// a record is truncated away, so appends can go on there.
+/// stands (reported in `damage` with the key, and at later opens until the key is written
+/// again: the same bytes could be damage); an end cut inside a record is truncated away,
+/// so appends can go on there.
 fn recover_newest(
     file: &File,
     path: &Path,
@@ -1344,6 +1396,7 @@ fn recover_newest(
     for (key, entry, hash) in &scan.mismatched {
         damage.push((
             path.to_owned(),
+            Some(key.clone()),
             format!(
                 "the put of key {key:?} at offset {} did not reach the disk whole (a write cut \
                  short by a crash, or damage): voided, the key's previous version stands",
@@ -1570,9 +1623,9 @@ mod tests {
         assert_eq!(
             damage.len(),
             1,
-            "the voided put is reported once: {damage:?}"
+            "the voided put is reported, once: {damage:?}"
         );
-        assert!(damage[0].1.contains("\"k\""), "{damage:?}");
+        assert!(damage[0].2.contains("\"k\""), "{damage:?}");
         assert_eq!(
             fs::metadata(&seg).unwrap().len(),
             tail,
@@ -1590,6 +1643,11 @@ mod tests {
         let pack = Pack::open(dir.path(), true, 4096).unwrap();
         assert_eq!(get(&pack, "new").unwrap(), b"x");
         assert_eq!(get(&pack, "k").unwrap(), b"acknowledged");
+        // The lost write of "k" is still reported, by key, until "k" is written again.
+        let damage = pack.damage();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].1.as_deref(), Some("k"));
+        put(&pack, "k", b"again");
         assert!(pack.damage().is_empty());
     }
 
@@ -1625,7 +1683,7 @@ mod tests {
         let damage = pack.damage();
         assert_eq!(damage.len(), 1, "{damage:?}");
         assert!(
-            damage[0].1.contains("invalid record at offset 16"),
+            damage[0].2.contains("invalid record at offset 16"),
             "{damage:?}"
         );
     }

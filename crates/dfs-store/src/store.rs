@@ -1143,14 +1143,10 @@ impl<P: PathTransform> Store<P> {
     pub fn scrub(&self) -> ScrubReport {
         let mut report = ScrubReport::default();
         if let Some(packed) = &self.pack {
-            for (path, reason) in packed.pack.damage() {
+            for (path, key, reason) in packed.pack.damage() {
                 report.checked += 1;
-                let error = StoreError::corrupt(&path, None, reason);
-                report.bad.push(BadObject {
-                    path,
-                    key: None,
-                    error,
-                });
+                let error = StoreError::corrupt(&path, key.as_deref(), reason);
+                report.bad.push(BadObject { path, key, error });
             }
             for (key, found) in packed.pack.snapshot() {
                 report.checked += 1;

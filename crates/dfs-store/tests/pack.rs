@@ -323,8 +323,9 @@ fn damaged_packed_bytes_are_an_error_never_wrong_bytes() {
     assert_eq!(read_all(&store, "victim"), data);
 }
 
-#[test]
-fn damage_in_the_newest_segment_counts_as_a_cut_write_and_is_reported() {
+/// A store whose newest segment holds "k" = "older", then a newer put of "k" whose bytes
+/// were damaged.
+fn damaged_newest_put() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     store.write("k", &b"older"[..]).unwrap();
@@ -335,16 +336,44 @@ fn damage_in_the_newest_segment_counts_as_a_cut_write_and_is_reported() {
     // Second record: after the first (72 + 1 + 5 bytes), its header and 1-byte key.
     bytes[16 + 78 + 73 + 1000] ^= 1;
     fs::write(&seg, bytes).unwrap();
+    dir
+}
+
+#[test]
+fn damage_in_the_newest_segment_counts_as_a_cut_write_and_is_reported() {
     // Indistinguishable from a write a crash cut short: the previous version stands, and
-    // the first scrub after it says what happened.
-    let store = open(dir.path());
-    assert_eq!(read_all(&store, "k"), b"older");
-    let report = store.scrub();
-    assert_eq!(report.bad.len(), 1, "{report:?}");
-    assert!(
-        report.bad[0].error.to_string().contains("voided"),
-        "{report:?}"
-    );
+    // scrubs name the key (so a caller can fetch a good copy, say from a replica), across
+    // reopens, until the key is written again or deleted.
+    let dir = damaged_newest_put();
+    let check = |store: &Store| {
+        assert_eq!(read_all(store, "k"), b"older");
+        let report = store.scrub();
+        assert_eq!(report.bad.len(), 1, "{report:?}");
+        assert_eq!(report.bad[0].key.as_deref(), Some("k"));
+        assert!(report.bad[0].error.is_corrupt());
+        assert!(
+            report.bad[0].error.to_string().contains("voided"),
+            "{report:?}"
+        );
+    };
+    check(&open(dir.path()));
+    check(&open(dir.path()));
+
+    let big = vec![6u8; 20_000];
+    for what in ["packed write", "file write", "delete"] {
+        let dir = damaged_newest_put();
+        let store = open(dir.path());
+        match what {
+            "packed write" => assert_eq!(store.write("k", &b"newest"[..]).unwrap(), 6),
+            "file write" => assert_eq!(store.write("k", &big[..]).unwrap(), 20_000),
+            _ => assert!(store.delete("k").unwrap()),
+        }
+        assert!(store.scrub().is_clean(), "after a {what}");
+        drop(store);
+        let store = open(dir.path());
+        assert!(store.scrub().is_clean(), "after a {what} and a reopen");
+        assert_eq!(store.has("k").unwrap(), what != "delete");
+    }
 }
 
 #[test]
