@@ -205,9 +205,12 @@ struct State {
     next_id: u64,
     /// Damage found while opening: (file, what), reported by scrubs.
     damage: Vec<Damage>,
-    /// Why the last automatic compaction failed: reported by scrubs, and no write tries
-    /// again (a failure can cost a segment's worth of reads) until [`Pack::compact`].
-    compaction_failed: Option<String>,
+    /// Why the last automatic compaction failed, and `appended` then: reported by scrubs,
+    /// and writes try again only after [`SEGMENT_TARGET`] more bytes were appended (a
+    /// failure can cost a segment's worth of reads), or [`Pack::compact`] does.
+    compaction_failed: Option<(String, u64)>,
+    /// Bytes appended since the pack was opened.
+    appended: u64,
 }
 
 impl State {
@@ -455,6 +458,7 @@ impl Pack {
             next_id,
             damage,
             compaction_failed: None,
+            appended: 0,
         };
         match resume {
             // Appends go on where the newest segment ends (nothing but zeros after it), if
@@ -547,9 +551,10 @@ impl Pack {
     pub(crate) fn damage(&self) -> Vec<Damage> {
         let state = self.state();
         let mut damage = state.damage.clone();
-        if let Some(e) = &state.compaction_failed {
+        if let Some((e, _)) = &state.compaction_failed {
             let what = format!(
-                "automatic compaction failed ({e}); writes no longer try it (Store::compact does)"
+                "automatic compaction failed ({e}); writes try it again once 64 MiB more \
+                 were appended (Store::compact at once)"
             );
             damage.push((self.dir.clone(), None, what));
         }
@@ -702,15 +707,19 @@ impl Pack {
         if let Err(e) = self.compact_if_worthwhile_inner()
             && self.check_usable().is_ok()
         {
-            self.state().compaction_failed = Some(e.to_string());
+            let mut state = self.state();
+            state.compaction_failed = Some((e.to_string(), state.appended));
         }
     }
 
     fn compact_if_worthwhile_inner(&self) -> Result<()> {
         let oldest = {
-            let state = self.state();
-            if state.compaction_failed.is_some() {
-                return Ok(());
+            let mut state = self.state();
+            if let Some((_, at)) = &state.compaction_failed {
+                if state.appended < at.saturating_add(SEGMENT_TARGET) {
+                    return Ok(());
+                }
+                state.compaction_failed = None; // tried again now
             }
             let (used, live) = state
                 .segments
@@ -892,6 +901,7 @@ impl Pack {
         })?;
         write_all_at(&file, record, offset).map_err(|e| self.fail("append to", &path, e))?;
         state.tail += len;
+        state.appended += len;
         let active = state.active;
         if let Some(segment) = state.segments.get_mut(&active) {
             segment.used += len;

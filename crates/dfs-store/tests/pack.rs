@@ -851,8 +851,8 @@ fn writes_after_an_interrupted_compaction_survive_the_next_open() {
 }
 
 /// An automatic compaction that fails (here: its sealed segment was cut short behind the
-/// store's back) never fails the write that ran it; it is reported by `scrub` until
-/// `compact` succeeds, and `compact` returns the error itself.
+/// store's back) never fails the write that ran it; it is reported by `scrub`, writes try
+/// again once 64 MiB more were appended, and `compact` returns the error itself.
 #[test]
 fn a_failed_automatic_compaction_is_reported_and_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -867,6 +867,7 @@ fn a_failed_automatic_compaction_is_reported_and_writes_go_on() {
         store.delete(&format!("filler-{i}")).unwrap();
     }
     let first = segments(dir.path()).remove(0);
+    let saved = fs::read(&first).unwrap();
     fs::OpenOptions::new()
         .write(true)
         .open(&first)
@@ -884,8 +885,30 @@ fn a_failed_automatic_compaction_is_reported_and_writes_go_on() {
         .collect();
     assert_eq!(failed.len(), 1, "{report:?}");
     assert!(first.exists());
-    assert!(store.compact().is_err());
     assert_eq!(read_all(&store, "y"), b"2");
+
+    // Mended (the same file, so the store's open handle sees it): small writes do not try
+    // again, the first after 64 MiB more does, and it succeeds.
+    fs::write(&first, &saved).unwrap();
+    store.write("z", &b"3"[..]).unwrap();
+    assert!(first.exists(), "not tried again yet");
+    for i in 0..65 {
+        store.write(&format!("more-{i}"), &filler[..]).unwrap();
+    }
+    assert!(!first.exists(), "compacted away");
+    assert!(store.scrub().is_clean());
+    assert_eq!(read_all(&store, "keep"), b"kept");
+
+    // An explicit compaction reports its failure itself.
+    let newest_sealed = segments(dir.path()).remove(0);
+    store.write("w", &b"4"[..]).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&newest_sealed)
+        .unwrap()
+        .set_len(50)
+        .unwrap();
+    assert!(store.compact().is_err());
 }
 
 /// Compactions run in batches, letting the lock go in between: writers, deleters and
