@@ -628,16 +628,16 @@ impl<P: PathTransform> Store<P> {
         };
         opts.check(size, &hash)?;
         let order = packed.lock(key);
-        // The pack record shadows the key's file from now on, which is then removed (best
-        // effort; one left behind, say by a crash right here, is never read). Even
-        // without fsync, the record is flushed first (else a crash could keep the removal
-        // and lose the record, and with it both versions) and the removal after it (else
-        // a crash after a later delete of the key, once durable, could bring the file
-        // back).
+        // The pack record shadows the key's file from now on, which is then removed (one
+        // left behind, say by a crash right here, is never read). Even without fsync, the
+        // record is flushed first (else a crash could keep the removal and lose the
+        // record, and with it both versions) and the removal after it (else a crash after
+        // a later delete of the key, once durable, could bring the file back): an error
+        // there fails the write, whose new version is in place but may not stay so.
         let shadows = fs::symlink_metadata(&final_path).is_ok_and(|m| m.is_file());
         packed.pack.put(key, &head, hash.as_bytes(), shadows)?;
         if shadows {
-            let _ = self.remove_file_object(&final_path, true);
+            self.remove_file_object(&final_path, true)?;
         }
         drop(order);
         // With the key's lock let go: a compaction takes a while.
