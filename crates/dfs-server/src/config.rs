@@ -250,6 +250,12 @@ impl ConfigBuilder {
     /// through this node (which replicas follow as they are written) keep a file each.
     /// The pack's index lives in memory, about 150 bytes per packed object.
     ///
+    /// With a pack, the store's root is locked exclusively for as long as the node's
+    /// store is open: until [`FileServer::shutdown`](crate::FileServer::shutdown) returns
+    /// and every clone of the handle is dropped. A node started on the same root before
+    /// then fails with [`dfs_store::StoreError::Locked`] (without a pack, two nodes could
+    /// share a root by mistake).
+    ///
     /// ```
     /// let config = dfs_server::Config::builder("/tmp/dfs-node")
     ///     .pack_small_objects(64 * 1024)
