@@ -253,8 +253,9 @@ impl ConfigBuilder {
     /// With a pack, the store's root is locked exclusively for as long as the node's
     /// store is open: until [`FileServer::shutdown`](crate::FileServer::shutdown) returns
     /// and every clone of the handle is dropped. A node started on the same root before
-    /// then fails with [`dfs_store::StoreError::Locked`] (without a pack, two nodes could
-    /// share a root by mistake).
+    /// then fails with [`dfs_store::StoreError::Locked`]. (Without a pack, nothing in
+    /// `dfs-server` stops two nodes from sharing a root by mistake; `dfs serve` locks its
+    /// data directory itself.)
     ///
     /// ```
     /// let config = dfs_server::Config::builder("/tmp/dfs-node")
