@@ -64,7 +64,8 @@ const EXTEND_STEP: u64 = 1 << 20;
 ///
 /// Writes compact the oldest sealed segment once the sealed segments hold 64 MiB or more
 /// and less than half of it is live; [`Store::compact`](crate::Store::compact) rewrites
-/// everything at once, leaving `live_bytes == used_bytes`.
+/// everything at once, leaving `live_bytes == used_bytes` (but for the small records that
+/// keep a lost write reported by scrubs until its key is written again).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PackStats {
@@ -211,14 +212,18 @@ struct State {
     compaction_failed: Option<(String, u64)>,
     /// Bytes appended since the pack was opened.
     appended: u64,
+    /// Keys whose newest put was voided (key -> its seq, the segment of the void record),
+    /// reported by scrubs until the key is written or deleted again. Compaction copies
+    /// these voids, so the report outlives their segment.
+    lost: HashMap<String, (u64, u64)>,
 }
 
 impl State {
     /// `key` was written or deleted: what was reported about an earlier version of it no
     /// longer stands.
     fn superseded(&mut self, key: &str) {
-        if !self.damage.is_empty() {
-            self.damage.retain(|(_, k, _)| k.as_deref() != Some(key));
+        if !self.lost.is_empty() {
+            self.lost.remove(key);
         }
     }
 
@@ -359,9 +364,8 @@ impl Pack {
         let mut index: HashMap<String, Entry> = HashMap::new();
         let mut segments: BTreeMap<u64, Segment> = BTreeMap::new();
         let mut resume = None;
-        // Puts found cut short (key, seq, and the segment to report, if not reported yet),
-        // voided at this open or an earlier one.
-        let mut voided: Vec<(String, u64, Option<PathBuf>)> = Vec::new();
+        // Puts found cut short (key, seq, segment), voided at this open or an earlier one.
+        let mut voided: Vec<(String, u64, u64)> = Vec::new();
         let count = headers.len();
         for (i, (id, path, file, clears)) in headers.into_iter().enumerate() {
             // The newest segment (where an append can have been cut short) is the last of
@@ -394,14 +398,13 @@ impl Pack {
             voided.extend(
                 std::mem::take(&mut scan.voids)
                     .into_iter()
-                    .map(|(key, seq)| (key, seq, Some(path.clone()))),
+                    .map(|(key, seq)| (key, seq, id)),
             );
             if newest {
                 for (key, entry, _) in &scan.mismatched {
-                    // Reported by `recover_newest`.
-                    voided.push((key.clone(), entry.seq, None));
+                    voided.push((key.clone(), entry.seq, id));
                 }
-                recover_newest(&file, &path, &mut scan, &mut damage)?;
+                recover_newest(&file, &path, &mut scan)?;
                 if scan.clean_tail {
                     resume = Some((id, scan.end, scan.file_len));
                 }
@@ -418,20 +421,16 @@ impl Pack {
                 },
             );
         }
-        // A void newer than its key's live version stands for a write that may be lost
-        // (cut by a crash, or its bytes damaged): reported until the key is written again,
-        // so that a caller can fetch a good copy (say, from a replica).
+        // A void newer than its key's live version (or delete) stands for a write that may
+        // be lost (cut by a crash, or its bytes damaged): reported until the key is written
+        // or deleted again, so that a caller can fetch a good copy (say, from a replica).
         let mut next_seq = 0;
-        for (key, seq, path) in voided {
+        let mut lost: HashMap<String, (u64, u64)> = HashMap::new();
+        for (key, seq, segment) in voided {
             next_seq = next_seq.max(seq + 1);
             let newer = index.get(&key).is_none_or(|live| live.seq < seq);
-            if let (true, Some(path)) = (newer, path) {
-                let what = format!(
-                    "a put of key {key:?} (seq {seq}) did not reach the disk whole and was \
-                     voided when the store was opened: the key's previous version (or none) \
-                     stands until it is written again"
-                );
-                damage.push((path, Some(key), what));
+            if newer && lost.get(&key).is_none_or(|&(other, _)| other < seq) {
+                lost.insert(key, (seq, segment));
             }
         }
         index.retain(|_, entry| {
@@ -459,6 +458,7 @@ impl Pack {
             damage,
             compaction_failed: None,
             appended: 0,
+            lost,
         };
         match resume {
             // Appends go on where the newest segment ends (nothing but zeros after it), if
@@ -551,6 +551,18 @@ impl Pack {
     pub(crate) fn damage(&self) -> Vec<Damage> {
         let state = self.state();
         let mut damage = state.damage.clone();
+        for (key, &(seq, segment)) in &state.lost {
+            let path = state
+                .segments
+                .get(&segment)
+                .map_or_else(|| self.dir.clone(), |s| s.path.clone());
+            let what = format!(
+                "a put of key {key:?} (seq {seq}) did not reach the disk whole and was voided \
+                 when the store was opened (a write cut short by a crash, or damage): the key's \
+                 previous version (or none) stands until it is written or deleted again"
+            );
+            damage.push((path, Some(key.clone()), what));
+        }
         if let Some((e, _)) = &state.compaction_failed {
             let what = format!(
                 "automatic compaction failed ({e}); writes try it again once 64 MiB more \
@@ -572,6 +584,12 @@ impl Pack {
             ));
         }
         Ok(())
+    }
+
+    /// Takes no further append until the store is opened again (what reached the disk is
+    /// unknown).
+    pub(crate) fn stop_appends(&self) {
+        self.broken.store(true, Ordering::SeqCst);
     }
 
     /// Marks the pack broken and returns the error.
@@ -613,10 +631,7 @@ impl Pack {
             let existed = state.index.contains_key(key);
             // A key with a reported lost write gets a delete record even with nothing
             // live: it is newer than the voided put, so the report ends for good.
-            let reported = state
-                .damage
-                .iter()
-                .any(|(_, k, _)| k.as_deref() == Some(key));
+            let reported = state.lost.contains_key(key);
             if !existed && !reported {
                 return Ok(false);
             }
@@ -648,6 +663,7 @@ impl Pack {
         }
         state.index.clear();
         state.damage.clear();
+        state.lost.clear();
         state.compaction_failed = None;
         for (_, segment) in old {
             // What is left behind is removed by the next open (the clearing flag).
@@ -800,6 +816,7 @@ impl Pack {
             }
             unflushed += copied;
             if live.peek().is_none() && unflushed < COMPACT_FLUSH {
+                self.copy_lost_voids(&mut state, id)?;
                 return self.finish_compaction(&mut state, id, &path, clears, damaged);
             }
             // The lock is let go between batches. What they copied is flushed with no lock
@@ -814,6 +831,25 @@ impl Pack {
                 unflushed = 0;
             }
         }
+    }
+
+    /// Copies the void records in segment `id` that stand for lost writes still reported
+    /// ([`State::lost`]): header and key only, flagged as copies, with their seq.
+    fn copy_lost_voids(&self, state: &mut State, id: u64) -> Result<()> {
+        let held: Vec<(String, u64)> = state
+            .lost
+            .iter()
+            .filter(|(_, (_, segment))| *segment == id)
+            .map(|(key, (seq, _))| (key.clone(), *seq))
+            .collect();
+        for (key, seq) in held {
+            let mut record =
+                encode_header_flagged(KIND_VOID, FLAG_COPIED, &key, seq, 0, &[0; 32]).to_vec();
+            record.extend_from_slice(key.as_bytes());
+            let (segment, _) = self.append(state, &record)?;
+            state.lost.insert(key, (seq, segment));
+        }
+        Ok(())
     }
 
     /// The end of [`Pack::compact_segment`], under the state lock: the copies are made
@@ -1396,23 +1432,9 @@ fn put_header(bytes: &[u8], key: &str) -> Option<RecordHeader> {
 /// stands (reported in `damage` with the key, and at later opens until the key is written
 /// again: the same bytes could be damage); an end cut inside a record is truncated away,
 /// so appends can go on there.
-fn recover_newest(
-    file: &File,
-    path: &Path,
-    scan: &mut Scan,
-    damage: &mut Vec<Damage>,
-) -> Result<()> {
+fn recover_newest(file: &File, path: &Path, scan: &mut Scan) -> Result<()> {
     let fixed = |e| StoreError::io("recover the cut end of", path, e);
     for (key, entry, hash) in &scan.mismatched {
-        damage.push((
-            path.to_owned(),
-            Some(key.clone()),
-            format!(
-                "the put of key {key:?} at offset {} did not reach the disk whole (a write cut \
-                 short by a crash, or damage): voided, the key's previous version stands",
-                entry.offset
-            ),
-        ));
         let void = encode_header(KIND_VOID, key, entry.seq, entry.len, hash);
         write_all_at(file, &void, entry.offset()).map_err(fixed)?;
     }

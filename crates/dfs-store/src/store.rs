@@ -632,12 +632,15 @@ impl<P: PathTransform> Store<P> {
         // left behind, say by a crash right here, is never read). Even without fsync, the
         // record is flushed first (else a crash could keep the removal and lose the
         // record, and with it both versions) and the removal after it (else a crash after
-        // a later delete of the key, once durable, could bring the file back): an error
-        // there fails the write, whose new version is in place but may not stay so.
+        // a later delete of the key, once durable, could bring the file back). If the
+        // removal fails, whether it is durable is unknown: the write fails and the pack
+        // takes no further append (no delete can then become durable ahead of it) until
+        // the store is opened again, when the pack record shadows the file anyway.
         let shadows = fs::symlink_metadata(&final_path).is_ok_and(|m| m.is_file());
         packed.pack.put(key, &head, hash.as_bytes(), shadows)?;
-        if shadows {
-            self.remove_file_object(&final_path, true)?;
+        if shadows && let Err(e) = self.remove_file_object(&final_path, true) {
+            packed.pack.stop_appends();
+            return Err(e);
         }
         drop(order);
         // With the key's lock let go: a compaction takes a while.
@@ -2526,6 +2529,35 @@ mod tests {
             .read_to_end(&mut read)
             .unwrap();
         assert_eq!(read, [3u8; 100]);
+    }
+
+    /// A packed write whose removal of the replaced file fails (here its directory fsync)
+    /// fails, and the pack takes no further append: no delete of the key can become
+    /// durable while the removal may not be.
+    #[test]
+    fn a_failed_removal_of_a_replaced_file_stops_the_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::builder(dir.path())
+            .transform(crate::PlainPath)
+            .pack_small_objects(16)
+            .open()
+            .unwrap();
+        store.write("ab/k", &[1u8; 100][..]).unwrap();
+        store.write("ab/other", &[1u8; 100][..]).unwrap();
+        store.dir_syncs.lock().unwrap().fail = Some(store.objects.join("ab"));
+        assert!(store.write("ab/k", &b"small"[..]).is_err());
+        assert!(store.delete("ab/k").is_err());
+        assert!(store.write("x", &b"y"[..]).is_err());
+        drop(store);
+        let store = Store::builder(dir.path())
+            .pack_small_objects(16)
+            .transform(crate::PlainPath)
+            .open()
+            .unwrap();
+        let mut read = Vec::new();
+        store.read("ab/k").unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"small");
+        assert!(store.delete("ab/k").unwrap());
     }
 
     #[test]

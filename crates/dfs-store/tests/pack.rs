@@ -376,6 +376,59 @@ fn damage_in_the_newest_segment_counts_as_a_cut_write_and_is_reported() {
     }
 }
 
+/// A put voided at open that is older than its key's live version (or delete) lost
+/// nothing: never reported, at any open.
+#[test]
+fn a_voided_put_older_than_the_live_version_is_not_reported() {
+    for then in ["write", "delete"] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.write("k", &vec![5u8; 3000][..]).unwrap();
+        if then == "delete" {
+            assert!(store.delete("k").unwrap());
+        } else {
+            store.write("k", &b"newest"[..]).unwrap();
+        }
+        drop(store);
+        let seg = segments(dir.path()).pop().unwrap();
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[16 + 73 + 1000] ^= 1; // the first record's bytes
+        fs::write(&seg, bytes).unwrap();
+        for _ in 0..2 {
+            let store = open(dir.path());
+            assert!(store.scrub().is_clean(), "{then}");
+            assert_eq!(store.has("k").unwrap(), then == "write");
+        }
+    }
+}
+
+/// The report of a lost write outlives a compaction of the segment holding its void (the
+/// void is copied), also across a reopen.
+#[test]
+fn a_lost_write_is_still_reported_after_compaction_and_a_reopen() {
+    let dir = damaged_newest_put();
+    let store = open(dir.path());
+    assert_eq!(store.scrub().bad.len(), 1);
+    store.compact().unwrap();
+    assert_eq!(store.scrub().bad.len(), 1);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(read_all(&store, "k"), b"older");
+    let report = store.scrub();
+    assert_eq!(report.bad.len(), 1, "{report:?}");
+    assert_eq!(report.bad[0].key.as_deref(), Some("k"));
+    store.write("k", &b"again"[..]).unwrap();
+    store.compact().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert!(store.scrub().is_clean());
+    let stats = store.pack_stats().unwrap();
+    assert_eq!(
+        stats.live_bytes, stats.used_bytes,
+        "the void went with its report"
+    );
+}
+
 #[test]
 fn a_truncated_or_garbage_segment_never_panics() {
     let dir = tempfile::tempdir().unwrap();
