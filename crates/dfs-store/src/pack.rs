@@ -573,7 +573,7 @@ impl Pack {
         damage
     }
 
-    fn check_usable(&self) -> Result<()> {
+    pub(crate) fn check_usable(&self) -> Result<()> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(StoreError::io(
                 "append to",
@@ -685,11 +685,20 @@ impl Pack {
         let sealed: Vec<u64> = {
             let mut state = self.state();
             state.compaction_failed = None;
-            // The active segment too, if it holds anything dead: sealed first.
+            // The active segment too, if it holds anything dead (other than the void
+            // records keeping lost writes reported, which a compaction would only copy
+            // again): sealed first.
+            let active = state.active;
+            let kept: u64 = state
+                .lost
+                .iter()
+                .filter(|(_, (_, segment))| *segment == active)
+                .map(|(key, _)| (RECORD_HEADER_LEN + key.len()) as u64)
+                .sum();
             let active_dead = state
                 .segments
-                .get(&state.active)
-                .is_some_and(|s| s.live < s.used);
+                .get(&active)
+                .is_some_and(|s| s.live + kept < s.used);
             if active_dead {
                 self.roll(&mut state)?;
             }

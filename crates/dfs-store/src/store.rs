@@ -987,6 +987,10 @@ impl<P: PathTransform> Store<P> {
     pub fn clear(&self) -> Result<()> {
         // With a pack, every key's lock: readers see the old store or an empty one.
         let all = self.pack.as_ref().map(Packed::lock_all);
+        if let Some(packed) = &self.pack {
+            // A pack that takes no append could not be cleared: touch nothing.
+            packed.pack.check_usable()?;
+        }
         let graveyard = self.tmp.join(staging_name("clear"));
         match fs::rename(&self.objects, &graveyard) {
             Ok(()) => {}
@@ -2548,6 +2552,9 @@ mod tests {
         assert!(store.write("ab/k", &b"small"[..]).is_err());
         assert!(store.delete("ab/k").is_err());
         assert!(store.write("x", &b"y"[..]).is_err());
+        // Nor can it be cleared: nothing is touched.
+        assert!(store.clear().is_err());
+        assert!(store.objects.join("ab/other").is_file());
         drop(store);
         let store = Store::builder(dir.path())
             .pack_small_objects(16)
