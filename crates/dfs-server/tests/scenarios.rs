@@ -298,22 +298,32 @@ both_transports!(
     a_packed_replica_damaged_while_down_is_repaired_by_scrub,
 );
 
+/// Starts a node that keeps the small objects it receives from peers in its store's pack.
+async fn start_packing<N: Net>(
+    net: &N,
+    dir: &Path,
+    key: &Key,
+    bootstrap: Vec<String>,
+) -> dfs_server::Result<FileServer<N::T>> {
+    init_tracing();
+    let config = config(net, dir, key, &bootstrap)
+        .pack_small_objects(64 * 1024)
+        .build();
+    FileServer::start(config, net.transport()).await
+}
+
 /// With `pack_small_objects`, the small objects a node receives from peers (replicas, and
 /// copies `get` fetches) go to its store's pack, large ones to files; all read back, also
 /// after a restart, and verify clean.
 async fn small_copies_from_peers_go_to_the_pack<N: Net>(net: N) {
-    init_tracing();
     let key = Key::generate().unwrap();
     let d = dirs(2);
-    let packing = |dir: &Path, boot: &[String]| {
-        config(&net, dir, &key, boot)
-            .pack_small_objects(64 * 1024)
-            .build()
-    };
-    let start =
-        |dir: &Path, boot: &[String]| FileServer::start(packing(dir, boot), net.transport());
-    let a = start(d[0].path(), &[]).await.unwrap();
-    let b = start(d[1].path(), &[a.local_addr()]).await.unwrap();
+    let a = start_packing(&net, d[0].path(), &key, vec![])
+        .await
+        .unwrap();
+    let b = start_packing(&net, d[1].path(), &key, vec![a.local_addr()])
+        .await
+        .unwrap();
     mesh(&[&a, &b]).await;
     let (small, large) = (pattern(1, 10_000), pattern(2, 300_000));
     for (name, data) in [("small", &small), ("large", &large)] {
@@ -334,7 +344,9 @@ async fn small_copies_from_peers_go_to_the_pack<N: Net>(net: N) {
     b.shutdown().await.unwrap();
 
     // After a restart (the pack's lock was let go), B serves both on its own.
-    let b = start(d[1].path(), &[]).await.unwrap();
+    let b = start_packing(&net, d[1].path(), &key, vec![])
+        .await
+        .unwrap();
     assert_eq!(b.get_bytes("small").await.unwrap(), small);
     assert_eq!(b.get_bytes("large").await.unwrap(), large);
     b.shutdown().await.unwrap();
@@ -348,18 +360,14 @@ async fn small_copies_from_peers_go_to_the_pack<N: Net>(net: N) {
 /// but it names the key, and `scrub` fetches the newest copy from a peer (also after
 /// another restart, the report lasts until the key is written again).
 async fn a_packed_replica_damaged_while_down_is_repaired_by_scrub<N: Net>(net: N) {
-    init_tracing();
     let key = Key::generate().unwrap();
     let d = dirs(2);
-    let packing = |dir: &Path, boot: &[String]| {
-        config(&net, dir, &key, boot)
-            .pack_small_objects(64 * 1024)
-            .build()
-    };
-    let start =
-        |dir: &Path, boot: &[String]| FileServer::start(packing(dir, boot), net.transport());
-    let a = start(d[0].path(), &[]).await.unwrap();
-    let b = start(d[1].path(), &[a.local_addr()]).await.unwrap();
+    let a = start_packing(&net, d[0].path(), &key, vec![])
+        .await
+        .unwrap();
+    let b = start_packing(&net, d[1].path(), &key, vec![a.local_addr()])
+        .await
+        .unwrap();
     mesh(&[&a, &b]).await;
     let (v1, v2) = (pattern(6, 10_000), pattern(7, 10_000));
     a.store_bytes("doc", &v1).await.unwrap();
@@ -382,7 +390,9 @@ async fn a_packed_replica_damaged_while_down_is_repaired_by_scrub<N: Net>(net: N
     std::fs::write(&seg, &bytes).unwrap();
 
     for restart in 0..2 {
-        let b = start(d[1].path(), &[a.local_addr()]).await.unwrap();
+        let b = start_packing(&net, d[1].path(), &key, vec![a.local_addr()])
+            .await
+            .unwrap();
         mesh(&[&a, &b]).await;
         let report = b.scrub().await.unwrap();
         if restart == 0 {
