@@ -312,19 +312,26 @@ async fn start_packing<N: Net>(
     FileServer::start(config, net.transport()).await
 }
 
+/// Two meshed packing nodes sharing `key`, in fresh directories (`a` bootstraps `b`).
+async fn packing_pair<N: Net>(
+    net: &N,
+    key: &Key,
+) -> (Vec<TempDir>, FileServer<N::T>, FileServer<N::T>) {
+    let d = dirs(2);
+    let a = start_packing(net, d[0].path(), key, vec![]).await.unwrap();
+    let b = start_packing(net, d[1].path(), key, vec![a.local_addr()])
+        .await
+        .unwrap();
+    mesh(&[&a, &b]).await;
+    (d, a, b)
+}
+
 /// With `pack_small_objects`, the small objects a node receives from peers (replicas, and
 /// copies `get` fetches) go to its store's pack, large ones to files; all read back, also
 /// after a restart, and verify clean.
 async fn small_copies_from_peers_go_to_the_pack<N: Net>(net: N) {
     let key = Key::generate().unwrap();
-    let d = dirs(2);
-    let a = start_packing(&net, d[0].path(), &key, vec![])
-        .await
-        .unwrap();
-    let b = start_packing(&net, d[1].path(), &key, vec![a.local_addr()])
-        .await
-        .unwrap();
-    mesh(&[&a, &b]).await;
+    let (d, a, b) = packing_pair(&net, &key).await;
     let (small, large) = (pattern(1, 10_000), pattern(2, 300_000));
     for (name, data) in [("small", &small), ("large", &large)] {
         let receipt = a.store_bytes(name, data).await.unwrap();
@@ -361,14 +368,7 @@ async fn small_copies_from_peers_go_to_the_pack<N: Net>(net: N) {
 /// another restart, the report lasts until the key is written again).
 async fn a_packed_replica_damaged_while_down_is_repaired_by_scrub<N: Net>(net: N) {
     let key = Key::generate().unwrap();
-    let d = dirs(2);
-    let a = start_packing(&net, d[0].path(), &key, vec![])
-        .await
-        .unwrap();
-    let b = start_packing(&net, d[1].path(), &key, vec![a.local_addr()])
-        .await
-        .unwrap();
-    mesh(&[&a, &b]).await;
+    let (d, a, b) = packing_pair(&net, &key).await;
     let (v1, v2) = (pattern(6, 10_000), pattern(7, 10_000));
     a.store_bytes("doc", &v1).await.unwrap();
     let receipt = a.store_bytes("doc", &v2).await.unwrap();
