@@ -203,7 +203,9 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     data_key: Key,
     fingerprint: [u8; 16],
     endpoint: Endpoint<T>,
-    store: Arc<Store<P>>,
+    /// Taken at the end of `shutdown`, so the store (and with a pack its root's lock) goes
+    /// even while clones of the handle live on.
+    store: Mutex<Option<Arc<Store<P>>>>,
     cipher: Arc<C>,
     names: NameIndex,
     events: broadcast::Sender<ServerEvent>,
@@ -337,7 +339,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             data_key,
             node_id,
             endpoint,
-            store: Arc::new(store),
+            store: Mutex::new(Some(Arc::new(store))),
             cipher,
             names,
             events: event_tx,
@@ -506,7 +508,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
                 Local::Damaged(e) => return Err(e),
             };
             let key = object.to_hex();
-            let store = Arc::clone(&self.inner.store);
+            let store = self.inner.store()?;
             let meta = tokio::task::spawn_blocking(move || store.stat(&key)).await??;
             (size, meta.size())
         };
@@ -579,7 +581,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     /// Whether this node holds a local copy of `name`.
     pub async fn has(&self, name: &str) -> Result<bool> {
         let key = self.object_id(name).to_hex();
-        let store = Arc::clone(&self.inner.store);
+        let store = self.inner.store()?;
         Ok(tokio::task::spawn_blocking(move || store.has(&key)).await??)
     }
 
@@ -621,7 +623,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
 
     /// The objects this node holds (its own files and opaque replicas).
     pub async fn list(&self) -> Result<Vec<FileInfo>> {
-        let store = Arc::clone(&self.inner.store);
+        let store = self.inner.store()?;
         let names = self.inner.names.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<FileInfo>> {
             let mut out = Vec::new();
@@ -655,7 +657,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     /// Reads every stored byte: run it from time to time, not on every request.
     pub async fn scrub(&self) -> Result<ScrubReport> {
         let _token = self.inner.begin()?;
-        let store = Arc::clone(&self.inner.store);
+        let store = self.inner.store()?;
         let found = tokio::task::spawn_blocking(move || store.scrub()).await?;
         let mut report = ScrubReport {
             checked: found.checked,
@@ -742,8 +744,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     }
 
     /// Stops the node gracefully: refuses new operations, lets in-flight stores, gets and
-    /// incoming replicas finish, then closes every connection. Other clones of this handle
-    /// get [`ServerError::ShuttingDown`] afterwards.
+    /// incoming replicas finish, then closes every connection and the store (so another
+    /// node may open its root at once). Other clones of this handle get
+    /// [`ServerError::ShuttingDown`] afterwards.
     pub async fn shutdown(self) -> Result<()> {
         let inner = self.inner;
         inner.closing.store(true, Ordering::SeqCst);
@@ -761,6 +764,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
                 warn!(error = %e, "background task panicked");
             }
         }
+        // Every task is done: the store closes now, whatever clones of this handle remain.
+        drop(lock(&inner.store).take());
         info!(node = %inner.node_id, "file server stopped");
         Ok(())
     }
@@ -812,6 +817,11 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         tasks.push(task);
     }
 
+    /// The store, until `shutdown` has finished.
+    fn store(&self) -> Result<Arc<Store<P>>> {
+        lock(&self.store).clone().ok_or(ServerError::ShuttingDown)
+    }
+
     fn begin(&self) -> Result<TaskTrackerToken> {
         let token = self.tracker.token();
         if self.closing.load(Ordering::SeqCst) {
@@ -833,7 +843,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         tail: Option<Tail>,
     ) -> Result<(u64, u64)> {
         let (tx, rx) = bridge::channel();
-        let store = Arc::clone(&self.store);
+        let store = self.store()?;
         let cipher = Arc::clone(&self.cipher);
         let names = self.names.clone();
         let fingerprint = self.fingerprint;
@@ -1062,7 +1072,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     /// streams). Returns (size, BLAKE3 hash, reader).
     async fn open_stored(&self, object: ObjectId) -> Result<(u64, [u8; 32], BlockingReader)> {
         let key = object.to_hex();
-        let store = Arc::clone(&self.store);
+        let store = self.store()?;
         let reader = tokio::task::spawn_blocking(move || store.read(&key)).await??;
         let (size, hash) = (reader.size(), *reader.hash());
         Ok((size, hash, bridge::async_reader(reader)))
@@ -1093,7 +1103,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let this = Arc::clone(self);
         let owned_name = name.to_owned();
         let opened = tokio::task::spawn_blocking(move || {
-            let reader = match this.store.read(&key) {
+            let reader = match this.store()?.read(&key) {
                 Ok(r) => r,
                 Err(e) if e.is_not_found() => return Ok(None),
                 Err(e) => return Err(ServerError::from(e)),
@@ -1271,7 +1281,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             });
         }
         let (tx, rx) = bridge::channel();
-        let store = Arc::clone(&self.store);
+        let store = self.store()?;
         let names = self.names.clone();
         let fingerprint = self.fingerprint;
         let cipher = Arc::clone(&self.cipher);
@@ -1339,7 +1349,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     ) -> Result<bool> {
         let _object = self.objects.lock(object).await;
         let key = object.to_hex();
-        let store = Arc::clone(&self.store);
+        let store = self.store()?;
         let names = self.names.clone();
         let existed = tokio::task::spawn_blocking(move || -> Result<bool> {
             let existed = store.delete(&key)?;
@@ -1529,7 +1539,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         }
         let _object = self.objects.lock(object).await;
         let (tx, rx) = bridge::channel();
-        let store = Arc::clone(&self.store);
+        let store = self.store()?;
         let key = object.to_hex();
         let writer = tokio::task::spawn_blocking(move || {
             store.write_expecting(&key, ChannelReader::new(rx), Expected::new(size, hash))
@@ -1560,7 +1570,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let (tx, rx) = bridge::channel();
         let trailer = Arc::new(Mutex::new(None::<Expected>));
         let writer = {
-            let (store, key) = (Arc::clone(&self.store), object.to_hex());
+            let (store, key) = (self.store()?, object.to_hex());
             let trailer = Arc::clone(&trailer);
             tokio::task::spawn_blocking(move || {
                 store.write_expecting_later(&key, ChannelReader::new(rx), move || {
@@ -1679,7 +1689,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     /// time, the answer is an `Error` and the requester takes another offer.
     async fn serve_get(&self, from: NodeId, mut s: Substream, object: ObjectId) -> Result<()> {
         let key = object.to_hex();
-        let store = Arc::clone(&self.store);
+        let store = self.store()?;
         let stat = tokio::task::spawn_blocking(move || store.stat(&key)).await?;
         let (size, hash) = match stat {
             Ok(meta) => (meta.size(), *meta.hash()),
@@ -1741,7 +1751,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
             }
         };
         let key = object.to_hex();
-        let store = Arc::clone(&self.store);
+        let store = self.store()?;
         let opened = tokio::task::spawn_blocking(move || store.read(&key)).await?;
         let refusal = match &opened {
             Ok(reader) if reader.size() == size && *reader.hash() == hash => None,

@@ -296,6 +296,7 @@ both_transports!(
     big_file_across_nodes,
     small_copies_from_peers_go_to_the_pack,
     a_packed_replica_damaged_while_down_is_repaired_by_scrub,
+    a_packing_node_restarts_while_a_clone_of_its_handle_lives,
 );
 
 /// Starts a node that keeps the small objects it receives from peers in its store's pack.
@@ -360,6 +361,27 @@ async fn small_copies_from_peers_go_to_the_pack<N: Net>(net: N) {
     let store = dfs_store::Store::open(d[1].path().join("store")).unwrap();
     assert_eq!(store.pack_stats().unwrap().objects, 1);
     assert!(store.scrub().is_clean());
+}
+
+/// `shutdown` closes the store, so a node with a pack (whose root is locked while its store
+/// is open) starts again on the same root even while a clone of the old handle lives on.
+async fn a_packing_node_restarts_while_a_clone_of_its_handle_lives<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(1);
+    let a = start_packing(&net, d[0].path(), &key, vec![])
+        .await
+        .unwrap();
+    a.store_bytes("doc", b"hello").await.unwrap();
+    let other = a.clone();
+    a.shutdown().await.unwrap();
+    let err = other.get_bytes("doc").await.unwrap_err();
+    assert!(matches!(err, ServerError::ShuttingDown), "{err}");
+    let again = start_packing(&net, d[0].path(), &key, vec![])
+        .await
+        .unwrap();
+    assert_eq!(again.get_bytes("doc").await.unwrap(), b"hello");
+    drop(other);
+    again.shutdown().await.unwrap();
 }
 
 /// A packed replica whose newest version rots while its node is down: at the next start
