@@ -204,7 +204,7 @@ struct State {
     next_seq: u64,
     /// The id of the next segment: after every segment file listed at open, ours or not.
     next_id: u64,
-    /// Damage found while opening: (file, what), reported by scrubs.
+    /// Damage found while opening, reported by scrubs.
     damage: Vec<Damage>,
     /// Why the last automatic compaction failed, and `appended` then: reported by scrubs,
     /// and writes try again only after [`SEGMENT_TARGET`] more bytes were appended (a
@@ -547,7 +547,8 @@ impl Pack {
         }
     }
 
-    /// Damage found when the pack was opened, and a failed automatic compaction.
+    /// Damage found when the pack was opened, the lost writes still reported, and a failed
+    /// automatic compaction.
     pub(crate) fn damage(&self) -> Vec<Damage> {
         let state = self.state();
         let mut damage = state.damage.clone();
