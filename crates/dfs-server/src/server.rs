@@ -21,7 +21,7 @@ use dfs_transport::{
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -197,6 +197,20 @@ impl AsyncRead for FileReader {
     }
 }
 
+/// The node's store, and a signal that fires when it is dropped.
+struct OpenStore<P: PathTransform> {
+    store: Store<P>,
+    _closed: oneshot::Sender<()>,
+}
+
+impl<P: PathTransform> std::ops::Deref for OpenStore<P> {
+    type Target = Store<P>;
+
+    fn deref(&self) -> &Store<P> {
+        &self.store
+    }
+}
+
 struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     config: Config,
     node_id: NodeId,
@@ -205,7 +219,10 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     endpoint: Endpoint<T>,
     /// Taken at the end of `shutdown`, so the store (and with a pack its root's lock) goes
     /// even while clones of the handle live on.
-    store: Mutex<Option<Arc<Store<P>>>>,
+    store: Mutex<Option<Arc<OpenStore<P>>>>,
+    /// Fires once the last reference to the store is gone (a blocking call that was
+    /// running when `shutdown` began holds one): `shutdown` waits for it.
+    store_closed: Mutex<Option<oneshot::Receiver<()>>>,
     cipher: Arc<C>,
     names: NameIndex,
     events: broadcast::Sender<ServerEvent>,
@@ -333,13 +350,18 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
                 Ok((Box::new(plain) as Box<dyn io::Read + Send>, len))
             })
         };
+        let (closed_tx, closed_rx) = oneshot::channel();
         let inner = Arc::new(Inner {
             fingerprint,
             decryptor,
             data_key,
             node_id,
             endpoint,
-            store: Mutex::new(Some(Arc::new(store))),
+            store: Mutex::new(Some(Arc::new(OpenStore {
+                store,
+                _closed: closed_tx,
+            }))),
+            store_closed: Mutex::new(Some(closed_rx)),
             cipher,
             names,
             events: event_tx,
@@ -764,8 +786,21 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
                 warn!(error = %e, "background task panicked");
             }
         }
-        // Every task is done: the store closes now, whatever clones of this handle remain.
-        drop(lock(&inner.store).take());
+        // Every task is done: the store closes now, whatever clones of this handle remain,
+        // once any blocking call still holding it (one a caller gave up waiting for, say)
+        // has returned.
+        let closed = lock(&inner.store_closed).take();
+        let store = lock(&inner.store).take();
+        if let Some(store) = store {
+            let running = Arc::strong_count(&store) - 1;
+            drop(store);
+            if running > 0 {
+                debug!(running, "waiting for store calls still running");
+            }
+        }
+        if let Some(closed) = closed {
+            let _ = closed.await; // the sender goes with the store
+        }
         info!(node = %inner.node_id, "file server stopped");
         Ok(())
     }
@@ -818,7 +853,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     }
 
     /// The store, until `shutdown` has finished.
-    fn store(&self) -> Result<Arc<Store<P>>> {
+    fn store(&self) -> Result<Arc<OpenStore<P>>> {
         lock(&self.store).clone().ok_or(ServerError::ShuttingDown)
     }
 
