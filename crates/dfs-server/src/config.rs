@@ -253,10 +253,10 @@ impl ConfigBuilder {
     /// With a pack, the store's root is locked exclusively for as long as the node's
     /// store is open: until [`FileServer::shutdown`](crate::FileServer::shutdown) returns
     /// (clones of the handle may live on), or, without `shutdown`, until the last handle
-    /// is dropped and the node's tasks end. A node started on the same root before then
-    /// fails with [`dfs_store::StoreError::Locked`]. (Without a pack, nothing in
-    /// `dfs-server` stops two nodes from sharing a root by mistake; `dfs serve` locks its
-    /// data directory itself.)
+    /// is dropped and the node's tasks, cancelled then, have ended. A node started on the
+    /// same root before then fails with [`dfs_store::StoreError::Locked`]. (Without a
+    /// pack, nothing in `dfs-server` stops two nodes from sharing a root by mistake;
+    /// `dfs serve` locks its data directory itself.)
     ///
     /// ```
     /// let config = dfs_server::Config::builder("/tmp/dfs-node")

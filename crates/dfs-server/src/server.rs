@@ -65,15 +65,35 @@ const REPAIR_EVERY: Duration = Duration::from_secs(1);
 /// the [`Cipher`] files are encrypted with. Cheap to clone: clones are handles to one node.
 /// It runs inside the caller's tokio runtime and never prints (it logs with `tracing`).
 ///
+/// Stop it with [`shutdown`](FileServer::shutdown), which lets in-flight work finish.
+/// Dropping the last handle instead stops it at once: its tasks are cancelled (transfers in
+/// flight fail on the peers' side) and the store closes as they end.
+///
 /// See the crate documentation for an example.
 pub struct FileServer<T: Transport, P: PathTransform = HashPath, C: Cipher = Aes256CtrBlake3> {
     inner: Arc<Inner<T, P, C>>,
+    /// Shared by the caller's handles only (the node's tasks hold `inner` alone).
+    last: Arc<LastHandle<T, P, C>>,
 }
 
 impl<T: Transport, P: PathTransform, C: Cipher> Clone for FileServer<T, P, C> {
     fn clone(&self) -> Self {
         FileServer {
             inner: Arc::clone(&self.inner),
+            last: Arc::clone(&self.last),
+        }
+    }
+}
+
+/// Stops the node when the caller's last handle goes without `shutdown`, even while its
+/// tasks still hold it (a parked `Get` offer waits up to 10 minutes for its requester):
+/// they are cancelled, and the store (with a pack, its root's lock) goes when they end.
+struct LastHandle<T: Transport, P: PathTransform, C: Cipher>(Weak<Inner<T, P, C>>);
+
+impl<T: Transport, P: PathTransform, C: Cipher> Drop for LastHandle<T, P, C> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.abandon();
         }
     }
 }
@@ -258,18 +278,26 @@ pub type StoredCiphertext = io::Chain<io::Cursor<Vec<u8>>, ObjectReader>;
 type Decryptor =
     Box<dyn Fn(ObjectReader, &str, &str) -> Result<(Box<dyn io::Read + Send>, u64)> + Send + Sync>;
 
-impl<T: Transport, P: PathTransform, C: Cipher> Drop for Inner<T, P, C> {
-    fn drop(&mut self) {
-        // The last handle is gone without `shutdown`: stop the background tasks and close
-        // the endpoint (in the background, when a runtime is still around).
+impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
+    /// The caller's last handle is gone without `shutdown`: refuse new requests, cancel
+    /// the tasks, stop the driver and close the endpoint (in the background, when a runtime
+    /// is still around). Does nothing after `shutdown` began, or a second time.
+    fn abandon(&self) {
+        if self.closing.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.cancel.cancel();
         self.dropped.cancel();
-        if !self.closing.load(Ordering::SeqCst)
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let endpoint = self.endpoint.clone();
             handle.spawn(async move { endpoint.close().await });
         }
+    }
+}
+
+impl<T: Transport, P: PathTransform, C: Cipher> Drop for Inner<T, P, C> {
+    fn drop(&mut self) {
+        self.abandon();
     }
 }
 
@@ -410,7 +438,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
                 inner.add_background(task);
             }
         }
-        Ok(FileServer { inner })
+        let last = Arc::new(LastHandle(Arc::downgrade(&inner)));
+        Ok(FileServer { inner, last })
     }
 
     /// This node's id (random, persisted in `<root>/node.id`).
@@ -770,8 +799,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     /// node may open its root at once). Other clones of this handle get
     /// [`ServerError::ShuttingDown`] afterwards.
     pub async fn shutdown(self) -> Result<()> {
-        let inner = self.inner;
+        let FileServer { inner, last } = self;
         inner.closing.store(true, Ordering::SeqCst);
+        drop(last);
         inner.cancel.cancel();
         inner.tracker.close();
         inner.tracker.wait().await;

@@ -297,6 +297,7 @@ both_transports!(
     small_copies_from_peers_go_to_the_pack,
     a_packed_replica_damaged_while_down_is_repaired_by_scrub,
     a_packing_node_restarts_while_a_clone_of_its_handle_lives,
+    a_node_dropped_with_a_parked_offer_frees_its_root,
 );
 
 /// Starts a node that keeps the small objects it receives from peers in its store's pack.
@@ -381,6 +382,49 @@ async fn a_packing_node_restarts_while_a_clone_of_its_handle_lives<N: Net>(net: 
         .unwrap();
     assert_eq!(again.get_bytes("doc").await.unwrap(), b"hello");
     drop(other);
+    again.shutdown().await.unwrap();
+}
+
+/// A node whose caller drops the last handle without `shutdown` stops at once, also while
+/// a peer holds one of its `Get` offers (which waits up to 10 minutes for `Proceed`): the
+/// offer's stream ends, and a packing node can start again on the same root.
+async fn a_node_dropped_with_a_parked_offer_frees_its_root<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let d = dirs(1);
+    let a = start_packing(&net, d[0].path(), &key, vec![])
+        .await
+        .unwrap();
+    a.store_bytes("doc", b"hello").await.unwrap();
+    let doc = a.object_id("doc");
+    let (_raw, peer) = raw_peer(&net, &a).await;
+    let mut offer = peer.open_stream().await.unwrap();
+    offer
+        .send(&Envelope::new(Message::Get { id: doc }))
+        .await
+        .unwrap();
+    let found = offer.recv::<Envelope>().await.unwrap().unwrap().message;
+    assert!(matches!(found, Message::Found { .. }), "{found:?}");
+
+    drop(a);
+    let ended = tokio::time::timeout(WAIT, offer.recv::<Envelope>())
+        .await
+        .expect("the parked offer outlived its node's last handle");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+    // The root's lock goes with the node's last task, just after the offer's stream ends.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let again = loop {
+        match start_packing(&net, d[0].path(), &key, vec![]).await {
+            Ok(node) => break node,
+            Err(ServerError::Store(e))
+                if matches!(e, dfs_store::StoreError::Locked { .. })
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("the root stayed locked: {e}"),
+        }
+    };
+    assert_eq!(again.get_bytes("doc").await.unwrap(), b"hello");
     again.shutdown().await.unwrap();
 }
 
@@ -1725,6 +1769,16 @@ async fn node_and_raw_peer<N: Net>(
     )
     .await
     .unwrap();
+    let (raw, peer) = raw_peer(net, &node).await;
+    (d, node, raw, peer)
+}
+
+/// A bare endpoint (no file server behind it) connected to `node`, for tests that speak
+/// the wire protocol themselves.
+async fn raw_peer<N: Net>(
+    net: &N,
+    node: &FileServer<N::T>,
+) -> ((Endpoint<N::T>, dfs_transport::Events), dfs_transport::Peer) {
     let (endpoint, events) = Endpoint::bind(
         net.transport(),
         net.listen(),
@@ -1733,7 +1787,7 @@ async fn node_and_raw_peer<N: Net>(
     .await
     .unwrap();
     let peer = endpoint.connect(&node.local_addr()).await.unwrap();
-    (d, node, (endpoint, events), peer)
+    ((endpoint, events), peer)
 }
 
 /// A node receiving a followed put commits it only with a matching trailer: a wrong hash
