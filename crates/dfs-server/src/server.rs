@@ -413,6 +413,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         inner.add_background(driver);
         let repairer = tokio::spawn(repair(Arc::downgrade(&inner), inner.cancel.clone()));
         inner.add_background(repairer);
+        let healer = tokio::spawn(heal(Arc::downgrade(&inner), inner.cancel.clone()));
+        inner.add_background(healer);
 
         // One attempt at every bootstrap address now (so a reachable bootstrap node is
         // connected when `start` returns); failures keep retrying in the background.
@@ -727,13 +729,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
                 continue;
             };
             warn!(%object, error = %bad.error, "damaged object; fetching a replacement");
-            let name = self.inner.names.get(&object.to_hex());
-            let label = name.clone().unwrap_or_else(|| object.to_hex());
-            let _object = self.inner.objects.lock(object).await;
-            let purpose = Purpose::Repair {
-                remember: name.is_some(),
-            };
-            match self.inner.fetch(&label, purpose, object).await {
+            match self.inner.replace(object).await {
                 Ok(()) => report.repaired.push(object),
                 Err(e) => report
                     .unrepaired
@@ -880,6 +876,18 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let mut tasks = lock(&self.background);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
+    }
+
+    /// Replaces the local copy of `object` (damaged, or its newest write lost) with a
+    /// verified copy from a peer.
+    async fn replace(self: &Arc<Self>, object: ObjectId) -> Result<()> {
+        let name = self.names.get(&object.to_hex());
+        let label = name.clone().unwrap_or_else(|| object.to_hex());
+        let _object = self.objects.lock(object).await;
+        let purpose = Purpose::Repair {
+            remember: name.is_some(),
+        };
+        self.fetch(&label, purpose, object).await
     }
 
     /// The store, until `shutdown` has finished.
@@ -2181,6 +2189,55 @@ async fn repair<T: Transport, P: PathTransform, C: Cipher>(
         if !missing.is_empty() {
             debug!(count = missing.len(), "redialling known peers");
             inner.on_peer_list(missing);
+        }
+    }
+}
+
+/// Fetches again from peers the objects whose newest write the store lost (a packed write
+/// voided at open: cut by a crash, or damaged while the node was down), so the node does
+/// not serve their previous version until someone runs `scrub`. Tries at start and each
+/// time a peer joins, until no such object is left (fetched, or written or deleted since).
+async fn heal<T: Transport, P: PathTransform, C: Cipher>(
+    inner: Weak<Inner<T, P, C>>,
+    cancel: CancellationToken,
+) {
+    let Some(mut joins) = inner.upgrade().map(|inner| inner.events.subscribe()) else {
+        return;
+    };
+    loop {
+        let Some(this) = inner.upgrade() else { return };
+        let Ok(store) = this.store() else { return };
+        let lost = store.lost_writes();
+        drop(store);
+        if lost.is_empty() {
+            return;
+        }
+        if this.endpoint.peers().iter().any(Peer::is_connected) {
+            for object in lost.iter().filter_map(|key| ObjectId::from_hex(key)) {
+                let replaced = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    replaced = this.replace(object) => replaced,
+                };
+                match replaced {
+                    Ok(()) => info!(%object, "fetched again an object whose newest write was lost"),
+                    Err(e) => {
+                        debug!(%object, error = %e, "an object whose newest write was lost: no copy yet")
+                    }
+                }
+            }
+        }
+        drop(this);
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => return,
+                event = joins.recv() => event,
+            };
+            match event {
+                Ok(ServerEvent::PeerJoined { .. })
+                | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
         }
     }
 }

@@ -547,6 +547,13 @@ impl Pack {
         }
     }
 
+    /// The keys of the lost writes still reported, sorted.
+    pub(crate) fn lost_writes(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.state().lost.keys().cloned().collect();
+        keys.sort_unstable();
+        keys
+    }
+
     /// Damage found when the pack was opened, the lost writes still reported, and a failed
     /// automatic compaction.
     pub(crate) fn damage(&self) -> Vec<Damage> {

@@ -1122,6 +1122,27 @@ impl<P: PathTransform> Store<P> {
         self.pack.as_ref().map(|packed| packed.pack.stats())
     }
 
+    /// Keys whose newest write this store lost, sorted, without I/O: a put to the pack
+    /// that had not reached the disk whole was voided when the store was opened (a write a
+    /// crash cut short, or damage while the store was closed), so the key reads as its
+    /// previous version, or not at all. A key stays listed, and in every
+    /// [`scrub`](Store::scrub) report, until it is written or deleted again; a caller with
+    /// replicas elsewhere can fetch the newest copy. Always empty without a pack (writing
+    /// a file is atomic).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = dfs_store::Store::builder(dir.path()).pack_small_objects(4096).open()?;
+    /// store.write("k", &b"v"[..])?;
+    /// assert!(store.lost_writes().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lost_writes(&self) -> Vec<String> {
+        self.pack
+            .as_ref()
+            .map_or_else(Vec::new, |packed| packed.pack.lost_writes())
+    }
+
     /// Reads `key`'s whole object and checks its hash.
     ///
     /// ```

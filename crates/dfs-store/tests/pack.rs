@@ -347,6 +347,7 @@ fn damage_in_the_newest_segment_counts_as_a_cut_write_and_is_reported() {
     let dir = damaged_newest_put();
     let check = |store: &Store| {
         assert_eq!(read_all(store, "k"), b"older");
+        assert_eq!(store.lost_writes(), ["k"]);
         let report = store.scrub();
         assert_eq!(report.bad.len(), 1, "{report:?}");
         assert_eq!(report.bad[0].key.as_deref(), Some("k"));
@@ -369,9 +370,14 @@ fn damage_in_the_newest_segment_counts_as_a_cut_write_and_is_reported() {
             _ => assert!(store.delete("k").unwrap()),
         }
         assert!(store.scrub().is_clean(), "after a {what}");
+        assert!(store.lost_writes().is_empty(), "after a {what}");
         drop(store);
         let store = open(dir.path());
         assert!(store.scrub().is_clean(), "after a {what} and a reopen");
+        assert!(
+            store.lost_writes().is_empty(),
+            "after a {what} and a reopen"
+        );
         assert_eq!(store.has("k").unwrap(), what != "delete");
     }
 }
@@ -397,6 +403,7 @@ fn a_voided_put_older_than_the_live_version_is_not_reported() {
         for _ in 0..2 {
             let store = open(dir.path());
             assert!(store.scrub().is_clean(), "{then}");
+            assert!(store.lost_writes().is_empty(), "{then}");
             assert_eq!(store.has("k").unwrap(), then == "write");
         }
     }
@@ -411,8 +418,10 @@ fn a_lost_write_is_still_reported_after_compaction_and_a_reopen() {
     assert_eq!(store.scrub().bad.len(), 1);
     store.compact().unwrap();
     assert_eq!(store.scrub().bad.len(), 1);
+    assert_eq!(store.lost_writes(), ["k"]);
     drop(store);
     let store = open(dir.path());
+    assert_eq!(store.lost_writes(), ["k"]);
     assert_eq!(read_all(&store, "k"), b"older");
     let report = store.scrub();
     assert_eq!(report.bad.len(), 1, "{report:?}");
