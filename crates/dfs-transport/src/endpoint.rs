@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -677,6 +677,8 @@ impl<T: Transport> Endpoint<T> {
     /// report [`Event::PeerDisconnected`] with no reason. Returns whether it was connected.
     ///
     /// Use it to drop a misbehaving peer, e.g. one whose messages do not decode.
+    /// Messages still arriving on the connection are dropped, and it is closed at the latest
+    /// one idle timeout later, even if the peer ignores the close frame.
     pub async fn disconnect(&self, id: &NodeId) -> bool {
         let (entry, handover) = {
             let mut table = lock(&self.shared.table);
@@ -987,13 +989,17 @@ impl<T: Transport> Shared<T> {
             }
         }
         let peer = self.peer_handle(id, Arc::from(est.remote.addr.as_str()));
+        let (closing_tx, closing_rx) = oneshot::channel();
         tokio::spawn(run_writer(
             est.writer,
             rx,
             cancel.clone(),
             self.config.keepalive_interval,
             self.config.idle_timeout,
-            done_tx,
+            WriterSignals {
+                _done: done_tx,
+                closing: closing_tx,
+            },
             id,
         ));
         tokio::spawn(run_reader(
@@ -1002,6 +1008,7 @@ impl<T: Transport> Shared<T> {
             conn_id,
             peer.clone(),
             cancel,
+            closing_rx,
         ));
         if announce {
             self.emit(Event::PeerConnected(peer)).await;
@@ -1335,15 +1342,25 @@ async fn accept_loop<T: Transport>(shared: Arc<Shared<T>>, mut listener: T::List
     debug!(addr = %shared.local_addr, "listener closed");
 }
 
+/// What a control connection's writer tells the others.
+struct WriterSignals {
+    /// Dropped when the writer ends (`Endpoint::close` waits for it).
+    _done: mpsc::Sender<()>,
+    /// Sent the close reason right before the close frame goes out: the reader then only
+    /// waits, a bounded time, for the remote to close its side too.
+    closing: oneshot::Sender<u8>,
+}
+
 async fn run_writer(
     mut writer: FrameWriter,
     mut rx: mpsc::Receiver<Cmd>,
     cancel: CancellationToken,
     keepalive: Duration,
     write_timeout: Duration,
-    _done: mpsc::Sender<()>,
+    signals: WriterSignals,
     id: NodeId,
 ) {
+    let WriterSignals { _done, closing } = signals;
     let mut reason = CLOSE_DONE;
     let result: Result<()> = async {
         loop {
@@ -1365,6 +1382,8 @@ async fn run_writer(
             };
             write_with_timeout(&mut writer, kind, &payload, write_timeout).await?;
         }
+        // The reader now only waits (a bounded time) for the remote to close its side too.
+        let _ = closing.send(reason);
         write_with_timeout(&mut writer, FrameKind::Close, &[reason], write_timeout).await?;
         writer.shutdown().await
     }
@@ -1401,15 +1420,38 @@ async fn run_reader<T: Transport>(
     conn_id: u64,
     peer: Peer,
     cancel: CancellationToken,
+    mut closing: oneshot::Receiver<u8>,
 ) {
     let idle = shared.config.idle_timeout;
+    // Once our writer sent its close frame: why, and until when the remote may take to close
+    // its side too (one idle timeout, whatever it keeps sending meanwhile).
+    let mut closed_by_us: Option<(u8, tokio::time::Instant)> = None;
+    let mut closing_pending = true;
     let result: Result<u8> = loop {
+        let wait = match closed_by_us {
+            Some((_, deadline)) => deadline.saturating_duration_since(tokio::time::Instant::now()),
+            None => idle,
+        };
         let frame = tokio::select! {
+            // The one-off signals first: a frame read after our close frame went out must
+            // see it.
+            biased;
             _ = cancel.cancelled() => break Err(TransportError::Closed),
-            f = next_frame(&mut reader, idle) => f,
+            r = &mut closing, if closing_pending => {
+                closing_pending = false;
+                if let Ok(reason) = r {
+                    closed_by_us = Some((reason, tokio::time::Instant::now() + idle));
+                }
+                continue;
+            }
+            f = next_frame(&mut reader, wait) => f,
         };
         match frame {
             Ok(Some(frame)) => match frame.kind {
+                // After `disconnect` or `close` (not a handover, whose remote may still be
+                // sending what it queued before), the node is gone for the application.
+                FrameKind::Message
+                    if closed_by_us.is_some_and(|(reason, _)| reason != CLOSE_SUPERSEDED) => {}
                 FrameKind::Message => {
                     let event = Event::Message {
                         from: peer.clone(),

@@ -89,6 +89,13 @@ impl Substream {
             op: "encode",
             source,
         })?;
+        // Refused before anything is written, so the substream stays usable.
+        if bytes.len() > self.writer.remote_max {
+            return Err(TransportError::FrameTooLarge {
+                len: bytes.len() as u64,
+                max: self.writer.remote_max,
+            });
+        }
         self.begin_write()?;
         let result = async {
             self.write(FrameKind::Message, &bytes).await?;
