@@ -467,6 +467,8 @@ enum Registered {
     Replaced(ConnEntry),
     Kept,
     Closed,
+    /// An inbound connection from a new node while `max_peers` nodes are connected.
+    Full,
 }
 
 struct Shared<T: Transport> {
@@ -937,14 +939,21 @@ impl<T: Transport> Shared<T> {
         // After a handover, this connection's writer sends what was queued meanwhile.
         let rx = handover.unwrap_or(rx);
         match decision {
-            Registered::Kept | Registered::Closed => {
+            Registered::Kept | Registered::Closed | Registered::Full => {
                 if !we_dialed {
-                    let status = if matches!(decision, Registered::Kept) {
-                        vec![WELCOME_DUPLICATE]
-                    } else {
-                        let mut v = vec![WELCOME_REFUSED];
-                        v.extend_from_slice(b"the endpoint is closing");
-                        v
+                    let status = match decision {
+                        Registered::Kept => vec![WELCOME_DUPLICATE],
+                        Registered::Full => {
+                            warn!(peer = %id, "too many peers: refusing a control connection");
+                            let mut v = vec![WELCOME_REFUSED];
+                            v.extend_from_slice(b"too many peers");
+                            v
+                        }
+                        _ => {
+                            let mut v = vec![WELCOME_REFUSED];
+                            v.extend_from_slice(b"the endpoint is closing");
+                            v
+                        }
                     };
                     let _ = self
                         .with_timeout("refusing", async {
@@ -1028,6 +1037,15 @@ impl<T: Transport> Shared<T> {
         let mut table = lock(&self.table);
         if table.closed {
             return (Registered::Closed, false, None);
+        }
+        // Checked again here, under the lock that registers: concurrent handshakes all
+        // passed the early check in `accept`.
+        if !entry.we_dialed
+            && table.peers.len() >= self.config.max_peers
+            && !table.peers.contains_key(&id)
+            && !table.superseded.contains_key(&id)
+        {
+            return (Registered::Full, false, None);
         }
         let mut handover = table.superseded.remove(&id);
         let was_superseded = handover.is_some();

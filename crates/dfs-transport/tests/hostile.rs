@@ -165,6 +165,27 @@ async fn an_oversized_message_leaves_the_substream_usable<T: Net>() {
     b.close().await;
 }
 
+/// Nodes that finish their handshakes at the same moment are held to `max_peers` too: the
+/// limit is checked where the connection is registered, not only before.
+async fn max_peers_holds_under_concurrent_handshakes<T: Net>() {
+    init_tracing();
+    let net = T::fresh();
+    let (b, _b_ev) = node(&net, config().max_peers(2)).await;
+    let mut clients = Vec::new();
+    for _ in 0..24 {
+        clients.push(node(&net, config()).await);
+    }
+    let addr = b.local_addr();
+    let dials = clients.iter().map(|(c, _)| {
+        let (c, addr) = (c.clone(), addr.clone());
+        tokio::spawn(async move { c.connect(&addr).await.is_ok() })
+    });
+    let joined = within("the dials", futures::future::join_all(dials)).await;
+    let accepted = joined.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert!(accepted <= 2, "{accepted} nodes connected, max_peers is 2");
+    assert!(b.peers().len() <= 2, "{} peers", b.peers().len());
+}
+
 macro_rules! hostile {
     ($module:ident, $t:ty) => {
         mod $module {
@@ -175,6 +196,10 @@ macro_rules! hostile {
             #[tokio::test]
             async fn an_oversized_message_leaves_the_substream_usable() {
                 super::an_oversized_message_leaves_the_substream_usable::<$t>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn max_peers_holds_under_concurrent_handshakes() {
+                super::max_peers_holds_under_concurrent_handshakes::<$t>().await;
             }
             #[tokio::test]
             async fn close_bounds_the_drain_of_a_peer_that_keeps_talking() {
