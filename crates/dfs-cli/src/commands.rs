@@ -160,7 +160,7 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
                     }
                 }
             };
-            eprintln!("wrote {} ({written} bytes)", path.display());
+            crate::say!("wrote {} ({written} bytes)", path.display());
         }
     }
     Ok(())
@@ -310,7 +310,7 @@ pub(crate) async fn scrub(args: NodeArgs) -> Result<()> {
     }
     out.flush()?;
     for what in &s.unrepaired {
-        eprintln!("damaged:  {what}");
+        crate::say!("damaged:  {what}");
     }
     if s.unrepaired.is_empty() {
         Ok(())

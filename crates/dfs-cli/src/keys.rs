@@ -213,7 +213,7 @@ pub(crate) fn read_text(path: &Path) -> Result<Zeroizing<String>> {
         t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit())
     };
     if holds_key && meta.permissions().mode() & 0o077 != 0 {
-        eprintln!(
+        crate::say!(
             "warning: {} is readable by other users; run `chmod 600` on it",
             path.display()
         );

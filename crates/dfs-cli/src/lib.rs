@@ -1,6 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+/// `eprintln!` that never panics: a message that cannot be written to stderr (`2>/dev/full`,
+/// a closed pipe) is dropped, and the command still ends with the status its work deserves.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 pub mod cli;
 mod commands;
 pub mod control;
@@ -28,7 +38,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Keygen(args) => {
             keys::keygen(&args.key_file, &args.secret_file, args.force)?;
-            eprintln!(
+            say!(
                 "wrote data key {} and network secret {} (mode 0600; keep them private)",
                 args.key_file.display(),
                 args.secret_file.display()

@@ -1,6 +1,7 @@
 //! The `dfs` command; see the `dfs_cli` crate docs.
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,7 +11,8 @@ fn main() -> ExitCode {
     match dfs_cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("dfs: error: {}", err.one_line());
+            // Never `eprintln!`: it panics (status 101) when stderr cannot be written.
+            let _ = writeln!(std::io::stderr(), "dfs: error: {}", err.one_line());
             ExitCode::from(err.exit_code())
         }
     }

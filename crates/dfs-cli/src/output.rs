@@ -173,9 +173,11 @@ impl Target {
             None => 0o666,
             Some(_) => 0o600,
         }));
+        // Without the path `tempfile` adds to its errors: an internal staging name that never
+        // existed, not the user's (as `keygen` does).
         let tmp = builder
             .tempfile_in(dir)
-            .map_err(|source| self.io_err(source))?;
+            .map_err(|source| self.io_err(without_path(&source)))?;
         let (file, path) = tmp.into_parts();
         // Held at once: removed on a signal or an error from here on.
         partial.hold(path)?;
@@ -192,6 +194,14 @@ impl Target {
             context: format!("cannot write {}", self.shown.display()),
             source,
         }
+    }
+}
+
+/// `err` without the path `tempfile` appends to its messages.
+fn without_path(err: &io::Error) -> io::Error {
+    match err.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(err.kind(), err.kind().to_string()),
     }
 }
 

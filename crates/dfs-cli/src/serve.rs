@@ -207,6 +207,10 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        // A log line that cannot be written is dropped: by default `tracing-subscriber`
+        // reports it with `eprintln!`, which panics when stderr is what failed (a logger
+        // that died, `2>/dev/full`), killing the node at its next log line.
+        .log_internal_errors(false)
         .compact()
         .try_init();
 }

@@ -176,7 +176,9 @@ pub(crate) fn apply_at(key: &CtrKey, position: u64, data: &mut [u8]) {
 pub(crate) struct CtrStream {
     key: CtrKey,
     start: u128,
-    position: u64,
+    /// Byte position in the keystream: a `u128`, so a stream (or a seek near `u64::MAX`)
+    /// cannot overflow it; the 128-bit counter goes on past 2^64 bytes.
+    position: u128,
 }
 
 impl CtrStream {
@@ -190,14 +192,14 @@ impl CtrStream {
 
     /// Moves to byte `position` of the keystream.
     pub(crate) fn seek(&mut self, position: u64) {
-        self.position = position;
+        self.position = u128::from(position);
     }
 
     /// XORs the next `data.len()` bytes of keystream into `data`.
     pub(crate) fn apply(&mut self, mut data: &mut [u8]) {
         let offset = (self.position % 16) as usize;
-        let mut counter = self.start.wrapping_add(u128::from(self.position / 16));
-        self.position += data.len() as u64;
+        let mut counter = self.start.wrapping_add(self.position / 16);
+        self.position += data.len() as u128;
         if offset != 0 {
             let mut ks = [0u8; 16];
             self.key.apply(counter, &mut ks);
