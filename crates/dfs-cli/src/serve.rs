@@ -37,6 +37,9 @@ type Server = FileServer<TcpTransport>;
 pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     init_tracing();
     check_listen(&args.listen).await?;
+    for addr in &args.bootstrap {
+        check_bootstrap(addr)?;
+    }
     let data = args.data.clone();
     prepare_data_dir(&data)?;
     refuse_if_others_can_write(&data)?;
@@ -242,6 +245,27 @@ async fn check_listen(addr: &str) -> Result<()> {
         },
         Err(e) => Err(bad(e.to_string())),
     }
+}
+
+/// A `--bootstrap` value that cannot be an address (`HOST:PORT`, `[IPV6]:PORT`) is a usage
+/// error naming it (exit 2), rather than dialled in the background forever. A name is not
+/// resolved here: one that does not resolve yet (DNS not up) is retried like an
+/// unreachable node.
+fn check_bootstrap(addr: &str) -> Result<()> {
+    let bad = |why: &str| Error::Usage {
+        message: format!("bad --bootstrap address {addr:?}: {why}"),
+    };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(bad("expected HOST:PORT"));
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad("the port must be a number from 1 to 65535"));
+    }
+    let bracketed = host.len() > 2 && host.starts_with('[') && host.ends_with(']');
+    if host.is_empty() || (host.contains(':') && !bracketed) {
+        return Err(bad("expected HOST:PORT (an IPv6 address in brackets)"));
+    }
+    Ok(())
 }
 
 fn read_secret(path: &Path) -> Result<NetworkSecret> {

@@ -95,6 +95,36 @@ fn bad_names_fail_before_the_upload() {
 }
 
 #[test]
+fn bad_bootstrap_address_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("n");
+    for bad in [
+        "garbage::::",
+        "no-port",
+        "host:",
+        "host:0",
+        "host:99999",
+        ":7000",
+        "::1:7000",
+    ] {
+        let line = assert_fails_with(
+            &run(&[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--bootstrap",
+                bad,
+                "--data",
+                data.to_str().unwrap(),
+            ]),
+            EXIT_USAGE,
+            "bad --bootstrap address",
+        );
+        assert!(line.contains(bad), "{line}");
+    }
+}
+
+#[test]
 fn bad_listen_address_is_a_usage_error() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("n");
