@@ -881,11 +881,42 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     /// Replaces the local copy of `object` (damaged, or its newest write lost) with a
     /// verified copy from a peer.
     async fn replace(self: &Arc<Self>, object: ObjectId) -> Result<()> {
+        let _object = self.objects.lock(object).await;
+        self.replace_locked(object, None).await
+    }
+
+    /// Fetches again `object` if its newest write is still lost once its lock is held
+    /// (`Ok(false)` when not: written or deleted since the list was read, so a copy from a
+    /// peer would replace a newer local write or revive a deleted object).
+    async fn heal_one(self: &Arc<Self>, object: ObjectId) -> Result<bool> {
+        let _object = self.objects.lock(object).await;
+        let key = object.to_hex();
+        let store = self.store()?;
+        if !store.lost_writes().contains(&key) {
+            return Ok(false);
+        }
+        // The version the lost write replaced, if any: a peer offering that copy (one that
+        // missed the newer write) has nothing newer, and taking it would end the report.
+        let stat = tokio::task::spawn_blocking(move || store.stat(&key)).await?;
+        let except = match stat {
+            Ok(meta) => Some((meta.size(), *meta.hash())),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        self.replace_locked(object, except).await.map(|()| true)
+    }
+
+    /// [`replace`](Self::replace), the caller holding the object's lock.
+    async fn replace_locked(
+        self: &Arc<Self>,
+        object: ObjectId,
+        except: Option<(u64, [u8; 32])>,
+    ) -> Result<()> {
         let name = self.names.get(&object.to_hex());
         let label = name.clone().unwrap_or_else(|| object.to_hex());
-        let _object = self.objects.lock(object).await;
         let purpose = Purpose::Repair {
             remember: name.is_some(),
+            except,
         };
         self.fetch(&label, purpose, object).await
     }
@@ -1248,12 +1279,15 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let mut errors = 0;
         // `locked`: `None` until this fetch holds the object's lock; `Some(None)` when the
         // caller holds it (a repair).
-        let (remember, mut locked) = match purpose {
-            Purpose::Get => (true, None),
-            Purpose::Repair { remember } => (remember, Some(None)),
+        let (remember, mut locked, except) = match purpose {
+            Purpose::Get => (true, None, None),
+            Purpose::Repair { remember, except } => (remember, Some(None), except),
         };
         while let Some((peer, offer)) = offers.recv().await {
             match offer {
+                Ok(Some((_, size, hash))) if except == Some((size, hash)) => {
+                    debug!(%name, %peer, "offers the copy this node has; declined");
+                }
                 Ok(Some((s, size, hash))) => {
                     if locked.is_none() {
                         locked = Some(Some(self.objects.lock(object).await));
@@ -2078,8 +2112,13 @@ enum Local {
 enum Purpose {
     /// For `get`: takes the object's lock itself, records the name.
     Get,
-    /// For `scrub`: the caller holds the lock; `remember` records the name.
-    Repair { remember: bool },
+    /// For `scrub` and the heal task: the caller holds the lock; `remember` records the
+    /// name; offers of the stored copy `(size, hash)` in `except` are declined (the heal
+    /// task's local copy is sound but older than the write it lost).
+    Repair {
+        remember: bool,
+        except: Option<(u64, [u8; 32])>,
+    },
 }
 
 /// Whether `e` reports a damaged local object (as opposed to a missing one or an I/O
@@ -2216,10 +2255,13 @@ async fn heal<T: Transport, P: PathTransform, C: Cipher>(
             for object in lost.iter().filter_map(|key| ObjectId::from_hex(key)) {
                 let replaced = tokio::select! {
                     () = cancel.cancelled() => return,
-                    replaced = this.replace(object) => replaced,
+                    replaced = this.heal_one(object) => replaced,
                 };
                 match replaced {
-                    Ok(()) => info!(%object, "fetched again an object whose newest write was lost"),
+                    Ok(true) => {
+                        info!(%object, "fetched again an object whose newest write was lost")
+                    }
+                    Ok(false) => debug!(%object, "written or deleted since its write was lost"),
                     Err(e) => {
                         debug!(%object, error = %e, "an object whose newest write was lost: no copy yet")
                     }

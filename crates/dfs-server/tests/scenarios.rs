@@ -298,6 +298,8 @@ both_transports!(
     a_packed_replica_damaged_while_down_is_fetched_again,
     a_packing_node_restarts_while_a_clone_of_its_handle_lives,
     a_node_dropped_with_a_parked_offer_frees_its_root,
+    healing_never_revives_an_object_deleted_meanwhile,
+    healing_does_not_settle_for_the_version_it_has,
 );
 
 /// Starts a node that keeps the small objects it receives from peers in its store's pack.
@@ -486,6 +488,167 @@ async fn a_packed_replica_damaged_while_down_is_fetched_again<N: Net>(net: N) {
         report.repaired.is_empty() && report.unrepaired.is_empty(),
         "{report:?}"
     );
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+/// The next `Get` a bare endpoint is asked (other events and requests are skipped).
+async fn next_get(events: &mut dfs_transport::Events) -> (Substream, dfs_server::ObjectId) {
+    loop {
+        let event = tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("timed out waiting for a Get")
+            .expect("endpoint events ended");
+        let Event::Stream { mut stream, .. } = event else {
+            continue;
+        };
+        if let Ok(Some(Envelope {
+            message: Message::Get { id },
+            ..
+        })) = stream.recv::<Envelope>().await
+        {
+            return (stream, id);
+        }
+    }
+}
+
+/// The heal task works from the list of lost writes it read when its pass began: an object
+/// of that list deleted while the task was still fetching an earlier one is no longer lost,
+/// so it must not be fetched again (that would revive a deleted object, or replace a newer
+/// local store with a peer's copy).
+async fn healing_never_revives_an_object_deleted_meanwhile<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let (d, a, b) = packing_pair(&net, &key).await;
+    let mut docs: Vec<(String, dfs_server::ObjectId)> = (0..3)
+        .map(|i| {
+            let name = format!("doc{i}");
+            let id = a.object_id(&name);
+            (name, id)
+        })
+        .collect();
+    // The heal task goes through them in this order.
+    docs.sort_by_key(|(_, id)| id.to_hex());
+    for (i, (name, _)) in docs.iter().enumerate() {
+        a.store_bytes(name, &pattern(60 + i as u64, 10_000))
+            .await
+            .unwrap();
+        a.store_bytes(name, &pattern(70 + i as u64, 10_000))
+            .await
+            .unwrap();
+    }
+    // Only the bare peer below is ever asked for the first one (and it holds its answer).
+    a.delete(&docs[0].0, Scope::Local).await.unwrap();
+    b.shutdown().await.unwrap();
+    // B loses the newest write of all three (their records rot while it is down).
+    let seg = files_under(&d[1].path().join("store/pack"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    for (_, id) in &docs {
+        let hex = id.to_hex();
+        let at = bytes
+            .windows(hex.len())
+            .rposition(|w| w == hex.as_bytes())
+            .unwrap();
+        bytes[at + hex.len() + 5_000] ^= 0x40;
+    }
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let config = config(&net, d[1].path(), &key, &[])
+        .pack_small_objects(64 * 1024)
+        .request_timeout(WAIT)
+        .build();
+    let b = FileServer::start(config, net.transport()).await.unwrap();
+    let ((_endpoint, mut raw_events), _peer) = raw_peer(&net, &b).await;
+    // The heal pass began (a peer joined): it is fetching the first object.
+    let (mut first, id) = next_get(&mut raw_events).await;
+    assert_eq!(id, docs[0].1);
+    // Meanwhile the second one is deleted here, and a peer holding it joins.
+    assert!(b.delete(&docs[1].0, Scope::Local).await.unwrap().local);
+    b.connect(&a.local_addr()).await.unwrap();
+    first.send(&Envelope::new(Message::NotFound)).await.unwrap();
+    // The pass goes on; once the third object is asked for, it is done with the second.
+    loop {
+        let (mut s, id) = next_get(&mut raw_events).await;
+        let _ = s.send(&Envelope::new(Message::NotFound)).await;
+        let _ = s.finish().await;
+        if id == docs[2].1 {
+            break;
+        }
+    }
+    assert!(
+        !b.has(&docs[1].0).await.unwrap(),
+        "the heal task fetched again an object deleted since its pass began"
+    );
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+/// A peer that only holds the version a node's lost write replaced (it was down when the
+/// newer one was stored) offers exactly the copy the node still has: the heal task must not
+/// take that as the repair (the lost write would be forgotten, and the newest copy never
+/// fetched), but wait for a peer with another copy.
+async fn healing_does_not_settle_for_the_version_it_has<N: Net>(net: N) {
+    let key = Key::generate().unwrap();
+    let (d, a, b) = packing_pair(&net, &key).await;
+    let (v1, v2) = (pattern(80, 10_000), pattern(81, 10_000));
+    a.store_bytes("doc", &v1).await.unwrap();
+    let receipt = a.store_bytes("doc", &v2).await.unwrap();
+    b.shutdown().await.unwrap();
+    let id = receipt.object.to_hex();
+    let seg = files_under(&d[1].path().join("store/pack"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes
+        .windows(id.len())
+        .rposition(|w| w == id.as_bytes())
+        .unwrap();
+    bytes[at + id.len() + 5_000] ^= 0x40;
+    std::fs::write(&seg, &bytes).unwrap();
+    // What B is left with: v1, as stored (what a peer that missed v2 would offer).
+    let old = {
+        let store = dfs_store::Store::open(d[1].path().join("store")).unwrap();
+        assert_eq!(store.lost_writes(), std::slice::from_ref(&id));
+        let mut old = Vec::new();
+        std::io::Read::read_to_end(&mut store.read(&id).unwrap(), &mut old).unwrap();
+        old
+    };
+
+    let b = start_packing(&net, d[1].path(), &key, vec![])
+        .await
+        .unwrap();
+    let ((_endpoint, mut raw_events), _peer) = raw_peer(&net, &b).await;
+    let (mut s, asked) = next_get(&mut raw_events).await;
+    assert_eq!(asked, receipt.object);
+    let (size, hash) = (old.len() as u64, *blake3::hash(&old).as_bytes());
+    s.send(&Envelope::new(Message::Found { size, hash }))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(WAIT, s.recv::<Envelope>())
+        .await
+        .expect("the offer was neither taken nor dropped");
+    if let Ok(Some(Envelope {
+        message: Message::Proceed,
+        ..
+    })) = reply
+    {
+        s.send_body(size, &old[..]).await.unwrap();
+        let _ = s.recv::<Envelope>().await;
+        panic!("the heal task took the version it already had as the newest");
+    }
+    // A holder of the newest copy joins: that is the one fetched.
+    b.connect(&a.local_addr()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.get_bytes("doc").await.unwrap() != v2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost write was never fetched again"
+        );
+        tokio::task::yield_now().await;
+    }
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
 }
