@@ -55,10 +55,20 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Where to write the data key (files are encrypted with it).
-    #[arg(long, value_name = "FILE", default_value = "data.key")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "data.key",
+        env = "DFS_KEY_FILE"
+    )]
     pub key_file: PathBuf,
     /// Where to write the network secret (nodes must share it to connect).
-    #[arg(long, value_name = "FILE", default_value = "network.secret")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "network.secret",
+        env = "DFS_SECRET_FILE"
+    )]
     pub secret_file: PathBuf,
     /// Replace existing files (files encrypted with an old data key become unreadable).
     #[arg(long)]

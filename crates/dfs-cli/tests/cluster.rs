@@ -153,6 +153,25 @@ fn client_errors_are_one_line_with_distinct_exit_codes() {
     assert!(stderr_of(&out).contains("--name"), "{}", stderr_of(&out));
 }
 
+/// `keygen` writes its files where `DFS_KEY_FILE` and `DFS_SECRET_FILE` point, as `serve`
+/// and `encrypt` read them from there.
+#[test]
+fn keygen_follows_the_key_file_variables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, secret) = (tmp.path().join("env.key"), tmp.path().join("env.secret"));
+    let out = dfs()
+        .arg("keygen")
+        .env("DFS_KEY_FILE", &key)
+        .env("DFS_SECRET_FILE", &secret)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(key.is_file() && secret.is_file());
+    assert!(!tmp.path().join("data.key").exists());
+    assert!(!tmp.path().join("network.secret").exists());
+}
+
 #[test]
 fn keygen_encrypt_decrypt() {
     let tmp = tempfile::tempdir().unwrap();

@@ -6,8 +6,8 @@
 //! control, no secret travels. Every accepted connection's peer credentials are checked as
 //! well: a client running as another user (other than root) gets one [`Response::Error`] of
 //! kind [`RemoteErrorKind::PermissionDenied`], its requests unread, and is disconnected.
-//! Client commands (`dfs put`, `get`, `rm`, `ls`, `peers`, `status`) take the same `--data DIR`
-//! as `serve` to find the socket.
+//! Client commands (`dfs put`, `get`, `rm`, `ls`, `peers`, `status`, `scrub`, `replicate`) take
+//! the same `--data DIR` as `serve` to find the socket.
 //!
 //! On the socket, each frame is a 4-byte big-endian length followed by a
 //! [postcard](https://docs.rs/postcard)-encoded [`Request`] (client to node) or [`Response`]
