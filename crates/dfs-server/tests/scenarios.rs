@@ -430,6 +430,24 @@ async fn a_node_dropped_with_a_parked_offer_frees_its_root<N: Net>(net: N) {
     again.shutdown().await.unwrap();
 }
 
+/// Flips a byte in the middle of the bytes of `object`'s newest record in the pack of the
+/// node whose root is `root` (a stopped node; the record holds more than 5,000 bytes).
+fn damage_newest_packed_record(root: &Path, object: dfs_server::ObjectId) {
+    let id = object.to_hex();
+    let seg = files_under(&root.join("store/pack"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // After the record's key, the hex id.
+    let at = bytes
+        .windows(id.len())
+        .rposition(|w| w == id.as_bytes())
+        .unwrap();
+    bytes[at + id.len() + 5_000] ^= 0x40;
+    std::fs::write(&seg, &bytes).unwrap();
+}
+
 /// A packed replica whose newest version rots while its node is down: at the next start
 /// the store cannot tell it from a write a crash cut short, so the older version stands,
 /// but the store names the key (until it is written again, also across restarts), and the
@@ -443,19 +461,7 @@ async fn a_packed_replica_damaged_while_down_is_fetched_again<N: Net>(net: N) {
     assert_eq!(b.get_bytes("doc").await.unwrap(), v2);
     b.shutdown().await.unwrap();
 
-    // Flip a byte in the middle of the newest record's bytes (after its key, the hex id).
-    let id = receipt.object.to_hex();
-    let seg = files_under(&d[1].path().join("store/pack"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "seg"))
-        .unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes
-        .windows(id.len())
-        .rposition(|w| w == id.as_bytes())
-        .unwrap();
-    bytes[at + id.len() + 5_000] ^= 0x40;
-    std::fs::write(&seg, &bytes).unwrap();
+    damage_newest_packed_record(d[1].path(), receipt.object);
 
     // Alone, the node serves the older version; `scrub` names the object but cannot
     // replace it.
@@ -596,18 +602,8 @@ async fn healing_does_not_settle_for_the_version_it_has<N: Net>(net: N) {
     a.store_bytes("doc", &v1).await.unwrap();
     let receipt = a.store_bytes("doc", &v2).await.unwrap();
     b.shutdown().await.unwrap();
+    damage_newest_packed_record(d[1].path(), receipt.object);
     let id = receipt.object.to_hex();
-    let seg = files_under(&d[1].path().join("store/pack"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "seg"))
-        .unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes
-        .windows(id.len())
-        .rposition(|w| w == id.as_bytes())
-        .unwrap();
-    bytes[at + id.len() + 5_000] ^= 0x40;
-    std::fs::write(&seg, &bytes).unwrap();
     // What B is left with: v1, as stored (what a peer that missed v2 would offer).
     let old = {
         let store = dfs_store::Store::open(d[1].path().join("store")).unwrap();

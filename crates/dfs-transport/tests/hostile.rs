@@ -62,20 +62,32 @@ async fn messages_from(events: &mut dfs_transport::Events, id: NodeId, window: D
     n
 }
 
-/// `Endpoint::disconnect` is documented as the way to drop a misbehaving peer. A peer that
-/// ignores our close frame and keeps talking must neither keep the connection (socket and
-/// reader task) alive past the idle timeout, nor keep having its messages delivered after
-/// `PeerDisconnected`.
-async fn disconnect_really_drops_a_peer_that_keeps_talking<T: Net>() {
+/// An endpoint with short timeouts, and a raw control connection to it, once it reported
+/// the peer connected.
+async fn raw_peer_of_a_fast_node<T: Net>() -> (
+    dfs_transport::Endpoint<T>,
+    dfs_transport::Events,
+    RawConn<T::Stream>,
+) {
     init_tracing();
     let net = T::fresh();
     let (a, mut a_ev) = node(&net, fast()).await;
-    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
+    let raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
     let id = raw.id;
     wait_for(&mut a_ev, "PeerConnected", |e| {
         matches!(e, Event::PeerConnected(p) if p.id() == id).then_some(())
     })
     .await;
+    (a, a_ev, raw)
+}
+
+/// `Endpoint::disconnect` is documented as the way to drop a misbehaving peer. A peer that
+/// ignores our close frame and keeps talking must neither keep the connection (socket and
+/// reader task) alive past the idle timeout, nor keep having its messages delivered after
+/// `PeerDisconnected`.
+async fn disconnect_really_drops_a_peer_that_keeps_talking<T: Net>() {
+    let (a, mut a_ev, mut raw) = raw_peer_of_a_fast_node::<T>().await;
+    let id = raw.id;
     assert!(a.disconnect(&id).await);
     wait_for(&mut a_ev, "PeerDisconnected", |e| {
         matches!(e, Event::PeerDisconnected { id: got, .. } if got == id).then_some(())
@@ -115,15 +127,7 @@ async fn disconnect_really_drops_a_peer_that_keeps_talking<T: Net>() {
 /// `Endpoint::close` keeps reading "until the remote closes its side too (bounded by the idle
 /// timeout)": a remote that never closes but keeps sending must not keep the connection open.
 async fn close_bounds_the_drain_of_a_peer_that_keeps_talking<T: Net>() {
-    init_tracing();
-    let net = T::fresh();
-    let (a, mut a_ev) = node(&net, fast()).await;
-    let mut raw = raw_connect(&net, &a.local_addr(), None, ConnKind::Control).await;
-    let id = raw.id;
-    wait_for(&mut a_ev, "PeerConnected", |e| {
-        matches!(e, Event::PeerConnected(p) if p.id() == id).then_some(())
-    })
-    .await;
+    let (a, _a_ev, mut raw) = raw_peer_of_a_fast_node::<T>().await;
     within("close", a.close()).await;
     let dropped_after = pester(&mut raw, Duration::from_secs(3)).await;
     assert!(
