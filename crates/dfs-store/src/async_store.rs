@@ -1,12 +1,14 @@
 //! Async wrappers that run the blocking store on tokio's blocking pool (feature `tokio`).
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::oneshot;
 
 use crate::blocking_reader::BlockingReader;
 
@@ -87,13 +89,33 @@ impl<P: PathTransform> AsyncStore<P> {
             .map_err(|source| StoreError::Task { source })?
     }
 
-    /// [`Store::write`] from a blocking reader, on the blocking pool.
+    /// Runs a write of `src` on the blocking pool, cancelled if this future is dropped: the
+    /// source then fails its next read, so the write commits nothing (unless it was already
+    /// past its source's end) and its staging file goes at once. Without this, the blocking
+    /// job would go on and commit later, maybe over a newer version written since.
+    async fn run_write<R, F>(&self, src: R, f: F) -> Result<u64>
+    where
+        R: Read + Send + 'static,
+        F: FnOnce(&Store<P>, Cancellable<R>) -> Result<u64> + Send + 'static,
+    {
+        let (_alive, cancelled) = oneshot::channel::<()>();
+        let src = Cancellable {
+            inner: src,
+            cancelled,
+        };
+        self.run(move |s| f(s, src)).await
+    }
+
+    /// [`Store::write`] from a blocking reader, on the blocking pool. Dropping the future
+    /// cancels the write: the store reads no further from `src` and commits nothing.
     pub async fn write<R: Read + Send + 'static>(&self, key: &str, src: R) -> Result<u64> {
         let key = key.to_owned();
-        self.run(move |s| s.write(&key, src)).await
+        self.run_write(src, move |s, src| s.write(&key, src)).await
     }
 
     /// [`Store::write`] from an async reader, bridged with `tokio_util::io::SyncIoBridge`.
+    /// Dropping the future cancels the write, even while `src` has nothing to read: nothing
+    /// is committed.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -109,8 +131,15 @@ impl<P: PathTransform> AsyncStore<P> {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        let bridge = tokio_util::io::SyncIoBridge::new(src);
-        self.write(key, bridge).await
+        let (alive, cancelled) = oneshot::channel::<()>();
+        let bridge = tokio_util::io::SyncIoBridge::new(AsyncCancellable {
+            inner: src,
+            cancelled,
+            done: false,
+        });
+        let written = self.write(key, bridge).await;
+        drop(alive);
+        written
     }
 
     /// [`Store::write_expecting`] from a blocking reader, on the blocking pool: stores the
@@ -136,7 +165,7 @@ impl<P: PathTransform> AsyncStore<P> {
         expected: Expected,
     ) -> Result<u64> {
         let key = key.to_owned();
-        self.run(move |s| s.write_expecting(&key, src, expected))
+        self.run_write(src, move |s, src| s.write_expecting(&key, src, expected))
             .await
     }
 
@@ -164,8 +193,15 @@ impl<P: PathTransform> AsyncStore<P> {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        let bridge = tokio_util::io::SyncIoBridge::new(src);
-        self.write_expecting(key, bridge, expected).await
+        let (alive, cancelled) = oneshot::channel::<()>();
+        let bridge = tokio_util::io::SyncIoBridge::new(AsyncCancellable {
+            inner: src,
+            cancelled,
+            done: false,
+        });
+        let written = self.write_expecting(key, bridge, expected).await;
+        drop(alive);
+        written
     }
 
     /// [`Store::read`] as an [`AsyncRead`]: verified chunks stream through a small bounded
@@ -227,6 +263,51 @@ impl<P: PathTransform> AsyncStore<P> {
     /// [`Store::keys`] on the blocking pool.
     pub async fn keys(&self) -> Result<Vec<String>> {
         self.run(|s| s.keys().collect()).await
+    }
+}
+
+/// The error a cancelled write's source fails with.
+fn cancelled() -> io::Error {
+    io::Error::other("the write was cancelled (its future was dropped)")
+}
+
+/// A blocking source that fails once the future of its write was dropped (the sender of
+/// `cancelled` with it).
+struct Cancellable<R> {
+    inner: R,
+    cancelled: oneshot::Receiver<()>,
+}
+
+impl<R: Read> Read for Cancellable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancelled.try_recv() == Err(oneshot::error::TryRecvError::Closed) {
+            return Err(cancelled());
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// An async source that fails once the future of its write was dropped, also while it
+/// waits for bytes (the closed channel wakes it).
+struct AsyncCancellable<R> {
+    inner: R,
+    cancelled: oneshot::Receiver<()>,
+    /// `cancelled` resolved (it is not polled again).
+    done: bool,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for AsyncCancellable<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.done || Pin::new(&mut this.cancelled).poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Err(cancelled()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 

@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, mpsc};
 
 use crate::error::{Mismatch, Result, StoreError};
 use crate::format::{FIXED_LEN, Header};
@@ -27,6 +27,8 @@ const LOCK_FILE: &str = "lock";
 const CHUNK: usize = 64 * 1024;
 /// How often a commit is retried when a concurrent delete/clear pruned its directory.
 const COMMIT_ATTEMPTS: usize = 32;
+/// Paths of this many bytes or more are refused (`PATH_MAX` on Linux, with its NUL).
+const MAX_PATH_LEN: usize = 4096;
 
 /// Whether writes are flushed to stable storage before they are reported done.
 ///
@@ -175,6 +177,7 @@ impl<P: PathTransform> StoreBuilder<P> {
             transform: self.transform,
             durability: self.durability,
             unsynced_dirs: UnsyncedDirs::default(),
+            dirs: RwLock::new(()),
             pack: pack.map(|pack| Packed {
                 pack: Arc::new(pack),
                 stripes: std::array::from_fn(|_| Mutex::new(())),
@@ -234,6 +237,11 @@ pub struct Store<P: PathTransform = HashPath> {
     transform: P,
     durability: Durability,
     unsynced_dirs: UnsyncedDirs,
+    /// Held shared by a commit from creating its directories to its rename, exclusively
+    /// while a delete prunes directories or a clear swaps `objects/`: so within a store a
+    /// commit never finds its directories removed under it (the retries are left for
+    /// other processes), however busy the deletes.
+    dirs: RwLock<()>,
     pack: Option<Packed>,
     /// `<root>/lock`, held for the store's life: shared, or exclusive with a pack.
     _lock: File,
@@ -469,7 +477,50 @@ impl<P: PathTransform> Store<P> {
             reason: e.to_string(),
         })?;
         let path = self.objects.join(loc.to_path_buf());
+        // Longer paths fail every system call (ENAMETOOLONG): refuse the key up front
+        // instead of failing late, after the source was staged and directories created.
+        if path.as_os_str().len() >= MAX_PATH_LEN {
+            return Err(StoreError::InvalidKey {
+                key: key.to_owned(),
+                reason: format!(
+                    "its file would be {} bytes long, the longest path is {} bytes",
+                    path.as_os_str().len(),
+                    MAX_PATH_LEN - 1
+                ),
+            });
+        }
         Ok((loc, path))
+    }
+
+    /// Refuses to write `key` where another key's object lives: a transform that maps two
+    /// keys to one location (or `PlainPath` on a case- or normalization-insensitive file
+    /// system, where `a` and `A` are one file) must not let a write of one replace the
+    /// other. A file at `path` that holds another key whose own location is elsewhere is
+    /// a misplaced copy, not that key's object, and may be replaced.
+    fn check_not_taken(&self, key: &str, path: &Path) -> Result<()> {
+        match self.owner_elsewhere(key, path) {
+            Some(other) => Err(StoreError::InvalidKey {
+                key: key.to_owned(),
+                reason: format!(
+                    "its location {} holds the object of key {other:?} (the two keys map to one file)",
+                    path.display()
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The other key whose object `path` (a location of `key`) holds, if the file there is
+    /// an object of another key that maps to this very location.
+    fn owner_elsewhere(&self, key: &str, path: &Path) -> Option<String> {
+        let other = header_key(path)?;
+        if other == key {
+            return None;
+        }
+        match self.locate(&other) {
+            Ok((_, its)) if its == path => Some(other),
+            _ => None,
+        }
     }
 
     /// Stores everything `src` yields under `key`, replacing any previous object, and
@@ -637,8 +688,11 @@ impl<P: PathTransform> Store<P> {
         // takes no further append (no delete can then become durable ahead of it) until
         // the store is opened again, when the pack record shadows the file anyway.
         let shadows = fs::symlink_metadata(&final_path).is_ok_and(|m| m.is_file());
+        if shadows {
+            self.check_not_taken(key, &final_path)?;
+        }
         packed.pack.put(key, &head, hash.as_bytes(), shadows)?;
-        if shadows && let Err(e) = self.remove_file_object(&final_path, true) {
+        if shadows && let Err(e) = self.remove_file_object(key, &final_path, true) {
             packed.pack.stop_appends();
             return Err(e);
         }
@@ -658,6 +712,7 @@ impl<P: PathTransform> Store<P> {
         later: Option<LateExpectation<'a>>,
         tail: Option<&'a Tail>,
     ) -> Result<(u64, blake3::Hash)> {
+        self.check_not_taken(key, &final_path)?;
         let mut staging = Staging::create(&self.tmp)?;
         if let Some(tail) = tail {
             let reader = File::open(&staging.path)
@@ -728,6 +783,7 @@ impl<P: PathTransform> Store<P> {
         sync: bool,
     ) -> Result<()> {
         let parent = final_path.parent().unwrap_or(&self.objects);
+        let dirs = self.dirs.read().unwrap_or_else(PoisonError::into_inner);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -750,25 +806,28 @@ impl<P: PathTransform> Store<P> {
                 Err(e) => return Err(StoreError::io("rename into", final_path, e)),
             }
         }
+        drop(dirs);
         if sync && self.durability != Durability::Fsync {
             // Without fsync no directory on the path is known to be durable (none was
             // recorded in `unsynced_dirs`): each one, up to the root.
             let mut dir = Some(parent);
             while let Some(d) = dir {
-                self.sync_dir(d)?;
+                self.sync_dir_unless_gone(d)?;
                 if d == self.root {
                     break;
                 }
                 dir = d.parent();
             }
         } else if sync {
-            self.sync_dir(parent)?;
+            // A directory gone by now was pruned by a delete of this object, or renamed
+            // away by a clear, both ordered after this write (and fsyncing their change).
+            self.sync_dir_unless_gone(parent)?;
             // A directory on the path may have been created by another writer that has not
             // fsynced its parent yet (or failed to): the object is durable only once it is.
             if self.unsynced_dirs.any() {
                 for dir in self.unsynced_dirs.on_path(parent, &self.objects) {
                     let up = dir.parent().unwrap_or(&self.root);
-                    self.sync_dir(up)?;
+                    self.sync_dir_unless_gone(up)?;
                     self.unsynced_dirs.synced(&dir);
                 }
             }
@@ -804,6 +863,16 @@ impl<P: PathTransform> Store<P> {
             }
         }
         Ok(())
+    }
+
+    /// [`Store::sync_dir`], where a directory that no longer exists needs no fsync.
+    fn sync_dir_unless_gone(&self, dir: &Path) -> Result<()> {
+        match self.sync_dir_io(dir) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(StoreError::io("fsync directory", dir, e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// fsyncs a directory for a commit (through the test hook in tests).
@@ -925,24 +994,28 @@ impl<P: PathTransform> Store<P> {
     pub fn delete(&self, key: &str) -> Result<bool> {
         let (_, path) = self.locate(key)?;
         let Some(packed) = &self.pack else {
-            return self.remove_file_object(&path, false);
+            return self.remove_file_object(key, &path, false);
         };
         let _order = packed.lock(key);
         // The file first: were the pack record deleted first, a crash in between would
         // bring back the older version the file may hold.
-        let file = self.remove_file_object(&path, false)?;
+        let file = self.remove_file_object(key, &path, false)?;
         let record = packed.pack.delete(key)?;
         Ok(file || record)
     }
 
-    /// Removes the object file at `path` and prunes the directories this leaves empty; the
-    /// last directory changed is fsynced with [`Durability::Fsync`] or `sync`.
-    fn remove_file_object(&self, path: &Path, sync: bool) -> Result<bool> {
+    /// Removes `key`'s object file at `path` and prunes the directories this leaves empty;
+    /// the last directory changed is fsynced with [`Durability::Fsync`] or `sync`. The
+    /// object of another key that maps to the same file is left alone (`false`).
+    fn remove_file_object(&self, key: &str, path: &Path, sync: bool) -> Result<bool> {
         match fs::metadata(path) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => return Ok(false),
             Err(e) if is_absent(&e) => return Ok(false),
             Err(e) => return Err(StoreError::io("stat", path, e)),
+        }
+        if self.owner_elsewhere(key, path).is_some() {
+            return Ok(false);
         }
         match fs::remove_file(path) {
             Ok(()) => {}
@@ -950,6 +1023,7 @@ impl<P: PathTransform> Store<P> {
             Err(e) => return Err(StoreError::io("remove", path, e)),
         }
         // Prune now-empty directories up to (not including) the objects directory.
+        let dirs = self.dirs.write().unwrap_or_else(PoisonError::into_inner);
         let mut dir = path.parent();
         let mut last_changed = dir.map(Path::to_path_buf);
         while let Some(d) = dir {
@@ -962,10 +1036,13 @@ impl<P: PathTransform> Store<P> {
             dir = d.parent();
             last_changed = dir.map(Path::to_path_buf);
         }
+        drop(dirs);
         if (sync || self.durability == Durability::Fsync)
             && let Some(d) = last_changed
         {
-            self.sync_dir(&d)?;
+            // Gone: a concurrent delete pruned it, or a clear renamed `objects/` away,
+            // after this removal; their own fsyncs make that durable.
+            self.sync_dir_unless_gone(&d)?;
         }
         Ok(true)
     }
@@ -992,6 +1069,7 @@ impl<P: PathTransform> Store<P> {
             packed.pack.check_usable()?;
         }
         let graveyard = self.tmp.join(staging_name("clear"));
+        let dirs = self.dirs.write().unwrap_or_else(PoisonError::into_inner);
         match fs::rename(&self.objects, &graveyard) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -1010,6 +1088,7 @@ impl<P: PathTransform> Store<P> {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(StoreError::io("create directory", &self.objects, e)),
         }
+        drop(dirs);
         if fsync {
             self.sync_dir(&self.root)?;
             self.unsynced_dirs.synced(&self.objects);
@@ -1751,7 +1830,9 @@ fn spawn_syncer<'scope>(
 /// Opens an object file, checks its header and length, and (if `key` is given) that it
 /// holds that key. Leaves the reader positioned at the payload.
 fn open_object(path: &Path, key: Option<&str>) -> Result<(BufReader<File>, Header)> {
-    let file = match File::open(path) {
+    // Opened without blocking: a FIFO someone left in the root would otherwise block the
+    // open until a writer comes, forever (it is refused below as not a regular file).
+    let file = match open_nonblocking(path) {
         Ok(file) => file,
         Err(e) if is_absent(&e) => {
             return Err(match key {
@@ -1820,6 +1901,35 @@ fn open_object(path: &Path, key: Option<&str>) -> Result<(BufReader<File>, Heade
         ));
     }
     Ok((reader, header))
+}
+
+/// The key the object file at `path` holds, if it is a regular file with a valid header
+/// (its length and payload unchecked).
+fn header_key(path: &Path) -> Option<String> {
+    let mut file = open_nonblocking(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut fixed = [0u8; FIXED_LEN];
+    if read_up_to(&mut file, &mut fixed).ok()? < FIXED_LEN {
+        return None;
+    }
+    let parsed = Header::parse_fixed(&fixed, path).ok()?;
+    let mut key_bytes = vec![0u8; parsed.key_len];
+    if read_up_to(&mut file, &mut key_bytes).ok()? < key_bytes.len() {
+        return None;
+    }
+    Some(parsed.finish(&fixed, &key_bytes, path).ok()?.key)
+}
+
+/// Opens `path` for reading with `O_NONBLOCK`, so that opening a FIFO does not wait for a
+/// writer (reads of a regular file are unaffected).
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// Reads until `buf` is full or the end; returns the bytes read.

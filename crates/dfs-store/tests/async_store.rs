@@ -199,3 +199,51 @@ async fn async_verbs_over_a_pack() {
     .await
     .unwrap();
 }
+
+/// Dropping the future of a write cancels it: the blocking job must not go on reading
+/// the source and commit later, over the newer version the caller wrote since, and its
+/// staging file goes.
+#[test]
+fn a_dropped_write_future_commits_nothing_later() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = AsyncStore::new(Store::open(dir.path()).unwrap());
+    rt.block_on(async {
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let mut write = Box::pin(store.write_async("k", rx));
+        // Once this returns, the write has taken all but 1 KiB of it from the source.
+        tokio::select! {
+            r = &mut write => panic!("the write ended early: {r:?}"),
+            r = tx.write_all(&[1u8; 256 * 1024]) => r.unwrap(),
+        }
+        drop(write); // cancelled (a timeout, a closed connection, ...)
+        store.write("k", &b"newer version"[..]).await.unwrap();
+        // The cancelled write's source goes on to its end (or finds nobody reading it).
+        let _ = tx.write_all(&[2u8; 1000]).await;
+        drop(tx);
+    });
+    // Waits for the blocking jobs, the cancelled write's among them.
+    rt.shutdown_timeout(Duration::from_secs(60));
+    let mut out = Vec::new();
+    use std::io::Read;
+    store
+        .blocking()
+        .read("k")
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    assert!(
+        out == b"newer version",
+        "the cancelled write committed {} bytes over the newer version",
+        out.len()
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+}

@@ -156,3 +156,48 @@ fn writes_racing_deletes_and_clear_never_fail_spuriously() {
         check_whole(&out);
     }
 }
+
+/// The same with the default durability: a directory fsync that finds its directory gone
+/// (pruned by a delete, or renamed away by a clear, ordered after the write or the
+/// removal) is no failure. Two deleters, so deletes race deletes too.
+#[test]
+fn durable_writes_and_deletes_racing_prunes_and_clear_never_fail_spuriously() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_with(dir.path(), PlainPath).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let deleters: Vec<_> = (0..2u32)
+        .map(|d| {
+            let store = Arc::clone(&store);
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut n = d;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = store.delete(&format!("a/b/k{}", n % 4)).unwrap();
+                    if d == 0 && n.is_multiple_of(500) {
+                        store.clear().unwrap();
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            thread::spawn(move || {
+                for i in 0..200u32 {
+                    let key = format!("a/b/k{}", (i + t) % 4);
+                    store.write(&key, &version((i % 200) as u8)[..]).unwrap();
+                }
+            })
+        })
+        .collect();
+    let written: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
+    stop.store(true, Ordering::Relaxed);
+    for d in deleters {
+        d.join().unwrap();
+    }
+    for w in written {
+        w.unwrap();
+    }
+}

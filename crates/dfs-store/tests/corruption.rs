@@ -275,3 +275,41 @@ fn large_objects_hashed_on_a_helper_thread_detect_damage_too() {
     reader.read_exact(&mut buf).unwrap();
     drop(reader);
 }
+
+/// A FIFO where an object would be: not found (and listed as a foreign file), never a
+/// read or stat blocked forever waiting for a writer of the FIFO.
+#[cfg(unix)]
+#[test]
+fn a_fifo_where_an_object_would_be_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("objects/k");
+    let store = std::sync::Arc::new(Store::open_with(dir.path(), PlainPath).unwrap());
+    if !std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return; // no mkfifo here
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = {
+        let store = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || {
+            let read = store.read("k").map(drop);
+            let stat = store.stat("k").map(drop);
+            let verify = store.verify("k");
+            tx.send((read, stat, verify)).unwrap();
+        })
+    };
+    let Ok((read, stat, verify)) = rx.recv_timeout(std::time::Duration::from_secs(30)) else {
+        // Let the blocked open go, so the test ends, then fail.
+        let _ = fs::OpenOptions::new().write(true).open(&fifo);
+        panic!("a read blocked on a FIFO");
+    };
+    reader.join().unwrap();
+    assert!(read.unwrap_err().is_not_found());
+    assert!(stat.unwrap_err().is_not_found());
+    assert!(verify.unwrap_err().is_not_found());
+    assert!(!store.has("k").unwrap());
+    assert!(store.scrub().bad.len() == 1);
+}

@@ -374,3 +374,61 @@ fn errors_have_context() {
     let msg = store.read("missing").unwrap_err().to_string();
     assert!(msg.contains("missing"), "{msg}");
 }
+
+/// `PlainPath` on a case-insensitive file system (macOS, Windows): `Photo` and `photo`
+/// are one file. Simulated on any file system by a transform that folds case.
+#[derive(Debug)]
+struct CaseInsensitive;
+
+impl PathTransform for CaseInsensitive {
+    fn transform(&self, key: &str) -> dfs_store::Result<PathKey> {
+        PlainPath.transform(&key.to_lowercase())
+    }
+}
+
+#[test]
+fn keys_sharing_a_file_never_replace_or_delete_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), CaseInsensitive).unwrap();
+    store.write("dir/photo", &b"lower"[..]).unwrap();
+    // Writing the other key must not replace the stored object...
+    let err = store.write("dir/Photo", &b"upper"[..]).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::InvalidKey { key, .. } if key == "dir/Photo"),
+        "{err:?}"
+    );
+    assert_eq!(read_all(&store, "dir/photo"), b"lower");
+    // ...nor deleting it remove it: nothing is stored under that key.
+    assert!(!store.delete("dir/PHOTO").unwrap());
+    assert_eq!(read_all(&store, "dir/photo"), b"lower");
+    assert!(store.read("dir/PHOTO").is_err());
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    // The key's own verbs still work.
+    store.write("dir/photo", &b"again"[..]).unwrap();
+    assert_eq!(read_all(&store, "dir/photo"), b"again");
+    assert!(store.delete("dir/photo").unwrap());
+    // A misplaced copy of another key's object (at a location not its own) is no
+    // object of that key: the location's key may replace it.
+    store.write("x", &b"x"[..]).unwrap();
+    fs::copy(dir.path().join("objects/x"), dir.path().join("objects/y")).unwrap();
+    store.write("y", &b"y"[..]).unwrap();
+    assert_eq!(read_all(&store, "y"), b"y");
+}
+
+/// A `PlainPath` key whose file would be too long a path for the system is refused up
+/// front as an invalid key: no late I/O error after the source was staged, no empty
+/// directories left behind, and looking it up is "invalid", not an I/O failure.
+#[test]
+fn keys_too_long_for_a_path_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), PlainPath).unwrap();
+    let segment = "s".repeat(255);
+    let key = vec![segment.as_str(); 16].join("/"); // 4095 bytes, under MAX_KEY_LEN
+    let invalid = |r: Result<_, StoreError>| matches!(r, Err(StoreError::InvalidKey { .. }));
+    assert!(invalid(store.write(&key, &b"v"[..]).map(drop)));
+    assert!(invalid(store.read(&key).map(drop)));
+    assert!(invalid(store.has(&key).map(drop)));
+    assert!(invalid(store.delete(&key).map(drop)));
+    assert_eq!(fs::read_dir(dir.path().join("objects")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+}
