@@ -87,6 +87,104 @@ impl Drop for ObjectGuard {
     }
 }
 
+/// The replications of one object this node has in flight (a `store`'s or a
+/// `replicate`'s), so that a `delete(Everywhere)` can stop them and wait for the ones that
+/// already sent their trailer before it asks the peers to delete: a replica committed after
+/// the peer's delete would revive the file there.
+#[derive(Default)]
+pub(crate) struct Sending {
+    /// Cancelled by a delete: attempts not past their trailer give up, no new one starts.
+    pub(crate) void: tokio_util::sync::CancellationToken,
+    /// Attempts alive, per peer.
+    active: Mutex<HashMap<dfs_transport::NodeId, usize>>,
+    idle: tokio::sync::Notify,
+}
+
+/// One replication attempt to `peer`, counted while alive.
+pub(crate) struct Attempt {
+    sending: Arc<Sending>,
+    peer: dfs_transport::NodeId,
+}
+
+impl Sending {
+    /// Counts an attempt to `peer` until the returned guard is dropped.
+    pub(crate) fn attempt(self: &Arc<Self>, peer: dfs_transport::NodeId) -> Attempt {
+        *lock_any(&self.active).entry(peer).or_default() += 1;
+        Attempt {
+            sending: Arc::clone(self),
+            peer,
+        }
+    }
+
+    /// Waits until no attempt is alive or `deadline`; the peers still being sent to.
+    pub(crate) async fn settled(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Vec<dfs_transport::NodeId> {
+        loop {
+            let idle = self.idle.notified();
+            let busy: Vec<_> = lock_any(&self.active).keys().copied().collect();
+            if busy.is_empty() {
+                return busy;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return lock_any(&self.active).keys().copied().collect();
+            }
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let mut active = lock_any(&self.sending.active);
+        if let Some(n) = active.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                active.remove(&self.peer);
+            }
+        }
+        drop(active);
+        self.sending.idle.notify_waiters();
+    }
+}
+
+/// The replications in flight per object.
+#[derive(Default)]
+pub(crate) struct Outgoing {
+    table: Mutex<HashMap<ObjectId, Vec<Weak<Sending>>>>,
+}
+
+impl Outgoing {
+    /// Registers a replication of `object` (its caller holds the object's lock, so a delete
+    /// that comes later finds it).
+    pub(crate) fn register(&self, object: ObjectId, sending: &Arc<Sending>) {
+        let mut table = lock_any(&self.table);
+        table.retain(|_, list| {
+            list.retain(|s| s.strong_count() > 0);
+            !list.is_empty()
+        });
+        table
+            .entry(object)
+            .or_default()
+            .push(Arc::downgrade(sending));
+    }
+
+    /// Voids the replications of `object` registered so far and returns them (the caller
+    /// holds the object's lock).
+    pub(crate) fn void(&self, object: &ObjectId) -> Vec<Arc<Sending>> {
+        let list = lock_any(&self.table).remove(object).unwrap_or_default();
+        let live: Vec<_> = list.iter().filter_map(Weak::upgrade).collect();
+        for sending in &live {
+            sending.void.cancel();
+        }
+        live
+    }
+}
+
+fn lock_any<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

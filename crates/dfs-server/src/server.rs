@@ -34,7 +34,7 @@ use crate::config::{Config, Replication, Scope};
 use crate::error::{Result, ServerError};
 use crate::event::ServerEvent;
 use crate::id::{self, ObjectId};
-use crate::locks::ObjectLocks;
+use crate::locks::{ObjectLocks, Outgoing, Sending};
 use crate::membership::{Learned, MAX_LIST, Membership};
 use crate::names::NameIndex;
 use crate::object::{self, HeaderCheck};
@@ -259,6 +259,9 @@ struct Inner<T: Transport, P: PathTransform, C: Cipher> {
     membership: Mutex<Membership>,
     /// Orders local writes, fetch commits, incoming replicas and deletes of one object.
     objects: ObjectLocks,
+    /// The replications this node has in flight, per object (stopped and waited for by a
+    /// `delete(Everywhere)` before it asks the peers).
+    outgoing: Outgoing,
     /// Slots for peer requests that move file bytes (`Config::max_incoming_transfers`, a
     /// share of them per peer).
     incoming: TransferSlots,
@@ -400,6 +403,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             background: Mutex::new(Vec::new()),
             membership: Mutex::new(Membership::default()),
             objects: ObjectLocks::default(),
+            outgoing: Outgoing::default(),
             incoming: TransferSlots::new(config.max_incoming_transfers),
             offers: TransferSlots::with_share(
                 OFFERS_PER_TRANSFER * config.max_incoming_transfers,
@@ -483,8 +487,11 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         let object = self.object_id(name);
         // Replicas follow the local write as it reaches the staging file.
         let (following, committed) = Following::new();
+        let sending = Arc::new(Sending::default());
         let local = async {
             let _object = self.inner.objects.lock(object).await;
+            // From now on a delete of this version stops its replicas (see `delete`).
+            self.inner.outgoing.register(object, &sending);
             let tail = following.tail.clone();
             let (size, stored_size) = self
                 .inner
@@ -499,7 +506,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             debug!(%name, %object, size, "stored locally");
             Ok::<_, ServerError>((size, stored_size))
         };
-        let replicate = self.inner.replicate(name, object, Some(&following));
+        let replicate = self
+            .inner
+            .replicate(name, object, Some(&following), &sending);
         let (mut local, mut replicate) = (std::pin::pin!(local), std::pin::pin!(replicate));
         let mut replicated = None;
         let written = loop {
@@ -549,8 +558,10 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
         // replicas then re-read it, verified by the store as it streams. (The lock makes the
         // two sizes one version's; it is not held while peers are sent to, as two nodes
         // replicating one object to each other would then wait on each other.)
+        let sending = Arc::new(Sending::default());
         let (size, stored_size) = {
             let _object = self.inner.objects.lock(object).await;
+            self.inner.outgoing.register(object, &sending);
             let size = match self.inner.open_local_checked(name, object).await? {
                 Local::Found(reader) => reader.len(),
                 Local::Missing => {
@@ -565,7 +576,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
             let meta = tokio::task::spawn_blocking(move || store.stat(&key)).await??;
             (size, meta.size())
         };
-        let replicas = self.inner.replicate(name, object, None).await?;
+        let replicas = self.inner.replicate(name, object, None, &sending).await?;
         Ok(Receipt {
             name: name.to_owned(),
             object,
@@ -588,7 +599,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     ///
     /// Errors: [`ServerError::NotFound`] when nobody has it, [`ServerError::WrongKey`] when
     /// it was encrypted under another data key, [`ServerError::FetchFailed`] when every
-    /// holder failed.
+    /// holder failed (`attempts: 0` when no peer offered a copy but some did not answer:
+    /// timed out, busy or gone, so the file may exist).
     pub async fn get(&self, name: &str) -> Result<FileReader> {
         let _token = self.inner.begin()?;
         let object = self.object_id(name);
@@ -662,12 +674,42 @@ impl<T: Transport, P: PathTransform, C: Cipher> FileServer<T, P, C> {
     pub async fn delete(&self, name: &str, scope: Scope) -> Result<DeleteReport> {
         let _token = self.inner.begin()?;
         let object = self.object_id(name);
-        let local = self
+        let everywhere = scope == Scope::Everywhere;
+        let (local, sending) = self
             .inner
-            .delete_local(object, Some(name.to_owned()), None)
+            .delete_local(object, Some(name.to_owned()), None, everywhere)
             .await?;
-        let peers = if scope == Scope::Everywhere {
-            self.inner.delete_remote(name, object).await?
+        let peers = if everywhere {
+            // Replicas of this object still on their way from this node are stopped, or,
+            // past their trailer, waited for: one committed after the peer's delete would
+            // revive the file there.
+            let deadline = deadline_after(self.inner.config.replication_timeout);
+            let mut unsettled = Vec::new();
+            for sending in sending {
+                for peer in sending.settled(deadline).await {
+                    if !unsettled.contains(&peer) {
+                        unsettled.push(peer);
+                    }
+                }
+            }
+            match self.inner.delete_remote(name, object).await {
+                Ok(held) if unsettled.is_empty() => held,
+                Ok(_) => {
+                    return Err(ServerError::DeleteIncomplete {
+                        name: name.to_owned(),
+                        failed: unsettled,
+                    });
+                }
+                Err(ServerError::DeleteIncomplete { name, mut failed }) => {
+                    for peer in unsettled {
+                        if !failed.contains(&peer) {
+                            failed.push(peer);
+                        }
+                    }
+                    return Err(ServerError::DeleteIncomplete { name, failed });
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             Vec::new()
         };
@@ -993,6 +1035,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         name: &str,
         object: ObjectId,
         following: Option<&Following>,
+        sending: &Arc<Sending>,
     ) -> Result<Vec<NodeId>> {
         let mut peers: Vec<Peer> = self
             .endpoint
@@ -1023,7 +1066,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         let mut pending = HashSet::new();
         for peer in candidates.by_ref().take(wanted) {
             pending.insert(peer.id());
-            running.push(self.replicate_one(peer, object, 1, following.cloned()));
+            running.push(self.replicate_one(peer, object, 1, following.cloned(), sending));
         }
         let timeout = self.config.replication_timeout;
         let mut committed = following.map(|f| f.committed.clone());
@@ -1080,11 +1123,17 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                     // connection to be up.)
                     if let Some(next) = candidates.next() {
                         pending.insert(next.id());
-                        running.push(self.replicate_one(next, object, 1, following.cloned()));
+                        running.push(self.replicate_one(
+                            next,
+                            object,
+                            1,
+                            following.cloned(),
+                            sending,
+                        ));
                     } else if attempt < REPLICA_ATTEMPTS {
                         pending.insert(peer.id());
                         let again = following.cloned();
-                        running.push(self.replicate_one(peer, object, attempt + 1, again));
+                        running.push(self.replicate_one(peer, object, attempt + 1, again, sending));
                     }
                 }
             }
@@ -1109,17 +1158,31 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         object: ObjectId,
         attempt: u32,
         following: Option<Following>,
+        sending: &Arc<Sending>,
     ) -> impl Future<Output = (Peer, u32, Result<()>)> + Send + 'static {
         let this = Arc::clone(self);
+        // Counted from now, so a delete waits for it (see `FileServer::delete`).
+        let counted = sending.attempt(peer.id());
+        let void = sending.void.clone();
         async move {
+            let _counted = counted;
+            let voided = |peer: &Peer| ServerError::Remote {
+                peer: peer.id(),
+                message: "not sent: the file was deleted on this node meanwhile".to_owned(),
+            };
             if attempt > 1 {
                 let backoff = BACKOFF_START * 2u32.pow(attempt - 2);
                 tokio::select! {
                     () = this.cancel.cancelled() => {
                         return (peer, attempt, Err(ServerError::ShuttingDown));
                     }
+                    () = void.cancelled() => {}
                     () = tokio::time::sleep(backoff) => {} // backoff before a retry
                 }
+            }
+            if void.is_cancelled() {
+                let e = voided(&peer);
+                return (peer, attempt, Err(e));
             }
             let id = peer.id();
             let result = async {
@@ -1133,12 +1196,16 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                             keepalive_ms,
                         }))
                         .await?;
-                        following.send(&mut s, keepalive).await?;
+                        following.send(&mut s, keepalive, &void).await?;
                         s
                     }
                     None => {
                         let (size, hash, body) = this.open_stored(object).await?;
                         let mut s = peer.open_stream().await?;
+                        // Once the body goes, the peer may commit it: not after a delete.
+                        if void.is_cancelled() {
+                            return Err(voided(&peer));
+                        }
                         s.send(&Envelope::new(Message::Put {
                             id: object,
                             size,
@@ -1240,7 +1307,6 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         // Ask everyone at once; offers queue up in arrival order.
         let (offer_tx, mut offers) = mpsc::channel(peers.len());
         let timeout = self.config.request_timeout;
-        let asked = peers.len();
         for peer in peers {
             let offer_tx = offer_tx.clone();
             let cancel = self.cancel.clone();
@@ -1330,7 +1396,9 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
                 attempts,
                 last: e.to_string(),
             }),
-            Some(e) if errors == asked => Err(ServerError::FetchFailed {
+            // A peer that did not answer (timed out, busy, gone) may hold it: not "not
+            // found".
+            Some(e) if errors > 0 => Err(ServerError::FetchFailed {
                 name: name.to_owned(),
                 attempts: 0,
                 last: e.to_string(),
@@ -1448,13 +1516,21 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         }
     }
 
+    /// Deletes the local copy; with `stop_sending`, also voids this node's replications of
+    /// the object in flight (returned, to be waited for).
     async fn delete_local(
         &self,
         object: ObjectId,
         name: Option<String>,
         by: Option<NodeId>,
-    ) -> Result<bool> {
+        stop_sending: bool,
+    ) -> Result<(bool, Vec<Arc<Sending>>)> {
         let _object = self.objects.lock(object).await;
+        let sending = if stop_sending {
+            self.outgoing.void(&object)
+        } else {
+            Vec::new()
+        };
         let key = object.to_hex();
         let store = self.store()?;
         let names = self.names.clone();
@@ -1467,7 +1543,7 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
         if existed {
             self.emit(ServerEvent::Deleted { object, name, by });
         }
-        Ok(existed)
+        Ok((existed, sending))
     }
 
     /// Asks every connected peer to delete `object`; the peers that held it.
@@ -1881,8 +1957,8 @@ impl<T: Transport, P: PathTransform, C: Cipher> Inner<T, P, C> {
     }
 
     async fn serve_delete(&self, from: NodeId, mut s: Substream, object: ObjectId) -> Result<()> {
-        let existed = match self.delete_local(object, None, Some(from)).await {
-            Ok(existed) => existed,
+        let existed = match self.delete_local(object, None, Some(from), false).await {
+            Ok((existed, _)) => existed,
             Err(e) => {
                 let _ = s
                     .send(&Envelope::new(Message::Error {
@@ -2050,7 +2126,17 @@ impl Following {
     /// thread; when nothing new came for `keepalive`, sends what there is, or `Waiting`, so
     /// the peer can tell a slow source from a dead origin. A failed local write is an error
     /// here (the peer then never gets the trailer, so it commits nothing).
-    async fn send(mut self, s: &mut Substream, keepalive: Duration) -> Result<()> {
+    async fn send(
+        mut self,
+        s: &mut Substream,
+        keepalive: Duration,
+        void: &CancellationToken,
+    ) -> Result<()> {
+        let peer = s.peer_id();
+        let voided = || ServerError::Remote {
+            peer,
+            message: "not sent: the file was deleted on this node meanwhile".to_owned(),
+        };
         let mut follower: Follower = self.tail.follow();
         let mut idle = false;
         // The peer must hear from us by then: reset by every message sent, not by progress
@@ -2066,9 +2152,16 @@ impl Following {
             match next {
                 Some(Next::Bytes(segment)) => {
                     idle = false;
-                    s.send(&Envelope::new(Message::Part)).await?;
-                    s.send_body(segment.len(), bridge::async_reader(segment))
-                        .await?;
+                    // (A part cut short commits nothing: the peer needs the trailer.)
+                    let sent = async {
+                        s.send(&Envelope::new(Message::Part)).await?;
+                        s.send_body(segment.len(), bridge::async_reader(segment))
+                            .await
+                    };
+                    tokio::select! {
+                        () = void.cancelled() => return Err(voided()),
+                        sent = sent => drop(sent?),
+                    }
                     speak_by = deadline_after(keepalive);
                 }
                 Some(Next::End { size, hash }) => {
@@ -2080,19 +2173,31 @@ impl Following {
                             message: "not sent: the local store failed".to_owned(),
                         });
                     }
+                    // Checked right before the trailer, never while it is sent: a delete
+                    // from now on waits for this attempt's answer.
+                    if void.is_cancelled() {
+                        return Err(voided());
+                    }
                     s.send(&Envelope::new(Message::PutEnd { size, hash }))
                         .await?;
                     return Ok(());
                 }
                 None if idle => {
-                    s.send(&Envelope::new(Message::Waiting)).await?;
+                    let waiting = Envelope::new(Message::Waiting);
+                    tokio::select! {
+                        () = void.cancelled() => return Err(voided()),
+                        sent = s.send(&waiting) => sent?,
+                    }
                     idle = false;
                     speak_by = deadline_after(keepalive);
                 }
                 None => {
                     // (The tail, which owns the sender, lives as long as `self`.)
                     let progress = self.progress.changed();
-                    idle = tokio::time::timeout_at(speak_by, progress).await.is_err();
+                    idle = tokio::select! {
+                        () = void.cancelled() => return Err(voided()),
+                        waited = tokio::time::timeout_at(speak_by, progress) => waited.is_err(),
+                    };
                 }
             }
         }

@@ -2616,3 +2616,117 @@ async fn concurrent_misses_ask_peers_in_parallel() {
     }
     node.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// Review: deletes racing replication and fetches
+// ---------------------------------------------------------------------------------------
+
+both_transports!(
+    delete_everywhere_during_a_store_leaves_no_replica,
+    a_busy_holder_is_not_reported_as_not_found,
+);
+
+/// Two nodes; `b` serves one transfer at a time (a request waits 2 s for it). `a`'s gated
+/// store of "big" holds that slot; returns the gate and the running store.
+async fn busy_replica<N: Net>(
+    net: &N,
+) -> (
+    Vec<TempDir>,
+    FileServer<N::T>,
+    FileServer<N::T>,
+    tokio::sync::oneshot::Sender<bool>,
+    tokio::task::JoinHandle<dfs_server::Result<dfs_server::Receipt>>,
+) {
+    let key = Key::generate().unwrap();
+    let d = dirs(2);
+    let a = start(net, d[0].path(), &key, &[]).await;
+    let b = FileServer::start(
+        config(net, d[1].path(), &key, &[a.local_addr()])
+            .max_incoming_transfers(1)
+            .request_timeout(Duration::from_secs(2))
+            .build(),
+        net.transport(),
+    )
+    .await
+    .unwrap();
+    mesh(&[&a, &b]).await;
+    let (gated, gate) = Gated::new(pattern(40, 64 << 10));
+    let big = {
+        let a = a.clone();
+        tokio::spawn(async move { a.store("big", gated).await })
+    };
+    // B's only slot is taken once the followed put staged its first part.
+    let staging = d[1].path().join("store").join("tmp");
+    poll_until("big staged on b", || staged_bytes(&staging) > 0).await;
+    (d, a, b, gate, big)
+}
+
+/// A `delete(Everywhere)` that completes while a store of the same name is still
+/// replicating (its replica waiting for a transfer slot on the peer) must not be undone by
+/// that replica: afterwards no node may hold the file, and `get` must say `NotFound`.
+async fn delete_everywhere_during_a_store_leaves_no_replica<N: Net>(net: N) {
+    let (_d, a, b, gate, big) = busy_replica(&net).await;
+    let mut events = a.events();
+    let storing = {
+        let a = a.clone();
+        tokio::spawn(async move { a.store_bytes("y", b"soon deleted").await })
+    };
+    wait_event(
+        &mut events,
+        "y stored locally",
+        |e| matches!(e, ServerEvent::FileStored { name, .. } if name == "y"),
+    )
+    .await;
+    let report = a.delete("y", Scope::Everywhere).await.unwrap();
+    assert!(report.local, "{report:?}");
+    gate.send(true).unwrap();
+    big.await.unwrap().unwrap();
+    let stored = storing.await.unwrap();
+    // Whatever the store reports, the delete completed after the local commit: nobody
+    // may hold "y" now.
+    assert!(!a.has("y").await.unwrap());
+    assert!(
+        !b.has("y").await.unwrap(),
+        "b holds a file deleted everywhere (store said {stored:?})"
+    );
+    let got = a.get_bytes("y").await;
+    assert!(
+        matches!(got, Err(ServerError::NotFound { .. })),
+        "deleted file revived: {got:?}"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A peer that could not be asked (here: a holder answering "busy", as a node past its
+/// offer limit does) might hold the file: a `get` that heard "not found" only from the
+/// others must not say `NotFound` ("no connected peer holds the file").
+async fn a_busy_holder_is_not_reported_as_not_found<N: Net>(net: N) {
+    let (_d, a, (_endpoint, mut raw_events), _peer) = node_and_raw_peer(&net, |c| c).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(
+        &net,
+        dir.path(),
+        &Key::generate().unwrap(),
+        &[a.local_addr()],
+    )
+    .await;
+    wait_until(&a, "two peers", || a.peers().len() == 2).await;
+    let getting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.get_bytes("held by a busy peer").await })
+    };
+    let (mut s, _) = next_get(&mut raw_events).await;
+    s.send(&Envelope::new(Message::Error {
+        message: "busy: holding 8 offers already (try again later)".to_owned(),
+    }))
+    .await
+    .unwrap();
+    let got = getting.await.unwrap();
+    assert!(
+        !matches!(got, Err(ServerError::NotFound { .. })),
+        "a busy holder reported as NotFound: {got:?}"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
