@@ -350,6 +350,9 @@ pub(crate) struct DirSyncs {
     pub(crate) done: Vec<PathBuf>,
     /// The next fsync of this directory fails (once).
     pub(crate) fail: Option<PathBuf>,
+    /// Right before the next fsync of this directory, it and its contents are removed
+    /// (once): another thread's delete that emptied and pruned it meanwhile.
+    pub(crate) pruned_first: Option<PathBuf>,
 }
 
 impl<P: PathTransform + fmt::Debug> fmt::Debug for Store<P> {
@@ -469,7 +472,17 @@ impl<P: PathTransform> Store<P> {
         Ok(self.locate(key)?.1)
     }
 
+    /// `key`'s location, refused when its file would be too long a path (see
+    /// [`Store::check_path_len`]).
     fn locate(&self, key: &str) -> Result<(PathKey, PathBuf)> {
+        let (loc, path) = self.locate_any(key)?;
+        Self::check_path_len(key, &path)?;
+        Ok((loc, path))
+    }
+
+    /// `key`'s location, whatever its length: with a pack, a small object of a key whose
+    /// file would be too long a path lives in the pack all the same.
+    fn locate_any(&self, key: &str) -> Result<(PathKey, PathBuf)> {
         check_key(key)?;
         let loc = self.transform.transform(key)?;
         loc.validate().map_err(|e| StoreError::InvalidLocation {
@@ -477,8 +490,13 @@ impl<P: PathTransform> Store<P> {
             reason: e.to_string(),
         })?;
         let path = self.objects.join(loc.to_path_buf());
-        // Longer paths fail every system call (ENAMETOOLONG): refuse the key up front
-        // instead of failing late, after the source was staged and directories created.
+        Ok((loc, path))
+    }
+
+    /// Longer paths fail every system call (ENAMETOOLONG): a key whose file would be one
+    /// is refused up front, instead of failing late, after the source was staged and
+    /// directories created.
+    fn check_path_len(key: &str, path: &Path) -> Result<()> {
         if path.as_os_str().len() >= MAX_PATH_LEN {
             return Err(StoreError::InvalidKey {
                 key: key.to_owned(),
@@ -489,7 +507,12 @@ impl<P: PathTransform> Store<P> {
                 ),
             });
         }
-        Ok((loc, path))
+        Ok(())
+    }
+
+    /// Whether `path` (a location found by [`Store::locate_any`]) can hold a file.
+    fn can_be_a_file(path: &Path) -> bool {
+        path.as_os_str().len() < MAX_PATH_LEN
     }
 
     /// Refuses to write `key` where another key's object lives: a transform that maps two
@@ -645,7 +668,7 @@ impl<P: PathTransform> Store<P> {
         later: Option<LateExpectation<'a>>,
         tail: Option<&'a Tail>,
     ) -> Result<(u64, blake3::Hash)> {
-        let (loc, final_path) = self.locate(key)?;
+        let (loc, final_path) = self.locate_any(key)?;
         let Some(packed) = &self.pack else {
             return self.write_file(key, (loc, final_path), src, expected, later, tail);
         };
@@ -712,6 +735,7 @@ impl<P: PathTransform> Store<P> {
         later: Option<LateExpectation<'a>>,
         tail: Option<&'a Tail>,
     ) -> Result<(u64, blake3::Hash)> {
+        Self::check_path_len(key, &final_path)?;
         self.check_not_taken(key, &final_path)?;
         let mut staging = Staging::create(&self.tmp)?;
         if let Some(tail) = tail {
@@ -865,13 +889,23 @@ impl<P: PathTransform> Store<P> {
         Ok(())
     }
 
-    /// [`Store::sync_dir`], where a directory that no longer exists needs no fsync.
+    /// [`Store::sync_dir`], where a directory that no longer exists was pruned (or renamed
+    /// away by a clear) meanwhile: its nearest existing ancestor is fsynced instead, which
+    /// makes that removal, and so the change made in the directory, durable (the pruning
+    /// delete fsyncs nothing without [`Durability::Fsync`]).
     fn sync_dir_unless_gone(&self, dir: &Path) -> Result<()> {
-        match self.sync_dir_io(dir) {
-            Err(e) if e.kind() != ErrorKind::NotFound => {
-                Err(StoreError::io("fsync directory", dir, e))
+        let mut dir = dir;
+        loop {
+            match self.sync_dir_io(dir) {
+                Err(e) if e.kind() == ErrorKind::NotFound && dir != self.root => {
+                    match dir.parent() {
+                        Some(up) => dir = up,
+                        None => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(StoreError::io("fsync directory", dir, e)),
+                Ok(()) => return Ok(()),
             }
-            _ => Ok(()),
         }
     }
 
@@ -891,6 +925,10 @@ impl<P: PathTransform> Store<P> {
             if hook.fail.as_deref() == Some(dir) {
                 hook.fail = None;
                 return Err(io::Error::other("injected: directory fsync failed"));
+            }
+            if hook.pruned_first.as_deref() == Some(dir) {
+                hook.pruned_first = None;
+                fs::remove_dir_all(dir)?;
             }
             sync_dir_io(dir)?;
             hook.done.push(dir.to_path_buf());
@@ -920,17 +958,23 @@ impl<P: PathTransform> Store<P> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn read(&self, key: &str) -> Result<ObjectReader> {
-        let (_, path) = self.locate(key)?;
         if let Some(packed) = &self.pack {
+            let (_, path) = self.locate_any(key)?;
             let order = packed.lock(key);
             if let Some(found) = packed.pack.get(key) {
                 drop(order);
                 return ObjectReader::packed(key, found);
             }
+            if !Self::can_be_a_file(&path) {
+                return Err(StoreError::NotFound {
+                    key: key.to_owned(),
+                });
+            }
             let (file, header) = open_object(&path, Some(key))?;
             drop(order);
             return Ok(ObjectReader::new(Body::File(file), header, path));
         }
+        let (_, path) = self.locate(key)?;
         let (file, header) = open_object(&path, Some(key))?;
         Ok(ObjectReader::new(Body::File(file), header, path))
     }
@@ -946,10 +990,16 @@ impl<P: PathTransform> Store<P> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn has(&self, key: &str) -> Result<bool> {
-        let (_, path) = self.locate(key)?;
+        let (_, path) = match &self.pack {
+            Some(_) => self.locate_any(key)?,
+            None => self.locate(key)?,
+        };
         let _order = self.pack.as_ref().map(|packed| packed.lock(key));
         if self.pack.as_ref().is_some_and(|p| p.pack.contains(key)) {
             return Ok(true);
+        }
+        if !Self::can_be_a_file(&path) {
+            return Ok(false);
         }
         match fs::metadata(&path) {
             Ok(meta) => Ok(meta.is_file()),
@@ -970,10 +1020,18 @@ impl<P: PathTransform> Store<P> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stat(&self, key: &str) -> Result<ObjectMeta> {
-        let (_, path) = self.locate(key)?;
+        let (_, path) = match &self.pack {
+            Some(_) => self.locate_any(key)?,
+            None => self.locate(key)?,
+        };
         let _order = self.pack.as_ref().map(|packed| packed.lock(key));
         if let Some(found) = self.pack.as_ref().and_then(|p| p.pack.get(key)) {
             return ObjectMeta::packed(key, &found);
+        }
+        if !Self::can_be_a_file(&path) {
+            return Err(StoreError::NotFound {
+                key: key.to_owned(),
+            });
         }
         let (_, header) = open_object(&path, Some(key))?;
         Ok(ObjectMeta::from_header(header, path))
@@ -992,14 +1050,15 @@ impl<P: PathTransform> Store<P> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn delete(&self, key: &str) -> Result<bool> {
-        let (_, path) = self.locate(key)?;
         let Some(packed) = &self.pack else {
+            let (_, path) = self.locate(key)?;
             return self.remove_file_object(key, &path, false);
         };
+        let (_, path) = self.locate_any(key)?;
         let _order = packed.lock(key);
         // The file first: were the pack record deleted first, a crash in between would
         // bring back the older version the file may hold.
-        let file = self.remove_file_object(key, &path, false)?;
+        let file = Self::can_be_a_file(&path) && self.remove_file_object(key, &path, false)?;
         let record = packed.pack.delete(key)?;
         Ok(file || record)
     }
@@ -1041,7 +1100,8 @@ impl<P: PathTransform> Store<P> {
             && let Some(d) = last_changed
         {
             // Gone: a concurrent delete pruned it, or a clear renamed `objects/` away,
-            // after this removal; their own fsyncs make that durable.
+            // after this removal (without fsync, that delete synced nothing): its nearest
+            // existing ancestor is fsynced instead.
             self.sync_dir_unless_gone(&d)?;
         }
         Ok(true)
@@ -1924,12 +1984,19 @@ fn header_key(path: &Path) -> Option<String> {
 
 /// Opens `path` for reading with `O_NONBLOCK`, so that opening a FIFO does not wait for a
 /// writer (reads of a regular file are unaffected).
+#[cfg(unix)]
 fn open_nonblocking(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
+}
+
+/// Elsewhere a plain open (no FIFOs to block on).
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    File::open(path)
 }
 
 /// Reads until `buf` is full or the end; returns the bytes read.
@@ -2664,6 +2731,35 @@ mod tests {
             .read_to_end(&mut read)
             .unwrap();
         assert_eq!(read, [3u8; 100]);
+    }
+
+    /// Without fsync, a key moving into the pack needs its file's removal durable. When
+    /// the directory to fsync is pruned meanwhile by another thread's delete (which, without
+    /// fsync, syncs nothing), the removal is durable only once the directory that lost
+    /// the pruned one is fsynced: skipping the fsync would let a crash bring the file back
+    /// (and after a later durable delete of the key, revive that older version).
+    #[test]
+    fn a_removal_whose_directory_was_pruned_meanwhile_is_still_made_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::builder(dir.path())
+            .transform(crate::PlainPath)
+            .durability(Durability::None)
+            .pack_small_objects(16)
+            .open()
+            .unwrap();
+        store.write("ab/k", &[1u8; 100][..]).unwrap();
+        store.write("ab/other", &[1u8; 100][..]).unwrap();
+        dir_syncs(&store);
+        // `ab` keeps `other` when `k` leaves it, so `ab` is the directory to fsync; a
+        // delete of `other` prunes it first.
+        store.dir_syncs.lock().unwrap().pruned_first = Some(store.objects.join("ab"));
+        store.write("ab/k", &b"small"[..]).unwrap();
+        assert!(!store.objects.join("ab").exists());
+        assert_eq!(
+            dir_syncs(&store),
+            std::slice::from_ref(&store.objects),
+            "no fsync made the removal of ab/k (with ab) durable"
+        );
     }
 
     /// A packed write whose removal of the replaced file fails (here its directory fsync)

@@ -1179,3 +1179,60 @@ fn compactions_racing_clears_listings_and_writes_stay_consistent() {
     assert!(contents(&store) == before, "the reopened store differs");
     assert!(store.scrub().is_clean());
 }
+
+/// A key whose own file would be too long a path (`PlainPath`, a long key) still fits the
+/// pack when its object is small: written, read, listed and deleted there like any other,
+/// also once the store was moved under a longer root (its packed objects stay readable).
+/// Only a write that needs the file is refused.
+#[test]
+fn small_objects_under_keys_too_long_for_a_path_live_in_the_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_plain = |root: &Path| {
+        Store::builder(root)
+            .transform(PlainPath)
+            .pack_small_objects(LIMIT)
+            .open()
+            .unwrap()
+    };
+    let root = dir.path().join("r");
+    let segment = "s".repeat(255);
+    let long = vec![segment.as_str(); 16].join("/"); // 4095 bytes, under MAX_KEY_LEN
+    // 4000 bytes: a file path under `r` fits, one under a 200-byte longer root does not.
+    let moved = {
+        let mut key = vec![segment.as_str(); 15].join("/");
+        key.push('/');
+        key.push_str(&"m".repeat(4000 - key.len()));
+        key
+    };
+    {
+        let store = open_plain(&root);
+        store
+            .write(&moved, &b"written before the move"[..])
+            .unwrap();
+    }
+    let longer = dir.path().join("l".repeat(200));
+    fs::rename(&root, &longer).unwrap();
+    let store = open_plain(&longer);
+    let mut out = Vec::new();
+    store.read(&moved).unwrap().read_to_end(&mut out).unwrap();
+    assert_eq!(out, b"written before the move");
+    assert!(store.has(&moved).unwrap());
+
+    store.write(&long, &b"small"[..]).unwrap();
+    let mut out = Vec::new();
+    store.read(&long).unwrap().read_to_end(&mut out).unwrap();
+    assert_eq!(out, b"small");
+    assert_eq!(store.stat(&long).unwrap().size(), 5);
+    assert!(store.has(&long).unwrap());
+    let err = store
+        .write(&long, &[7u8; LIMIT as usize + 1][..])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidKey { .. }), "{err:?}");
+    assert!(store.delete(&long).unwrap());
+    assert!(!store.has(&long).unwrap());
+    assert!(store.read(&long).unwrap_err().is_not_found());
+    assert!(store.delete(&moved).unwrap());
+    assert!(!store.delete(&moved).unwrap());
+    assert_eq!(store.keys().count(), 0);
+    assert_eq!(fs::read_dir(longer.join("tmp")).unwrap().count(), 0);
+}

@@ -239,9 +239,19 @@ impl Client {
 
     /// The node's local files.
     pub async fn list(&mut self) -> Result<Vec<FileEntry>> {
-        match self.call(&Request::List).await? {
-            Response::Files(files) => Ok(files),
-            other => Err(unexpected(&other)),
+        let mut files = match self.call(&Request::List).await? {
+            Response::Files(files) => files,
+            other => return Err(unexpected(&other)),
+        };
+        // More batches until `End` (a listing may be larger than one frame).
+        loop {
+            match self.ch.recv::<Response>().await? {
+                Some(Response::Files(more)) => files.extend(more),
+                Some(Response::End) => return Ok(files),
+                Some(Response::Error(err)) => return Err(Error::Remote(err)),
+                Some(other) => return Err(unexpected(&other)),
+                None => return Err(closed("in the middle of the listing")),
+            }
         }
     }
 

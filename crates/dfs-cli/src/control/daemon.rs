@@ -273,10 +273,16 @@ async fn handle_request<B: Backend>(
             () = abort.cancelled() => Err(shutting_down()),
             res = backend.remove(&name, everywhere) => res.map(Response::Removed),
         },
-        Request::List => tokio::select! {
-            () = stop.cancelled() => Err(shutting_down()),
-            res = backend.list() => res.map(Response::Files),
-        },
+        Request::List => {
+            let listed = tokio::select! {
+                () = stop.cancelled() => Err(shutting_down()),
+                res = backend.list() => res,
+            };
+            return match listed {
+                Ok(files) => send_listing(ch, files, abort).await,
+                Err(err) => send_or_abort(ch, &Response::Error(err), abort).await,
+            };
+        }
         Request::Peers {
             wait_for,
             timeout_ms,
@@ -310,7 +316,50 @@ async fn handle_request<B: Backend>(
         }
     };
     let reply = reply.unwrap_or_else(Response::Error);
-    ch.send(&reply).await.map_err(|_| ())
+    send_or_abort(ch, &reply, abort).await
+}
+
+/// Sends `msg` unless `abort` comes first: a client that stopped reading (its output piped
+/// into a pager that nobody scrolls) must not keep the node from shutting down.
+async fn send_or_abort(
+    ch: &mut Channel<UnixStream>,
+    msg: &Response,
+    abort: &CancellationToken,
+) -> Result<(), ()> {
+    tokio::select! {
+        () = abort.cancelled() => Err(()),
+        sent = ch.send(msg) => sent.map_err(|_| ()),
+    }
+}
+
+/// Roughly how many bytes of entries go into one [`Response::Files`] frame: far below
+/// [`super::MAX_FRAME_LEN`] even with one more entry of the longest name.
+const LISTING_BATCH: usize = 256 * 1024;
+
+/// Sends a listing as [`Response::Files`] frames that each fit in a control frame, then
+/// [`Response::End`] (a node with thousands of files has a listing larger than one frame).
+async fn send_listing(
+    ch: &mut Channel<UnixStream>,
+    files: Vec<FileEntry>,
+    abort: &CancellationToken,
+) -> Result<(), ()> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut sent_any = false;
+    for file in files {
+        bytes += file.name.as_ref().map_or(0, String::len) + file.id.len() + 16;
+        batch.push(file);
+        if bytes >= LISTING_BATCH {
+            send_or_abort(ch, &Response::Files(std::mem::take(&mut batch)), abort).await?;
+            bytes = 0;
+            sent_any = true;
+        }
+    }
+    // At least one `Files` (an empty listing is one empty batch).
+    if !batch.is_empty() || !sent_any {
+        send_or_abort(ch, &Response::Files(batch), abort).await?;
+    }
+    send_or_abort(ch, &Response::End, abort).await
 }
 
 /// The longest file name accepted, in bytes.
@@ -391,7 +440,7 @@ async fn handle_put<B: Backend>(
         (Ok(info), Ok(())) => Response::Stored(info),
         (Err(err), Ok(())) => Response::Error(err),
     };
-    ch.send(&reply).await.map_err(|_| ())
+    send_or_abort(ch, &reply, abort).await
 }
 
 impl From<RemoteError> for Response {
@@ -535,11 +584,9 @@ async fn handle_get<B: Backend>(
     };
     let (size, mut body) = match found {
         Ok(found) => found,
-        Err(err) => return ch.send(&Response::Error(err)).await.map_err(|_| ()),
+        Err(err) => return send_or_abort(ch, &Response::Error(err), abort).await,
     };
-    if ch.send(&Response::Found { size }).await.is_err() {
-        return Err(());
-    }
+    send_or_abort(ch, &Response::Found { size }, abort).await?;
     let mut sent = 0u64;
     loop {
         let mut buf = BytesMut::with_capacity(CHUNK_LEN);
@@ -551,14 +598,20 @@ async fn handle_get<B: Backend>(
             Ok(0) => break,
             Ok(n) => {
                 sent += n as u64;
-                if ch.send(&Response::Chunk(buf.freeze())).await.is_err() {
-                    debug!(name, "client went away during a download");
+                if send_or_abort(ch, &Response::Chunk(buf.freeze()), abort)
+                    .await
+                    .is_err()
+                {
+                    debug!(
+                        name,
+                        "client went away (or stopped reading) during a download"
+                    );
                     return Err(());
                 }
             }
             Err(err) => {
                 warn!(name, "download failed after {sent} bytes: {err}");
-                let _ = ch.send(&Response::Error(err)).await;
+                let _ = send_or_abort(ch, &Response::Error(err), abort).await;
                 return Err(());
             }
         }
@@ -568,10 +621,10 @@ async fn handle_get<B: Backend>(
             RemoteErrorKind::Other,
             format!("body of {name:?} had {sent} bytes, announced {size}"),
         );
-        let _ = ch.send(&Response::Error(err)).await;
+        let _ = send_or_abort(ch, &Response::Error(err), abort).await;
         return Err(());
     }
-    ch.send(&Response::End).await.map_err(|_| ())
+    send_or_abort(ch, &Response::End, abort).await
 }
 
 fn read_error(name: &str, err: &io::Error) -> RemoteError {

@@ -39,7 +39,7 @@ pub use client::Client;
 pub const SOCKET_FILE: &str = "dfs.sock";
 
 /// The control protocol version; client and node must agree.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest control frame accepted, in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
@@ -99,7 +99,9 @@ pub enum Request {
         /// Also ask every connected peer to delete its copy.
         everywhere: bool,
     },
-    /// List the node's local files: answered by [`Response::Files`].
+    /// List the node's local files: answered by one or more [`Response::Files`] (each fits
+    /// in a frame) and [`Response::End`] (version 4; it used to be a single `Files`, which
+    /// failed once the listing outgrew [`MAX_FRAME_LEN`]), or by [`Response::Error`].
     List,
     /// List connected peers: answered by [`Response::Peers`].
     Peers {
@@ -141,11 +143,11 @@ pub enum Response {
     },
     /// A piece of a [`Response::Found`] body.
     Chunk(Bytes),
-    /// The body is complete.
+    /// The body (or the listing) is complete.
     End,
     /// The file was deleted where it says (version 3; it used to carry nothing).
     Removed(RemovedInfo),
-    /// The node's local files.
+    /// Some of the node's local files (the listing ends with [`Response::End`]).
     Files(Vec<FileEntry>),
     /// The connected peers.
     Peers(Vec<PeerEntry>),
